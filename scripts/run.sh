@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Quickstart, one command: build, start the demo tools API on 127.0.0.1:9090, then the gateway
+# on 127.0.0.1:8080 (admin on 127.0.0.1:9901) with the bundled gateway.yaml. Ctrl-C stops both.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+ensure_build_deps
+cargo build --release --bin portcullis --example demo_tools_api
+export TICKETS_API_KEY="${TICKETS_API_KEY:-demo-tickets-key}"
+if [ ! -f .portcullis/signing-key.pem ]; then
+  ./target/release/portcullis keygen --out .portcullis/signing-key.pem
+fi
+./target/release/examples/demo_tools_api 127.0.0.1:9090 &
+demo=$!
+trap 'kill "$demo" 2>/dev/null || true' EXIT INT TERM
+./target/release/portcullis run -c gateway.yaml

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite, one command (CI runs exactly this through .ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+ensure_build_deps
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --all-targets --no-fail-fast
+  cargo test --doc
+else
+  cargo test --all-targets
+fi

@@ -1,0 +1,827 @@
+//! Raw config → [`Snapshot`]: every reference checked, every string interpreted, every problem
+//! collected. Expensive work (regexes, templates, key decoding, address resolution) happens
+//! here, once per load, never per request.
+
+use super::error::{ConfigError, Issue, IssueKind};
+use super::locate::LineIndex;
+use super::parse::parse;
+use super::raw::*;
+use super::secret;
+use crate::identity::{IdentitySettings, IssuerConfig, KeySource, KeyStore, Verifier};
+use crate::policy::{
+    AccessLogTarget, Agent, Credential, HostPattern, PathPattern, Route, RouteTable, Secret,
+    Settings, Snapshot, TokenService, Upstream,
+};
+use http::{HeaderName, HeaderValue, Method, Uri};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeSet, HashMap};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a load needs from the running process.
+#[derive(Clone)]
+pub struct LoadContext {
+    /// Process-wide JWKS fetchers, shared across reloads.
+    pub key_store: Arc<KeyStore>,
+    /// Version number the new snapshot gets.
+    pub version: u64,
+}
+
+/// Read, parse, validate and compile a config file.
+pub fn load_file(path: &Path, ctx: &LoadContext) -> Result<Snapshot, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    load_str(&text, base, &path.display().to_string(), ctx)
+}
+
+/// Parse, validate and compile config text; relative paths are resolved against `base`.
+pub fn load_str(
+    text: &str,
+    base: &Path,
+    file: &str,
+    ctx: &LoadContext,
+) -> Result<Snapshot, ConfigError> {
+    let index = LineIndex::build(text);
+    let (raw, mut issues) = parse(text, &index);
+    let mut c = Compiler {
+        index: &index,
+        issues: Vec::new(),
+        base: if base.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base.to_path_buf()
+        },
+    };
+    let snap = c.compile(raw, text, ctx);
+    issues.append(&mut c.issues);
+    if issues.is_empty() {
+        if let Some(s) = snap {
+            return Ok(s);
+        }
+    }
+    issues.sort_by_key(|i| i.line.unwrap_or(usize::MAX));
+    Err(ConfigError::Invalid {
+        file: file.to_string(),
+        issues,
+    })
+}
+
+struct Compiler<'a> {
+    index: &'a LineIndex,
+    issues: Vec<Issue>,
+    base: PathBuf,
+}
+
+const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
+
+impl Compiler<'_> {
+    fn err(&mut self, path: impl Into<String>, kind: IssueKind) {
+        let path = path.into();
+        self.issues.push(Issue {
+            line: self.index.line_of(&path),
+            path,
+            kind,
+        });
+    }
+
+    fn invalid(&mut self, path: impl Into<String>, msg: impl Into<String>) {
+        self.err(path, IssueKind::Invalid(msg.into()));
+    }
+
+    fn duration(&mut self, path: &str, v: &Option<String>, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => match humantime::parse_duration(s) {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => {
+                    self.invalid(path, "duration must be greater than zero");
+                    default
+                }
+                Err(e) => {
+                    self.invalid(
+                        path,
+                        format!("`{s}` is not a duration ({e}); write e.g. `30s`, `5m`, `1h`"),
+                    );
+                    default
+                }
+            },
+        }
+    }
+
+    fn file_path(&self, p: &str) -> PathBuf {
+        self.base.join(p)
+    }
+
+    /// Report duplicates of `names` (path, name) and return the name → first index map.
+    fn unique<'n>(
+        &mut self,
+        what: &'static str,
+        names: impl Iterator<Item = (String, &'n str)>,
+    ) -> HashMap<String, String> {
+        let mut seen: HashMap<String, String> = HashMap::new();
+        for (path, name) in names {
+            if name.trim().is_empty() {
+                self.invalid(path, format!("{what} name must not be empty"));
+            } else if let Some(first) = seen.get(name) {
+                let first = first.clone();
+                self.err(
+                    path,
+                    IssueKind::Duplicate {
+                        what,
+                        name: name.to_string(),
+                        first,
+                    },
+                );
+            } else {
+                seen.insert(name.to_string(), path);
+            }
+        }
+        seen
+    }
+
+    fn compile(&mut self, raw: RawConfig, text: &str, ctx: &LoadContext) -> Option<Snapshot> {
+        let settings = self.settings(&raw);
+        let identity = self.identity(&raw.identity);
+        let issuers = self.issuers(&raw.issuers);
+        let token_service = self.token_service(&raw, &identity);
+        let upstreams = self.upstreams(&raw.upstreams);
+        let upstream_index: HashMap<String, usize> = upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (u.name.to_string(), i))
+            .collect();
+        let routes = self.routes(&raw.routes, &upstream_index);
+        let agents = self.agents(&raw.agents, &raw.routes);
+
+        let verifier = if self.issues.is_empty() {
+            match Verifier::new(issuers, identity, ctx.key_store.clone()) {
+                Ok(v) => Some(Arc::new(v)),
+                Err(e) => {
+                    self.invalid("issuers", e.to_string());
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if !self.issues.is_empty() {
+            return None;
+        }
+        let digest = hex::encode(Sha256::digest(text.as_bytes()));
+        Some(Snapshot {
+            version: ctx.version,
+            digest: digest[..12].to_string(),
+            settings,
+            agents,
+            upstreams,
+            routes: RouteTable::new(routes),
+            verifier: verifier?,
+            token_service,
+        })
+    }
+
+    fn listen_addr(&mut self, path: &str, a: &str) {
+        if a.parse::<SocketAddr>().is_err() {
+            self.invalid(
+                path,
+                format!("`{a}` is not an `ip:port` address (e.g. `127.0.0.1:8080`)"),
+            );
+        }
+    }
+
+    fn settings(&mut self, raw: &RawConfig) -> Settings {
+        let l = &raw.listen;
+        let proxy_listen = if l.proxy.is_empty() {
+            vec!["127.0.0.1:8080".to_string()]
+        } else {
+            l.proxy.clone()
+        };
+        for (i, a) in proxy_listen.iter().enumerate() {
+            if !l.proxy.is_empty() {
+                self.listen_addr(&format!("listen.proxy[{i}]"), a);
+            }
+        }
+        let admin_listen = l.admin.clone().unwrap_or_else(|| DEFAULT_ADMIN.into());
+        self.listen_addr("listen.admin", &admin_listen);
+        if proxy_listen.contains(&admin_listen) {
+            self.invalid(
+                "listen.admin",
+                "the admin listener must differ from the proxy listener",
+            );
+        }
+        let threads = l.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
+        if threads == 0 {
+            self.invalid("listen.threads", "must be at least 1");
+        }
+        let s = &raw.server;
+        let max_path_length = s.max_path_length.unwrap_or(4096);
+        if max_path_length < 16 {
+            self.invalid("server.max_path_length", "must be at least 16");
+        }
+        let access_log = match raw.access_log.path.as_deref() {
+            None | Some("stdout") | Some("-") => AccessLogTarget::Stdout,
+            Some(p) => AccessLogTarget::File(self.file_path(p)),
+        };
+        Settings {
+            proxy_listen,
+            admin_listen,
+            threads: threads.max(1),
+            grace_period: self.duration(
+                "server.grace_period",
+                &s.grace_period,
+                Duration::from_secs(10),
+            ),
+            max_path_length,
+            watch_config: s.watch_config.unwrap_or(true),
+            upstream_keepalive_pool: s.upstream_keepalive_pool.unwrap_or(128),
+            access_log,
+        }
+    }
+
+    fn identity(&mut self, r: &RawIdentity) -> IdentitySettings {
+        let d = IdentitySettings::default();
+        let subject_claim = r.subject_claim.clone().unwrap_or(d.subject_claim);
+        if subject_claim.trim().is_empty() {
+            self.invalid("identity.subject_claim", "must not be empty");
+        }
+        let scope_claims = r.scope_claims.clone().unwrap_or(d.scope_claims);
+        if scope_claims.is_empty() {
+            self.invalid(
+                "identity.scope_claims",
+                "list at least one claim, e.g. `[scope, scp]`",
+            );
+        }
+        let max_token_bytes = r.max_token_bytes.unwrap_or(d.max_token_bytes);
+        if max_token_bytes < 256 {
+            self.invalid("identity.max_token_bytes", "must be at least 256");
+        }
+        IdentitySettings {
+            clock_skew: self.duration("identity.clock_skew", &r.clock_skew, d.clock_skew),
+            max_token_ttl: self.duration(
+                "identity.max_token_ttl",
+                &r.max_token_ttl,
+                d.max_token_ttl,
+            ),
+            max_token_bytes,
+            subject_claim,
+            scope_claims,
+            cache_capacity: r.cache_capacity.unwrap_or(d.cache_capacity),
+        }
+    }
+
+    fn issuers(&mut self, raw: &[(usize, RawIssuer)]) -> Vec<IssuerConfig> {
+        self.unique(
+            "issuer",
+            raw.iter()
+                .map(|(i, r)| (format!("issuers[{i}].name"), r.name.as_str())),
+        );
+        if raw.is_empty() {
+            self.invalid(
+                "issuers",
+                "no token issuer is configured, so every request would be refused; add one",
+            );
+        }
+        raw.iter().map(|(i, r)| self.issuer(*i, r)).collect()
+    }
+
+    fn issuer(&mut self, i: usize, r: &RawIssuer) -> IssuerConfig {
+        let p = format!("issuers[{i}]");
+        if r.issuer.trim().is_empty() {
+            self.invalid(format!("{p}.issuer"), "must not be empty");
+        }
+        if r.audiences.is_empty() {
+            self.invalid(format!("{p}.audiences"), "list at least one audience");
+        }
+        let mut algorithms = Vec::new();
+        for (j, a) in r.algorithms.iter().enumerate() {
+            let ap = format!("{p}.algorithms[{j}]");
+            let alg = match a.as_str() {
+                "ES256" => jsonwebtoken::Algorithm::ES256,
+                "ES384" => jsonwebtoken::Algorithm::ES384,
+                "RS256" => jsonwebtoken::Algorithm::RS256,
+                "PS256" => jsonwebtoken::Algorithm::PS256,
+                "EdDSA" => jsonwebtoken::Algorithm::EdDSA,
+                "HS256" | "HS384" | "HS512" => {
+                    if !r.allow_hmac {
+                        self.invalid(&ap, format!("{a} uses a shared secret; set `allow_hmac: true` on this issuer to accept it"));
+                    }
+                    a.parse().expect("HS names parse")
+                }
+                "none" | "None" | "NONE" => {
+                    self.invalid(&ap, "unsigned tokens (`none`) are never accepted");
+                    continue;
+                }
+                other => {
+                    self.invalid(&ap, format!("unsupported algorithm `{other}`; use ES256, ES384, RS256, PS256, EdDSA (or HS256 with allow_hmac)"));
+                    continue;
+                }
+            };
+            algorithms.push(alg);
+        }
+        if r.algorithms.is_empty() {
+            self.invalid(
+                format!("{p}.algorithms"),
+                "list the accepted algorithms explicitly, e.g. `[ES256]`",
+            );
+        }
+        let hmac_alg = algorithms.iter().any(|a| {
+            matches!(
+                a,
+                jsonwebtoken::Algorithm::HS256
+                    | jsonwebtoken::Algorithm::HS384
+                    | jsonwebtoken::Algorithm::HS512
+            )
+        });
+
+        let mut keys = Vec::new();
+        for (j, k) in r.keys.iter().enumerate() {
+            let kp = format!("{p}.keys[{j}]");
+            let set = [k.pem.is_some(), k.pem_file.is_some(), k.jwk.is_some()];
+            if set.iter().filter(|b| **b).count() != 1 {
+                self.invalid(&kp, "set exactly one of `pem`, `pem_file`, `jwk`");
+                continue;
+            }
+            if let Some(pem) = &k.pem {
+                keys.push(KeySource::Pem {
+                    pem: pem.clone(),
+                    kid: k.kid.clone(),
+                });
+            } else if let Some(f) = &k.pem_file {
+                match std::fs::read_to_string(self.file_path(f)) {
+                    Ok(pem) => keys.push(KeySource::Pem {
+                        pem,
+                        kid: k.kid.clone(),
+                    }),
+                    Err(e) => {
+                        self.invalid(format!("{kp}.pem_file"), format!("cannot read `{f}`: {e}"))
+                    }
+                }
+            } else if let Some(jwk) = &k.jwk {
+                let mut jwk = jwk.clone();
+                if let (Some(kid), Some(obj)) = (&k.kid, jwk.as_object_mut()) {
+                    obj.entry("kid")
+                        .or_insert(serde_json::Value::String(kid.clone()));
+                }
+                keys.push(KeySource::Jwk(jwk));
+            }
+        }
+        if let Some(f) = &r.jwks_file {
+            keys.push(KeySource::JwksFile(self.file_path(f)));
+        }
+        if let Some(u) = &r.jwks_url {
+            let (url, refresh, refetch, timeout) = match u {
+                RawJwksUrl::Url(url) => (url.clone(), None, None, None),
+                RawJwksUrl::Detailed(d) => (
+                    d.url.clone(),
+                    d.refresh_interval.clone(),
+                    d.min_refetch_interval.clone(),
+                    d.timeout.clone(),
+                ),
+            };
+            let up = format!("{p}.jwks_url");
+            match url.parse::<Uri>() {
+                Ok(uri) if matches!(uri.scheme_str(), Some("http") | Some("https")) => {}
+                _ => self.invalid(&up, format!("`{url}` is not an http(s) URL")),
+            }
+            keys.push(KeySource::JwksUrl {
+                url,
+                refresh_interval: self.duration(
+                    &format!("{up}.refresh_interval"),
+                    &refresh,
+                    Duration::from_secs(300),
+                ),
+                min_refetch_interval: self.duration(
+                    &format!("{up}.min_refetch_interval"),
+                    &refetch,
+                    Duration::from_secs(30),
+                ),
+                timeout: self.duration(&format!("{up}.timeout"), &timeout, Duration::from_secs(5)),
+            });
+        }
+        if let Some(f) = &r.signing_key_file {
+            if !algorithms.contains(&jsonwebtoken::Algorithm::ES256) {
+                self.invalid(
+                    format!("{p}.signing_key_file"),
+                    "the signing key is ES256: add ES256 to `algorithms`",
+                );
+            }
+            let path = self.file_path(f);
+            if !path.exists() {
+                self.invalid(
+                    format!("{p}.signing_key_file"),
+                    format!(
+                        "`{}` does not exist; create it with `portcullis keygen --out {f}`",
+                        path.display()
+                    ),
+                );
+            }
+            keys.push(KeySource::SigningKeyFile {
+                path,
+                kid: r.signing_key_id.clone().unwrap_or_else(|| r.name.clone()),
+            });
+        }
+        match (&r.hmac_secret, hmac_alg) {
+            (Some(s), true) => match secret::resolve(s, &self.base) {
+                Ok(v) if v.len() >= 32 => keys.push(KeySource::HmacSecret {
+                    secret: v.into_bytes(),
+                    kid: None,
+                }),
+                Ok(_) => self.invalid(
+                    format!("{p}.hmac_secret"),
+                    "an HMAC secret must be at least 32 bytes",
+                ),
+                Err(e) => self.invalid(format!("{p}.hmac_secret"), e),
+            },
+            (Some(_), false) => self.invalid(
+                format!("{p}.hmac_secret"),
+                "an HMAC secret needs an HS algorithm in `algorithms`",
+            ),
+            (None, true) => self.invalid(
+                format!("{p}.algorithms"),
+                "HS algorithms need `hmac_secret`",
+            ),
+            (None, false) => {}
+        }
+        if keys.is_empty() {
+            self.invalid(
+                &p,
+                "no keys: set `keys`, `jwks_file`, `jwks_url` or `signing_key_file`",
+            );
+        }
+        IssuerConfig {
+            name: r.name.clone(),
+            issuer: r.issuer.clone(),
+            audiences: r.audiences.clone(),
+            algorithms,
+            keys,
+        }
+    }
+
+    fn token_service(&mut self, raw: &RawConfig, id: &IdentitySettings) -> Option<TokenService> {
+        let ts = raw.token_service.as_ref()?;
+        let Some((_, iss)) = raw.issuers.iter().find(|(_, r)| r.name == ts.issuer) else {
+            let names: Vec<&str> = raw.issuers.iter().map(|(_, r)| r.name.as_str()).collect();
+            self.err(
+                "token_service.issuer",
+                IssueKind::UnknownReference {
+                    what: "issuer",
+                    name: ts.issuer.clone(),
+                    hint: hint(&names),
+                },
+            );
+            return None;
+        };
+        let Some(key) = &iss.signing_key_file else {
+            self.invalid(
+                "token_service.issuer",
+                format!(
+                    "issuer `{}` has no `signing_key_file` to sign with",
+                    iss.name
+                ),
+            );
+            return None;
+        };
+        let default_ttl = self.duration(
+            "token_service.default_ttl",
+            &ts.default_ttl,
+            Duration::from_secs(600),
+        );
+        if default_ttl > id.max_token_ttl {
+            self.invalid(
+                "token_service.default_ttl",
+                "must not exceed identity.max_token_ttl",
+            );
+        }
+        let audience = match &ts.audience {
+            Some(a) if !iss.audiences.contains(a) => {
+                self.invalid(
+                    "token_service.audience",
+                    format!("`{a}` is not one of the issuer's audiences"),
+                );
+                a.clone()
+            }
+            Some(a) => a.clone(),
+            None => iss.audiences.first().cloned().unwrap_or_default(),
+        };
+        Some(TokenService {
+            issuer: iss.issuer.clone(),
+            audience,
+            signing_key_file: self.file_path(key),
+            kid: iss
+                .signing_key_id
+                .clone()
+                .unwrap_or_else(|| iss.name.clone()),
+            default_ttl,
+            max_ttl: id.max_token_ttl,
+        })
+    }
+
+    fn upstreams(&mut self, raw: &[(usize, RawUpstream)]) -> Vec<Arc<Upstream>> {
+        self.unique(
+            "upstream",
+            raw.iter()
+                .map(|(i, r)| (format!("upstreams[{i}].name"), r.name.as_str())),
+        );
+        raw.iter()
+            .filter_map(|(i, r)| self.upstream(*i, r))
+            .map(Arc::new)
+            .collect()
+    }
+
+    fn upstream(&mut self, i: usize, r: &RawUpstream) -> Option<Upstream> {
+        let p = format!("upstreams[{i}]");
+        let up = format!("{p}.url");
+        let connect_timeout = self.duration(
+            &format!("{p}.connect_timeout"),
+            &r.connect_timeout,
+            Duration::from_secs(2),
+        );
+        let read_timeout = self.duration(
+            &format!("{p}.read_timeout"),
+            &r.read_timeout,
+            Duration::from_secs(30),
+        );
+        let write_timeout = self.duration(
+            &format!("{p}.write_timeout"),
+            &r.write_timeout,
+            Duration::from_secs(30),
+        );
+        let idle_timeout = self.duration(
+            &format!("{p}.idle_timeout"),
+            &r.idle_timeout,
+            Duration::from_secs(60),
+        );
+        let credential = r
+            .credential
+            .as_ref()
+            .and_then(|c| self.credential(&format!("{p}.credential"), c));
+        let uri: Uri = match r.url.parse() {
+            Ok(u) => u,
+            Err(e) => {
+                self.invalid(&up, format!("`{}` is not a URL: {e}", r.url));
+                return None;
+            }
+        };
+        let tls = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => {
+                self.invalid(&up, "the URL must start with http:// or https://");
+                return None;
+            }
+        };
+        let Some(auth) = uri.authority() else {
+            self.invalid(&up, "the URL has no host");
+            return None;
+        };
+        if auth.as_str().contains('@') || uri.query().is_some() {
+            self.invalid(
+                &up,
+                "the URL must not carry user info or a query string; use `credential` for secrets",
+            );
+            return None;
+        }
+        let host = auth
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = auth.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let addr = match (host.as_str(), port)
+            .to_socket_addrs()
+            .map(|mut a| a.next())
+        {
+            Ok(Some(a)) => a,
+            Ok(None) | Err(_) => {
+                self.invalid(&up, format!("cannot resolve `{host}:{port}`"));
+                return None;
+            }
+        };
+        let base_path = uri.path().trim_end_matches('/').to_string();
+        Some(Upstream {
+            name: r.name.as_str().into(),
+            addr,
+            tls,
+            sni: r.tls_server_name.clone().unwrap_or_else(|| host.clone()),
+            authority: auth.as_str().to_string(),
+            base_path,
+            connect_timeout,
+            read_timeout,
+            write_timeout,
+            idle_timeout,
+            credential,
+        })
+    }
+
+    fn credential(&mut self, p: &str, c: &RawCredential) -> Option<Credential> {
+        let header = match HeaderName::from_bytes(c.header.trim().as_bytes()) {
+            Ok(h) => h,
+            Err(_) => {
+                self.invalid(
+                    format!("{p}.header"),
+                    format!("`{}` is not a valid header name", c.header),
+                );
+                return None;
+            }
+        };
+        if matches!(
+            header.as_str(),
+            "host" | "connection" | "content-length" | "transfer-encoding" | "te" | "upgrade"
+        ) || header.as_str().starts_with("x-portcullis-")
+        {
+            self.invalid(
+                format!("{p}.header"),
+                format!("`{header}` is managed by the gateway and cannot carry a credential"),
+            );
+            return None;
+        }
+        let value = match secret::resolve(&c.value, &self.base) {
+            Ok(v) => v,
+            Err(e) => {
+                self.invalid(format!("{p}.value"), e);
+                return None;
+            }
+        };
+        match HeaderValue::from_str(&value) {
+            Ok(mut v) => {
+                v.set_sensitive(true);
+                Some(Credential {
+                    header,
+                    value: Secret(v),
+                })
+            }
+            Err(_) => {
+                // Do not echo the value: it is a secret.
+                self.invalid(format!("{p}.value"), "the resolved value is not a valid header value (control characters or newlines?)");
+                None
+            }
+        }
+    }
+
+    fn routes(
+        &mut self,
+        raw: &[(usize, RawRoute)],
+        upstreams: &HashMap<String, usize>,
+    ) -> Vec<Route> {
+        self.unique(
+            "route",
+            raw.iter()
+                .map(|(i, r)| (format!("routes[{i}].name"), r.name.as_str())),
+        );
+        let mut names: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        let mut out = Vec::new();
+        for (i, r) in raw {
+            let p = format!("routes[{i}]");
+            let mut ok = true;
+            let mut methods = Vec::new();
+            for (j, m) in r.methods.iter().enumerate() {
+                let valid = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+                if valid.contains(&m.as_str()) {
+                    methods.push(Method::from_bytes(m.as_bytes()).expect("known method"));
+                } else {
+                    self.invalid(
+                        format!("{p}.methods[{j}]"),
+                        format!("`{m}` is not one of {}", valid.join(", ")),
+                    );
+                    ok = false;
+                }
+            }
+            let path = match (&r.path, &r.path_regex) {
+                (Some(t), None) => PathPattern::template(t)
+                    .map_err(|e| {
+                        self.invalid(format!("{p}.path"), format!("invalid template `{t}`: {e}"))
+                    })
+                    .ok(),
+                (None, Some(rx)) => PathPattern::regex(rx)
+                    .map_err(|e| {
+                        self.invalid(format!("{p}.path_regex"), format!("invalid regex: {e}"))
+                    })
+                    .ok(),
+                _ => {
+                    self.invalid(&p, "set exactly one of `path` and `path_regex`");
+                    None
+                }
+            };
+            let host = HostPattern::parse(r.host.as_deref())
+                .map_err(|e| self.invalid(format!("{p}.host"), e))
+                .ok();
+            let upstream = upstreams.get(&r.upstream).copied();
+            if upstream.is_none() {
+                self.err(
+                    format!("{p}.upstream"),
+                    IssueKind::UnknownReference {
+                        what: "upstream",
+                        name: r.upstream.clone(),
+                        hint: hint(&names),
+                    },
+                );
+            }
+            if r.scopes.is_empty() && r.any_of.is_empty() {
+                self.invalid(&p, "a route must require at least one scope (`scopes` or `any_of`): deny by default");
+                ok = false;
+            }
+            for (field, list) in [("scopes", &r.scopes), ("any_of", &r.any_of)] {
+                for (j, s) in list.iter().enumerate() {
+                    if !valid_scope(s) {
+                        self.invalid(
+                            format!("{p}.{field}[{j}]"),
+                            format!("`{s}` is not a scope (no spaces, not empty)"),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            if let (true, Some(path), Some(host), Some(upstream)) = (ok, path, host, upstream) {
+                out.push(Route {
+                    name: r.name.as_str().into(),
+                    file_index: *i,
+                    methods,
+                    host,
+                    path,
+                    upstream,
+                    scopes_all: r.scopes.clone(),
+                    scopes_any: r.any_of.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    /// `routes` are the raw ones: a route that failed to compile still names its scopes, and
+    /// judging agents against compiled routes only would report every scope of a broken route
+    /// as a typo.
+    fn agents(
+        &mut self,
+        raw: &[(usize, RawAgent)],
+        routes: &[(usize, RawRoute)],
+    ) -> HashMap<String, Arc<Agent>> {
+        self.unique(
+            "agent",
+            raw.iter()
+                .map(|(i, r)| (format!("agents[{i}].id"), r.id.as_str())),
+        );
+        let known: BTreeSet<&str> = routes
+            .iter()
+            .flat_map(|(_, r)| r.scopes.iter().chain(&r.any_of))
+            .map(String::as_str)
+            .collect();
+        let mut out = HashMap::new();
+        for (i, r) in raw {
+            let p = format!("agents[{i}]");
+            if r.owner.trim().is_empty() {
+                self.invalid(
+                    format!("{p}.owner"),
+                    "every agent needs a named human owner",
+                );
+            }
+            for (j, s) in r.scopes.iter().enumerate() {
+                if !valid_scope(s) {
+                    self.invalid(
+                        format!("{p}.scopes[{j}]"),
+                        format!("`{s}` is not a scope (no spaces, not empty)"),
+                    );
+                } else if !known.contains(s.as_str()) {
+                    self.invalid(
+                        format!("{p}.scopes[{j}]"),
+                        format!(
+                            "scope `{s}` is not required by any route (a typo?); known scopes: {}",
+                            known.iter().copied().collect::<Vec<_>>().join(", ")
+                        ),
+                    );
+                }
+            }
+            out.entry(r.id.clone()).or_insert_with(|| {
+                Arc::new(Agent {
+                    id: r.id.as_str().into(),
+                    owner: r.owner.as_str().into(),
+                    description: r.description.clone().unwrap_or_default(),
+                    scopes: r.scopes.iter().cloned().collect(),
+                    enabled: r.enabled.unwrap_or(true),
+                })
+            });
+        }
+        out
+    }
+}
+
+fn valid_scope(s: &str) -> bool {
+    !s.is_empty() && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+fn hint(names: &[&str]) -> String {
+    if names.is_empty() {
+        " (none are defined)".into()
+    } else {
+        format!("; defined: {}", names.join(", "))
+    }
+}

@@ -1,0 +1,12 @@
+//! Configuration: raw YAML structs ([`raw`]), parsing that gathers every error ([`parse`]),
+//! and the compile step into the immutable [`crate::policy::Snapshot`] ([`compile`]).
+
+pub mod compile;
+pub mod error;
+pub mod locate;
+pub mod parse;
+pub mod raw;
+pub mod secret;
+
+pub use compile::{load_file, load_str, LoadContext};
+pub use error::{ConfigError, Issue, IssueKind};

@@ -1,0 +1,238 @@
+//! Raw configuration: serde structs that mirror `gateway.yaml` one to one.
+//!
+//! Nothing here is interpreted: durations, templates, secrets and references stay strings until
+//! [`crate::config::compile`] turns them into the immutable [`crate::policy::Snapshot`]. Every
+//! struct denies unknown fields so that a typo is an error, never a silently ignored setting.
+
+use serde::Deserialize;
+
+/// Listener addresses and worker threads.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawListen {
+    /// Address(es) agents connect to, e.g. `0.0.0.0:8080`.
+    #[serde(default)]
+    pub proxy: Vec<String>,
+    /// Admin listener (metrics, health, reload); keep it on loopback or a private network.
+    pub admin: Option<String>,
+    /// Worker threads of the proxy service.
+    pub threads: Option<usize>,
+}
+
+/// Process-level behaviour.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Longest time SIGTERM waits for in-flight requests before exiting.
+    pub grace_period: Option<String>,
+    /// Longest request path accepted (bytes), default 4096.
+    pub max_path_length: Option<usize>,
+    /// Watch the config file and reload it when it changes (default true).
+    pub watch_config: Option<bool>,
+    /// Pool of idle upstream connections kept per worker thread (default 128).
+    pub upstream_keepalive_pool: Option<usize>,
+}
+
+/// Token rules shared by all issuers.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    /// Tolerated clock difference for exp/nbf/iat (default 30s).
+    pub clock_skew: Option<String>,
+    /// Longest token lifetime (exp - iat) accepted (default 1h).
+    pub max_token_ttl: Option<String>,
+    /// Largest token accepted, in bytes (default 8192).
+    pub max_token_bytes: Option<usize>,
+    /// Claim naming the agent (default `sub`).
+    pub subject_claim: Option<String>,
+    /// Claims carrying scopes, first present wins (default `[scope, scp]`).
+    pub scope_claims: Option<Vec<String>>,
+    /// Verified tokens kept in memory (default 10000).
+    pub cache_capacity: Option<u64>,
+}
+
+/// A JWKS URL, either as a bare string or with refresh settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawJwksUrl {
+    /// Just the URL; refresh settings take their defaults.
+    Url(String),
+    /// URL with refresh settings.
+    Detailed(RawJwksUrlDetailed),
+}
+
+/// JWKS URL with refresh settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwksUrlDetailed {
+    /// `https://idp.example.com/.well-known/jwks.json`
+    pub url: String,
+    /// Background refresh period (default 5m).
+    pub refresh_interval: Option<String>,
+    /// Least time between re-fetches triggered by an unknown `kid` (default 30s).
+    pub min_refetch_interval: Option<String>,
+    /// Fetch timeout (default 5s).
+    pub timeout: Option<String>,
+}
+
+/// One inline key of an issuer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    /// Optional key id; matched against the token header's `kid`.
+    pub kid: Option<String>,
+    /// Public key PEM text.
+    pub pem: Option<String>,
+    /// File holding a public key PEM.
+    pub pem_file: Option<String>,
+    /// One JWK, inline.
+    pub jwk: Option<serde_json::Value>,
+}
+
+/// A trusted token issuer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIssuer {
+    /// Name used in logs, metrics and by `token_service.issuer`.
+    pub name: String,
+    /// Expected `iss` claim.
+    pub issuer: String,
+    /// Accepted `aud` values.
+    pub audiences: Vec<String>,
+    /// Algorithm allow-list, e.g. `[ES256, RS256]`.
+    pub algorithms: Vec<String>,
+    /// Inline public keys.
+    #[serde(default)]
+    pub keys: Vec<RawKey>,
+    /// JWKS document on disk.
+    pub jwks_file: Option<String>,
+    /// JWKS served by the IdP.
+    pub jwks_url: Option<RawJwksUrl>,
+    /// Our own ES256 private key (PKCS#8 PEM): `portcullis token issue` signs with it.
+    pub signing_key_file: Option<String>,
+    /// `kid` written into tokens signed with `signing_key_file`.
+    pub signing_key_id: Option<String>,
+    /// Shared HMAC secret, e.g. `${env:IDP_HS256_SECRET}`; needs `allow_hmac: true`.
+    pub hmac_secret: Option<String>,
+    /// HS256/384/512 are refused unless this is true.
+    #[serde(default)]
+    pub allow_hmac: bool,
+}
+
+/// Settings of `portcullis token issue`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTokenService {
+    /// Name of an issuer with a `signing_key_file`.
+    pub issuer: String,
+    /// Audience written into issued tokens (default: the issuer's first audience).
+    pub audience: Option<String>,
+    /// Default lifetime of issued tokens (default 10m).
+    pub default_ttl: Option<String>,
+}
+
+/// A registered agent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgent {
+    /// Identity as it appears in the token's subject claim.
+    pub id: String,
+    /// The accountable human.
+    pub owner: String,
+    /// What the agent is for.
+    pub description: Option<String>,
+    /// Every scope the agent may ever hold.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Disabled agents are refused (default true).
+    pub enabled: Option<bool>,
+}
+
+/// Header the gateway adds towards an upstream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCredential {
+    /// Header name, e.g. `authorization` or `x-api-key`.
+    pub header: String,
+    /// Value with `${env:NAME}` / `${file:PATH}` references.
+    pub value: String,
+}
+
+/// A named upstream tool or API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// Referenced by routes.
+    pub name: String,
+    /// `http://host:port[/base]` or `https://...`.
+    pub url: String,
+    /// TCP (and TLS) connect timeout (default 2s).
+    pub connect_timeout: Option<String>,
+    /// Longest wait for each read from the upstream (default 30s).
+    pub read_timeout: Option<String>,
+    /// Longest wait for each write to the upstream (default 30s).
+    pub write_timeout: Option<String>,
+    /// How long an idle keepalive connection is kept (default 60s).
+    pub idle_timeout: Option<String>,
+    /// SNI / certificate name override for https (default: the URL host).
+    pub tls_server_name: Option<String>,
+    /// Secret the gateway injects.
+    pub credential: Option<RawCredential>,
+}
+
+/// A route that allows some calls.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Shown in refusals, logs and metrics.
+    pub name: String,
+    /// Allowed methods; empty or absent = any.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Path template: `/api/tickets/{id}`, trailing `/**`.
+    pub path: Option<String>,
+    /// Regex alternative to `path`, anchored.
+    pub path_regex: Option<String>,
+    /// Host (`tools.internal`, `*.internal`); absent = any host.
+    pub host: Option<String>,
+    /// Upstream name.
+    pub upstream: String,
+    /// Scopes all required.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// At least one of these is required as well.
+    #[serde(default)]
+    pub any_of: Vec<String>,
+}
+
+/// Access log settings.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    /// `stdout` (default) or a file path (appended).
+    pub path: Option<String>,
+}
+
+/// The whole file. List items keep their index in the file, so that errors found after some
+/// items failed to parse still name the right `routes[N]`.
+#[derive(Debug, Clone, Default)]
+pub struct RawConfig {
+    /// `listen:`
+    pub listen: RawListen,
+    /// `server:`
+    pub server: RawServer,
+    /// `identity:`
+    pub identity: RawIdentity,
+    /// `issuers:`
+    pub issuers: Vec<(usize, RawIssuer)>,
+    /// `token_service:`
+    pub token_service: Option<RawTokenService>,
+    /// `agents:`
+    pub agents: Vec<(usize, RawAgent)>,
+    /// `upstreams:`
+    pub upstreams: Vec<(usize, RawUpstream)>,
+    /// `routes:`
+    pub routes: Vec<(usize, RawRoute)>,
+    /// `access_log:`
+    pub access_log: RawAccessLog,
+}

@@ -1,0 +1,220 @@
+//! Prometheus metrics. Label values come only from the configuration (agent ids, route and
+//! upstream names, fixed reason codes) or `unknown`/`none`, so cardinality stays bounded no
+//! matter what clients send.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by agent, route, decision (allow/deny/error) and status.
+    pub requests: IntCounterVec,
+    /// Refusals by machine code.
+    pub denials: IntCounterVec,
+    /// Total request latency by route.
+    pub request_duration: HistogramVec,
+    /// Latency the gateway itself adds (total minus upstream time), by route.
+    pub gateway_duration: HistogramVec,
+    /// Upstream time by upstream.
+    pub upstream_duration: HistogramVec,
+    /// Upstream failures by upstream and kind.
+    pub upstream_errors: IntCounterVec,
+    /// Token failures by reason.
+    pub token_failures: IntCounterVec,
+    /// JWKS fetches by URL and outcome.
+    pub jwks_refresh: IntCounterVec,
+    /// Seconds since the last successful JWKS fetch, by URL (set at scrape time).
+    pub jwks_key_age: prometheus::GaugeVec,
+    /// Keys currently held per JWKS URL.
+    pub jwks_keys: IntGaugeVec,
+    /// Config reloads by outcome (success/failure).
+    pub config_reloads: IntCounterVec,
+    /// Version of the config in force.
+    pub config_version: IntGauge,
+    /// 1 if the last reload attempt succeeded, 0 if it failed.
+    pub config_last_reload_ok: IntGauge,
+    /// Requests in flight.
+    pub in_flight: IntGauge,
+    /// Access-log lines that had to wait for the writer (channel full).
+    pub access_log_backpressure: IntCounter,
+    /// Access-log lines that could not be written.
+    pub access_log_errors: IntCounter,
+    /// Time spent verifying tokens that missed the cache.
+    pub token_verify_duration: Histogram,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+impl Metrics {
+    /// Create and register everything.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let hist = |name: &str, help: &str, labels: &[&str]| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                labels,
+            )
+            .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let requests = counter(
+            "portcullis_requests_total",
+            "Requests by agent, route, decision and HTTP status.",
+            &["agent", "route", "decision", "status"],
+        );
+        let denials = counter(
+            "portcullis_denials_total",
+            "Refused requests by machine code.",
+            &["reason"],
+        );
+        let request_duration = hist(
+            "portcullis_request_duration_seconds",
+            "Total request latency, by route.",
+            &["route"],
+        );
+        let gateway_duration = hist(
+            "portcullis_gateway_duration_seconds",
+            "Latency added by the gateway (total minus upstream), by route.",
+            &["route"],
+        );
+        let upstream_duration = hist(
+            "portcullis_upstream_duration_seconds",
+            "Time from connecting to the upstream to the end of its response, by upstream.",
+            &["upstream"],
+        );
+        let upstream_errors = counter(
+            "portcullis_upstream_errors_total",
+            "Upstream failures by upstream and kind (connect, timeout, protocol).",
+            &["upstream", "kind"],
+        );
+        let token_failures = counter(
+            "portcullis_token_failures_total",
+            "Rejected bearer tokens by reason.",
+            &["reason"],
+        );
+        let jwks_refresh = counter(
+            "portcullis_jwks_refresh_total",
+            "JWKS fetches by URL and outcome.",
+            &["url", "outcome"],
+        );
+        let jwks_key_age = prometheus::GaugeVec::new(
+            Opts::new(
+                "portcullis_jwks_key_age_seconds",
+                "Seconds since the keys of a JWKS URL were last fetched successfully.",
+            ),
+            &["url"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(jwks_key_age.clone()))
+            .expect("unique metric");
+        let jwks_keys = IntGaugeVec::new(
+            Opts::new("portcullis_jwks_keys", "Keys held per JWKS URL."),
+            &["url"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(jwks_keys.clone()))
+            .expect("unique metric");
+        let config_reloads = counter(
+            "portcullis_config_reloads_total",
+            "Config reload attempts by outcome.",
+            &["outcome"],
+        );
+        let config_version = gauge(
+            "portcullis_config_version",
+            "Version of the configuration in force (1 = first load).",
+        );
+        let config_last_reload_ok = gauge(
+            "portcullis_config_last_reload_success",
+            "1 if the last reload attempt succeeded, 0 if the file was refused.",
+        );
+        let in_flight = gauge("portcullis_in_flight_requests", "Requests in flight.");
+        let access_log_backpressure = IntCounter::new(
+            "portcullis_access_log_backpressure_total",
+            "Access-log lines that waited because the writer was behind.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(access_log_backpressure.clone()))
+            .expect("unique metric");
+        let access_log_errors = IntCounter::new(
+            "portcullis_access_log_write_errors_total",
+            "Access-log write failures.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(access_log_errors.clone()))
+            .expect("unique metric");
+        let token_verify_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "portcullis_token_verify_duration_seconds",
+                "Signature verification time of tokens not found in the cache.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(token_verify_duration.clone()))
+            .expect("unique metric");
+        config_last_reload_ok.set(1);
+        Metrics {
+            registry,
+            requests,
+            denials,
+            request_duration,
+            gateway_duration,
+            upstream_duration,
+            upstream_errors,
+            token_failures,
+            jwks_refresh,
+            jwks_key_age,
+            jwks_keys,
+            config_reloads,
+            config_version,
+            config_last_reload_ok,
+            in_flight,
+            access_log_backpressure,
+            access_log_errors,
+            token_verify_duration,
+        }
+    }
+
+    /// Prometheus text exposition of everything.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

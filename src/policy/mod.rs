@@ -1,0 +1,13 @@
+//! Policy: the compiled [`Snapshot`] and the pure [`evaluate`] decision.
+
+pub mod decision;
+pub mod path;
+pub mod route;
+pub mod snapshot;
+
+pub use decision::{evaluate, Allowed, Decision, Denial, RequestFacts};
+pub use path::{normalize, NormalizedPath, PathError};
+pub use route::{HostPattern, Lookup, PathPattern, Route, RouteTable, Segment};
+pub use snapshot::{
+    AccessLogTarget, Agent, Credential, Secret, Settings, Snapshot, TokenService, Upstream,
+};

@@ -1,0 +1,331 @@
+//! Compiled routes and the table that finds the one route a request falls under.
+//!
+//! # Which route wins
+//!
+//! Routes are ranked once, at load time, from most to least specific; the first route in that
+//! order whose method, host and path all match is *the* route of the request. Later routes are
+//! never consulted, even when the winner refuses the call for lack of scope: a broad route must
+//! not grant what a narrower one withholds. The ranking, compared key by key:
+//!
+//! 1. host: an exact `host` beats a `*.suffix` wildcard (longer suffix first), which beats no host;
+//! 2. path: templates beat `path_regex` routes; between templates, segments are compared left to
+//!    right, a literal beating a `{param}` beating a trailing `/**`, and at the end an exact end
+//!    beats a `/**` (so `/a/b` > `/a/{id}` > `/a/**`, and `/a` > `/a/**` for the path `/a`);
+//! 3. methods: a route listing methods beats one allowing any method;
+//! 4. file order: the earlier route wins a complete tie.
+
+use super::path::NormalizedPath;
+use http::Method;
+use regex::Regex;
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// One segment of a path template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    /// Must equal the request segment exactly.
+    Literal(String),
+    /// `{name}`: any one non-empty segment.
+    Param(String),
+}
+
+/// How a route matches paths.
+#[derive(Debug, Clone)]
+pub enum PathPattern {
+    /// `/api/tickets/{id}` or `/api/**` (`rest` = trailing `/**`, zero or more segments).
+    Template {
+        /// The fixed segments.
+        segments: Vec<Segment>,
+        /// Ends in `/**`.
+        rest: bool,
+    },
+    /// Anchored regex over the whole normalized path.
+    Regex(Regex),
+}
+
+/// Why a path template was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    /// Must start with `/`.
+    #[error("a path template must start with `/`")]
+    NotAbsolute,
+    /// `**` anywhere but at the end.
+    #[error("`**` is only allowed as the last segment (`/prefix/**`)")]
+    MisplacedRest,
+    /// `{` without a whole-segment `{name}`.
+    #[error("segment `{0}`: a parameter must be a whole segment such as `{{id}}`")]
+    BadParam(String),
+    /// A character that normalized request paths never contain.
+    #[error("segment `{0}` contains `{1}`, which a normalized request path never has; write the decoded character")]
+    BadChar(String, char),
+    /// Empty segment (`//`) or a dot segment.
+    #[error("segment `{0}` is empty or a dot segment; request paths are normalized, so it would never match")]
+    EmptyOrDot(String),
+}
+
+impl PathPattern {
+    /// Parse a template such as `/api/tickets/{id}` or `/api/**`.
+    pub fn template(t: &str) -> Result<PathPattern, TemplateError> {
+        let body = t.strip_prefix('/').ok_or(TemplateError::NotAbsolute)?;
+        let mut segments = Vec::new();
+        let mut rest = false;
+        let parts: Vec<&str> = if body.is_empty() {
+            Vec::new()
+        } else {
+            body.trim_end_matches('/').split('/').collect()
+        };
+        for (i, seg) in parts.iter().enumerate() {
+            if *seg == "**" {
+                if i + 1 != parts.len() {
+                    return Err(TemplateError::MisplacedRest);
+                }
+                rest = true;
+                continue;
+            }
+            if seg.is_empty() || *seg == "." || *seg == ".." {
+                return Err(TemplateError::EmptyOrDot(seg.to_string()));
+            }
+            if seg.starts_with('{') || seg.ends_with('}') {
+                let name = seg
+                    .strip_prefix('{')
+                    .and_then(|s| s.strip_suffix('}'))
+                    .filter(|n| !n.is_empty() && n.chars().all(|c| c.is_alphanumeric() || c == '_'))
+                    .ok_or_else(|| TemplateError::BadParam(seg.to_string()))?;
+                segments.push(Segment::Param(name.to_string()));
+                continue;
+            }
+            if let Some(c) = seg
+                .chars()
+                .find(|c| matches!(c, '{' | '}' | '*' | '%' | '?' | '#' | '\\') || c.is_control())
+            {
+                return Err(TemplateError::BadChar(seg.to_string(), c));
+            }
+            segments.push(Segment::Literal(seg.to_string()));
+        }
+        Ok(PathPattern::Template { segments, rest })
+    }
+
+    /// Compile `path_regex`, anchored at both ends so it always covers the whole path.
+    pub fn regex(r: &str) -> Result<PathPattern, regex::Error> {
+        Regex::new(&format!("^(?:{r})$")).map(PathPattern::Regex)
+    }
+
+    /// Does `path` match?
+    pub fn matches(&self, path: &NormalizedPath) -> bool {
+        match self {
+            PathPattern::Regex(r) => r.is_match(path.as_str()),
+            PathPattern::Template { segments, rest } => {
+                let mut it = path.segments();
+                for seg in segments {
+                    match (seg, it.next()) {
+                        (_, None) => return false,
+                        (Segment::Literal(l), Some(s)) if l != s => return false,
+                        _ => {}
+                    }
+                }
+                *rest || it.next().is_none()
+            }
+        }
+    }
+
+    /// The literal first segment, used to index the table.
+    fn first_literal(&self) -> Option<&str> {
+        match self {
+            PathPattern::Template { segments, .. } => match segments.first() {
+                Some(Segment::Literal(l)) => Some(l),
+                _ => None,
+            },
+            PathPattern::Regex(_) => None,
+        }
+    }
+
+    /// Specificity key (bigger = more specific), see the module docs.
+    fn rank_key(&self) -> Vec<u8> {
+        match self {
+            PathPattern::Regex(_) => vec![0],
+            PathPattern::Template { segments, rest } => {
+                let mut k: Vec<u8> = vec![1];
+                k.extend(segments.iter().map(|s| match s {
+                    Segment::Literal(_) => 4,
+                    Segment::Param(_) => 3,
+                }));
+                k.push(if *rest { 1 } else { 2 });
+                k
+            }
+        }
+    }
+}
+
+/// How a route matches the Host header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// Any host (or none).
+    Any,
+    /// Exactly this host (lowercase, no port).
+    Exact(String),
+    /// `*.example.com`: stored as `.example.com`, one or more labels before it.
+    Suffix(String),
+}
+
+impl HostPattern {
+    /// Parse `tools.internal`, `*.internal`, or nothing.
+    pub fn parse(h: Option<&str>) -> Result<HostPattern, String> {
+        let Some(h) = h else {
+            return Ok(HostPattern::Any);
+        };
+        let h = h.trim().to_ascii_lowercase();
+        let valid = |s: &str| {
+            !s.is_empty()
+                && s.split('.').all(|l| {
+                    !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                })
+        };
+        if let Some(suffix) = h.strip_prefix("*.") {
+            if valid(suffix) {
+                return Ok(HostPattern::Suffix(format!(".{suffix}")));
+            }
+        } else if valid(&h) {
+            return Ok(HostPattern::Exact(h));
+        }
+        Err(format!(
+            "`{h}` is not a host name or `*.domain` wildcard (no port, no scheme)"
+        ))
+    }
+
+    /// Does the request host (already lowercased, port stripped) match?
+    pub fn matches(&self, host: Option<&str>) -> bool {
+        match self {
+            HostPattern::Any => true,
+            HostPattern::Exact(e) => host == Some(e.as_str()),
+            HostPattern::Suffix(s) => {
+                host.is_some_and(|h| h.len() > s.len() && h.ends_with(s.as_str()))
+            }
+        }
+    }
+
+    fn rank(&self) -> (u8, usize) {
+        match self {
+            HostPattern::Any => (0, 0),
+            HostPattern::Suffix(s) => (1, s.len()),
+            HostPattern::Exact(_) => (2, 0),
+        }
+    }
+}
+
+/// A compiled route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Name from the config.
+    pub name: Arc<str>,
+    /// Position in the file (tie-breaker).
+    pub file_index: usize,
+    /// Allowed methods; empty = any.
+    pub methods: Vec<Method>,
+    /// Host condition.
+    pub host: HostPattern,
+    /// Path condition.
+    pub path: PathPattern,
+    /// Index into [`super::Snapshot::upstreams`].
+    pub upstream: usize,
+    /// Every one of these scopes is required.
+    pub scopes_all: Vec<String>,
+    /// If non-empty, at least one of these is required too.
+    pub scopes_any: Vec<String>,
+}
+
+impl Route {
+    fn allows_method(&self, m: &Method) -> bool {
+        self.methods.is_empty() || self.methods.contains(m)
+    }
+
+    fn precedence(&self, other: &Route) -> Ordering {
+        // Descending specificity, then ascending file order.
+        other
+            .host
+            .rank()
+            .cmp(&self.host.rank())
+            .then_with(|| other.path.rank_key().cmp(&self.path.rank_key()))
+            .then_with(|| (!other.methods.is_empty()).cmp(&!self.methods.is_empty()))
+            .then_with(|| self.file_index.cmp(&other.file_index))
+    }
+}
+
+/// What looking a request up in the table found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// The route at this index (into [`RouteTable::routes`]) governs the request.
+    Found(usize),
+    /// No route matched. `methods_on_path` lists methods that routes allow for this host and
+    /// path, so the refusal can say what would have been accepted.
+    NotFound {
+        /// Methods some route allows on this path (empty: the path is not routed at all).
+        methods_on_path: Vec<Method>,
+    },
+}
+
+/// All routes, ranked, with an index on the first path segment.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    /// Routes in precedence order (most specific first).
+    pub routes: Vec<Route>,
+    /// First literal segment → indices (ascending = precedence order).
+    by_first: HashMap<String, Vec<usize>>,
+    /// Routes whose first segment is not a literal (params, `/**`, `/`, regexes).
+    generic: Vec<usize>,
+}
+
+impl RouteTable {
+    /// Rank `routes` and build the index.
+    pub fn new(mut routes: Vec<Route>) -> RouteTable {
+        routes.sort_by(|a, b| a.precedence(b));
+        let mut by_first: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut generic = Vec::new();
+        for (i, r) in routes.iter().enumerate() {
+            match r.path.first_literal() {
+                Some(l) => by_first.entry(l.to_string()).or_default().push(i),
+                None => generic.push(i),
+            }
+        }
+        RouteTable {
+            routes,
+            by_first,
+            generic,
+        }
+    }
+
+    /// Find the route governing `method host path`.
+    pub fn lookup(&self, method: &Method, host: Option<&str>, path: &NormalizedPath) -> Lookup {
+        let first = path.segments().next();
+        let bucket: &[usize] = first
+            .and_then(|f| self.by_first.get(f))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let mut methods_on_path = Vec::new();
+        // Merge the two ascending index lists so routes are visited in precedence order.
+        let (mut a, mut b) = (bucket.iter().peekable(), self.generic.iter().peekable());
+        loop {
+            let i = match (a.peek(), b.peek()) {
+                (Some(&&x), Some(&&y)) if x < y => a.next(),
+                (Some(_), Some(_)) => b.next(),
+                (Some(_), None) => a.next(),
+                (None, Some(_)) => b.next(),
+                (None, None) => break,
+            };
+            let Some(&i) = i else { break };
+            let r = &self.routes[i];
+            if !r.host.matches(host) || !r.path.matches(path) {
+                continue;
+            }
+            if r.allows_method(method) {
+                return Lookup::Found(i);
+            }
+            for m in &r.methods {
+                if !methods_on_path.contains(m) {
+                    methods_on_path.push(m.clone());
+                }
+            }
+        }
+        Lookup::NotFound { methods_on_path }
+    }
+}

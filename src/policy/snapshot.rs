@@ -1,0 +1,151 @@
+//! The compiled, immutable configuration every request is decided against.
+
+use super::route::RouteTable;
+use crate::identity::Verifier;
+use http::{HeaderName, HeaderValue};
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A registered agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Agent {
+    /// Identity, as found in the token's subject claim.
+    pub id: Arc<str>,
+    /// The accountable human.
+    pub owner: Arc<str>,
+    /// What it is for.
+    pub description: String,
+    /// Every scope it may ever hold; tokens are cut down to these.
+    pub scopes: BTreeSet<String>,
+    /// Disabled agents are refused.
+    pub enabled: bool,
+}
+
+/// A secret value that never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub HeaderValue);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Header the gateway injects towards an upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    /// Header name (lowercase).
+    pub header: HeaderName,
+    /// The secret value.
+    pub value: Secret,
+}
+
+/// A named upstream.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Name from the config; metric label.
+    pub name: Arc<str>,
+    /// Resolved address (resolved when the config is loaded).
+    pub addr: SocketAddr,
+    /// Speak TLS.
+    pub tls: bool,
+    /// SNI and certificate name for TLS.
+    pub sni: String,
+    /// Value of the Host header sent upstream (`host[:port]` from the URL).
+    pub authority: String,
+    /// Path prefix from the URL (no trailing slash; empty for none).
+    pub base_path: String,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Per-read timeout.
+    pub read_timeout: Duration,
+    /// Per-write timeout.
+    pub write_timeout: Duration,
+    /// Idle keepalive timeout.
+    pub idle_timeout: Duration,
+    /// Injected credential.
+    pub credential: Option<Credential>,
+}
+
+/// Where access-log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    /// Standard output.
+    Stdout,
+    /// Appended to this file.
+    File(PathBuf),
+}
+
+/// Settings that are read at start-up only (listeners, threads) or by several parts.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Proxy listener addresses.
+    pub proxy_listen: Vec<String>,
+    /// Admin listener address.
+    pub admin_listen: String,
+    /// Proxy worker threads.
+    pub threads: usize,
+    /// SIGTERM drain bound.
+    pub grace_period: Duration,
+    /// Longest request path.
+    pub max_path_length: usize,
+    /// Reload when the file changes.
+    pub watch_config: bool,
+    /// Idle upstream connections kept.
+    pub upstream_keepalive_pool: usize,
+    /// Access log destination.
+    pub access_log: AccessLogTarget,
+}
+
+/// What `portcullis token issue` needs.
+#[derive(Debug, Clone)]
+pub struct TokenService {
+    /// `iss` of issued tokens.
+    pub issuer: String,
+    /// `aud` of issued tokens.
+    pub audience: String,
+    /// The ES256 PKCS#8 key file.
+    pub signing_key_file: PathBuf,
+    /// `kid` of issued tokens.
+    pub kid: String,
+    /// Default lifetime.
+    pub default_ttl: Duration,
+    /// Upper bound on lifetimes (identity.max_token_ttl).
+    pub max_ttl: Duration,
+}
+
+/// One compiled configuration. Immutable; a reload builds a new one.
+pub struct Snapshot {
+    /// Increases by one with every successful load in this process.
+    pub version: u64,
+    /// First 12 hex digits of the SHA-256 of the file, to tell versions apart across processes.
+    pub digest: String,
+    /// Process settings.
+    pub settings: Settings,
+    /// Agents by id.
+    pub agents: HashMap<String, Arc<Agent>>,
+    /// Upstreams, referenced by index from routes.
+    pub upstreams: Vec<Arc<Upstream>>,
+    /// The routes.
+    pub routes: RouteTable,
+    /// Token verification for this configuration.
+    pub verifier: Arc<Verifier>,
+    /// Local token issuing, if configured.
+    pub token_service: Option<TokenService>,
+}
+
+impl fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("version", &self.version)
+            .field("digest", &self.digest)
+            .field("agents", &self.agents.len())
+            .field("upstreams", &self.upstreams.len())
+            .field("routes", &self.routes.routes.len())
+            .finish()
+    }
+}

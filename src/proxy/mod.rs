@@ -1,0 +1,497 @@
+//! The thin pingora layer: gathers facts, asks the policy, acts on the answer.
+//!
+//! Phase order (each phase one concern):
+//! 1. `request_filter`: load the snapshot once, normalize the path, authenticate, decide. A
+//!    refusal is answered here and nothing else runs. Identity comes before routing so that an
+//!    anonymous caller learns nothing about which paths exist.
+//! 2. `upstream_peer`: the upstream of the route the decision chose (never re-derived).
+//! 3. `upstream_request_filter`: strip what the agent may not assert, set the exact normalized
+//!    path, inject identity headers and the upstream credential.
+//! 4. `response_filter`: make sure the credential header never flows back.
+//! 5. `fail_to_proxy`: upstream failures become JSON 502/504.
+//! 6. `logging`: metrics and the access-log line, for every request, allowed or not.
+
+pub mod headers;
+pub mod refusal;
+
+use crate::identity::VerifiedToken;
+use crate::observe::AccessRecord;
+use crate::policy::{evaluate, normalize, Agent, Decision, NormalizedPath, RequestFacts, Snapshot};
+use crate::state::GatewayState;
+use async_trait::async_trait;
+use bytes::Bytes;
+use headers::{bearer, request_host, strip_client_assertions, OWNED_PREFIX, REQUEST_ID};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{ErrorSource, ErrorType};
+use refusal::{Refusal, UpstreamFailure};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+/// The gateway's pingora application.
+pub struct Gateway {
+    state: Arc<GatewayState>,
+}
+
+impl Gateway {
+    /// Wrap the shared state.
+    pub fn new(state: Arc<GatewayState>) -> Gateway {
+        Gateway { state }
+    }
+}
+
+/// Decrements the in-flight count however the request ends.
+struct InFlight(Arc<GatewayState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.metrics.in_flight.dec();
+    }
+}
+
+/// Per-request state, filled in phase by phase.
+pub struct RequestCtx {
+    snap: Option<Arc<Snapshot>>,
+    request_id: String,
+    started: Instant,
+    started_wall: SystemTime,
+    path: Option<NormalizedPath>,
+    token: Option<Arc<VerifiedToken>>,
+    agent: Option<Arc<Agent>>,
+    effective_scopes: Vec<String>,
+    route: Option<usize>,
+    decision: &'static str,
+    reason: Option<&'static str>,
+    upstream_started: Option<Instant>,
+    upstream_failure: Option<UpstreamFailure>,
+    _in_flight: Option<InFlight>,
+}
+
+impl RequestCtx {
+    fn route_name(&self) -> &str {
+        match (&self.snap, self.route) {
+            (Some(s), Some(r)) => &s.routes.routes[r].name,
+            _ => "none",
+        }
+    }
+
+    fn upstream(&self) -> Option<&crate::policy::Upstream> {
+        let s = self.snap.as_ref()?;
+        Some(&s.upstreams[s.routes.routes[self.route?].upstream])
+    }
+}
+
+impl Gateway {
+    /// Answer with a refusal and record it in the context.
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        r: Refusal,
+    ) -> Result<bool> {
+        let out = r.render(&ctx.request_id, ctx.snap.as_deref());
+        ctx.decision = if out.status >= 500 { "error" } else { "deny" };
+        ctx.reason = Some(out.code);
+        if let Refusal::Token(e) = &r {
+            self.state
+                .metrics
+                .token_failures
+                .with_label_values(&[e.code()])
+                .inc();
+        }
+        if let Some(agent) = &ctx.agent {
+            tracing::info!(request_id = %ctx.request_id, agent = %agent.id, route = ctx.route_name(), decision = ctx.decision, reason = out.code, "refused");
+        } else {
+            tracing::debug!(request_id = %ctx.request_id, decision = ctx.decision, reason = out.code, "refused");
+        }
+        // A body we did not read would be taken for the next request on this connection.
+        let req = session.req_header();
+        let has_body = req.headers.contains_key(http::header::CONTENT_LENGTH)
+            || req.headers.contains_key(http::header::TRANSFER_ENCODING);
+        if has_body {
+            session.set_keepalive(None);
+        }
+        let mut h = ResponseHeader::build(out.status, Some(6))?;
+        h.insert_header("content-type", "application/json")?;
+        h.insert_header("content-length", out.body.len().to_string())?;
+        h.insert_header("cache-control", "no-store")?;
+        h.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+        if let Some(w) = out.www_authenticate {
+            h.insert_header("www-authenticate", w)?;
+        }
+        if let Some(s) = out.retry_after {
+            h.insert_header("retry-after", s.to_string())?;
+        }
+        session.write_response_header(Box::new(h), false).await?;
+        session
+            .write_response_body(Some(Bytes::from(out.body)), true)
+            .await?;
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            snap: None,
+            request_id: String::new(),
+            started: Instant::now(),
+            started_wall: SystemTime::now(),
+            path: None,
+            token: None,
+            agent: None,
+            effective_scopes: Vec::new(),
+            route: None,
+            decision: "error",
+            reason: None,
+            upstream_started: None,
+            upstream_failure: None,
+            _in_flight: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        self.state.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.state.metrics.in_flight.inc();
+        ctx._in_flight = Some(InFlight(self.state.clone()));
+        ctx.started = Instant::now();
+        ctx.started_wall = SystemTime::now();
+        ctx.request_id = uuid::Uuid::now_v7().simple().to_string();
+        if self.state.draining.load(Ordering::Relaxed) {
+            // Finish this request but tell the client to reconnect (elsewhere).
+            session.set_keepalive(None);
+        }
+        // One snapshot for the whole request, even if a reload lands meanwhile.
+        let snap = self.state.snapshot.load_full();
+        ctx.snap = Some(snap.clone());
+
+        let path = match normalize(
+            session.req_header().uri.path(),
+            snap.settings.max_path_length,
+        ) {
+            Ok(p) => p,
+            Err(e) => return self.refuse(session, ctx, Refusal::BadPath(e)).await,
+        };
+        ctx.path = Some(path);
+
+        let token = match bearer(session.req_header()) {
+            Ok(t) => t,
+            Err(p) => return self.refuse(session, ctx, Refusal::NoToken(p)).await,
+        };
+        let verified = match snap.verifier.verify(token).await {
+            Ok(v) => v,
+            Err(e) => return self.refuse(session, ctx, Refusal::Token(e)).await,
+        };
+        ctx.token = Some(verified.clone());
+
+        let host = request_host(session.req_header());
+        let decision = {
+            let facts = RequestFacts {
+                method: &session.req_header().method,
+                host: host.as_deref(),
+                path: ctx.path.as_ref().expect("set above"),
+                token: &verified,
+            };
+            evaluate(&snap, &facts)
+        };
+        match decision {
+            Decision::Allow(a) => {
+                ctx.route = Some(a.route);
+                ctx.agent = Some(a.agent);
+                ctx.effective_scopes = a.effective_scopes;
+                ctx.decision = "allow";
+                tracing::debug!(request_id = %ctx.request_id, agent = ctx.agent.as_ref().map(|a| &*a.id), route = ctx.route_name(), decision = "allow", "allowed");
+                Ok(false)
+            }
+            Decision::Deny(d) => {
+                ctx.agent = match &d {
+                    crate::policy::Denial::UnknownAgent { .. } => None,
+                    crate::policy::Denial::AgentDisabled { agent }
+                    | crate::policy::Denial::NoRoute { agent, .. }
+                    | crate::policy::Denial::InsufficientScope { agent, .. } => Some(agent.clone()),
+                };
+                if let crate::policy::Denial::InsufficientScope { route, .. } = &d {
+                    ctx.route = Some(*route);
+                }
+                self.refuse(session, ctx, Refusal::Policy(d)).await
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        // Only reachable after an Allow: the route was decided in request_filter.
+        let Some(up) = ctx.upstream() else {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "no route decided before upstream_peer",
+            );
+        };
+        let mut peer = HttpPeer::new(up.addr, up.tls, up.sni.clone());
+        peer.options.connection_timeout = Some(up.connect_timeout);
+        peer.options.total_connection_timeout = Some(up.connect_timeout * 2);
+        peer.options.read_timeout = Some(up.read_timeout);
+        peer.options.write_timeout = Some(up.write_timeout);
+        peer.options.idle_timeout = Some(up.idle_timeout);
+        ctx.upstream_started = Some(Instant::now());
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let up = ctx
+            .upstream()
+            .expect("allowed request has an upstream")
+            .clone();
+        strip_client_assertions(req, up.credential.as_ref().map(|c| &c.header));
+
+        // The upstream sees exactly the path the route matched (plus the upstream's base path).
+        let path = ctx.path.as_ref().expect("normalized in request_filter");
+        let mut target = String::with_capacity(up.base_path.len() + path.as_str().len() + 32);
+        target.push_str(&up.base_path);
+        target.push_str(path.as_str());
+        if let Some(q) = session.req_header().uri.query() {
+            target.push('?');
+            target.push_str(q);
+        }
+        let uri = target
+            .parse::<http::Uri>()
+            .map_err(|e| Error::because(ErrorType::InternalError, "building upstream URI", e))?;
+        req.set_uri(uri);
+        req.insert_header(http::header::HOST, up.authority.as_str())?;
+
+        let agent = ctx.agent.as_ref().expect("allowed request has an agent");
+        req.insert_header(format!("{OWNED_PREFIX}agent"), &*agent.id)?;
+        req.insert_header(format!("{OWNED_PREFIX}owner"), &*agent.owner)?;
+        req.insert_header(format!("{OWNED_PREFIX}route"), ctx.route_name())?;
+        req.insert_header(
+            format!("{OWNED_PREFIX}scopes"),
+            ctx.effective_scopes.join(" "),
+        )?;
+        req.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+
+        // Append, never trust: the client's X-Forwarded-For is passed on but never decides anything.
+        if let Some(ip) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        {
+            let xff = match session
+                .req_header()
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+                _ => ip.to_string(),
+            };
+            req.insert_header("x-forwarded-for", xff)?;
+        }
+        if let Some(c) = &up.credential {
+            req.insert_header(c.header.clone(), c.value.0.clone())?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(c) = ctx.upstream().and_then(|u| u.credential.as_ref()) {
+            resp.remove_header(&c.header);
+        }
+        resp.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let failure = match e.esource() {
+            ErrorSource::Upstream => Some(match e.etype() {
+                ErrorType::ConnectTimedout
+                | ErrorType::ReadTimedout
+                | ErrorType::WriteTimedout
+                | ErrorType::TLSHandshakeTimedout => UpstreamFailure::Timeout,
+                ErrorType::ConnectRefused
+                | ErrorType::ConnectNoRoute
+                | ErrorType::ConnectError
+                | ErrorType::TLSHandshakeFailure
+                | ErrorType::InvalidCert
+                | ErrorType::SocketError
+                | ErrorType::BindError => UpstreamFailure::Unavailable,
+                _ => UpstreamFailure::Protocol,
+            }),
+            _ => None,
+        };
+        let refusal = match (failure, e.esource()) {
+            (Some(f), _) => {
+                ctx.upstream_failure = Some(f);
+                if let Some(up) = ctx.upstream() {
+                    self.state
+                        .metrics
+                        .upstream_errors
+                        .with_label_values(&[&up.name, f.kind()])
+                        .inc();
+                }
+                tracing::warn!(request_id = %ctx.request_id, upstream = ctx.upstream().map(|u| &*u.name), error = %e, "upstream failure");
+                Refusal::Upstream(f)
+            }
+            (None, ErrorSource::Downstream) => {
+                // The agent went away or sent garbage: nobody to answer, or a plain 400.
+                ctx.decision = "error";
+                ctx.reason = Some("client_error");
+                let code = match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                };
+                if code > 0 && session.response_written().is_none() {
+                    let _ = session.respond_error(code).await;
+                }
+                return FailToProxy {
+                    error_code: code,
+                    can_reuse_downstream: false,
+                };
+            }
+            (None, _) => {
+                tracing::error!(request_id = %ctx.request_id, error = %e, "internal failure");
+                Refusal::Internal
+            }
+        };
+        if session.response_written().is_some() {
+            // Headers already went out: the best we can do is cut the connection.
+            ctx.decision = "error";
+            ctx.reason = Some(refusal.render("", None).code);
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
+        let status = refusal.render("", None).status;
+        if self.refuse(session, ctx, refusal).await.is_err() {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let Some(snap) = ctx.snap.clone() else { return };
+        let total = ctx.started.elapsed();
+        let upstream_time = ctx.upstream_started.map(|t| t.elapsed());
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let route = ctx.route_name().to_string();
+        // Only configured agent ids become label values.
+        let agent_label = ctx.agent.as_ref().map(|a| &*a.id).unwrap_or("unknown");
+        let m = &self.state.metrics;
+        m.requests
+            .with_label_values(&[agent_label, &route, ctx.decision, status_label(status)])
+            .inc();
+        if let Some(r) = ctx.reason {
+            m.denials.with_label_values(&[r]).inc();
+        }
+        m.request_duration
+            .with_label_values(&[&route])
+            .observe(total.as_secs_f64());
+        let gateway_only = total.saturating_sub(upstream_time.unwrap_or_default());
+        m.gateway_duration
+            .with_label_values(&[&route])
+            .observe(gateway_only.as_secs_f64());
+        if let (Some(u), Some(t)) = (ctx.upstream(), upstream_time) {
+            m.upstream_duration
+                .with_label_values(&[&u.name])
+                .observe(t.as_secs_f64());
+        }
+
+        let req = session.req_header();
+        let raw_path;
+        let path = match &ctx.path {
+            Some(p) => p.as_str(),
+            None => {
+                raw_path = req.uri.path().to_string();
+                &raw_path
+            }
+        };
+        let token = ctx.token.as_deref();
+        self.state.access_log.log(&AccessRecord {
+            time: chrono::DateTime::<chrono::Utc>::from(ctx.started_wall)
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            request_id: &ctx.request_id,
+            agent: ctx
+                .agent
+                .as_ref()
+                .map(|a| &*a.id)
+                .or(token.map(|t| t.subject.as_str())),
+            owner: ctx.agent.as_ref().map(|a| &*a.owner),
+            jti: token.and_then(|t| t.jti.as_deref()),
+            issuer: token.map(|t| &*t.issuer),
+            route: ctx.route.map(|_| route.as_str()),
+            method: req.method.as_str(),
+            path,
+            query: req.uri.query(),
+            client: session.client_addr().map(|a| a.to_string()),
+            status,
+            decision: ctx.decision,
+            reason: ctx.reason,
+            upstream: if ctx.decision == "allow" || ctx.upstream_failure.is_some() {
+                ctx.upstream().map(|u| &*u.name)
+            } else {
+                None
+            },
+            bytes_in: session.body_bytes_read(),
+            bytes_out: session.body_bytes_sent(),
+            duration_ms: total.as_secs_f64() * 1000.0,
+            upstream_ms: upstream_time.map(|t| t.as_secs_f64() * 1000.0),
+            config_version: snap.version,
+        });
+    }
+}
+
+/// Status as a static label (bounded: HTTP status codes only).
+fn status_label(status: u16) -> &'static str {
+    const LABELS: [&str; 6] = ["0", "1xx", "2xx", "3xx", "4xx", "5xx"];
+    match status {
+        200 => "200",
+        201 => "201",
+        202 => "202",
+        204 => "204",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        413 => "413",
+        429 => "429",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        100..=599 => LABELS[(status / 100) as usize],
+        _ => LABELS[0],
+    }
+}

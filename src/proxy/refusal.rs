@@ -1,0 +1,230 @@
+//! The one place where every refusal becomes an HTTP status, a machine code and a JSON body.
+//!
+//! Every match here is exhaustive over our own error enums, so a new variant cannot slip
+//! through with a generic answer. Messages are written for the agent that receives them: they
+//! say what happened and what to do next.
+
+use super::headers::BearerProblem;
+use crate::identity::TokenError;
+use crate::policy::{Denial, PathError, Snapshot};
+use http::Method;
+use serde_json::{json, Map, Value};
+
+/// Why the gateway answers instead of the upstream.
+#[derive(Debug)]
+pub enum Refusal {
+    /// The path is ambiguous or malformed.
+    BadPath(PathError),
+    /// No usable bearer token.
+    NoToken(BearerProblem),
+    /// The token was refused.
+    Token(TokenError),
+    /// Policy said no.
+    Policy(Denial),
+    /// The upstream could not be reached or failed.
+    Upstream(UpstreamFailure),
+    /// An unexpected failure inside the gateway.
+    Internal,
+}
+
+/// How an upstream failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// Connection refused, unreachable, TLS failure.
+    Unavailable,
+    /// Connect or read/write timed out.
+    Timeout,
+    /// The upstream broke the protocol or the connection mid-response.
+    Protocol,
+}
+
+impl UpstreamFailure {
+    /// Metric label.
+    pub fn kind(self) -> &'static str {
+        match self {
+            UpstreamFailure::Unavailable => "connect",
+            UpstreamFailure::Timeout => "timeout",
+            UpstreamFailure::Protocol => "protocol",
+        }
+    }
+}
+
+/// A rendered refusal.
+pub struct Rendered {
+    /// HTTP status.
+    pub status: u16,
+    /// Machine code (the `error` field), also the access-log `reason`.
+    pub code: &'static str,
+    /// `WWW-Authenticate` value for 401/403 bearer errors.
+    pub www_authenticate: Option<String>,
+    /// `Retry-After` seconds.
+    pub retry_after: Option<u64>,
+    /// JSON body.
+    pub body: Vec<u8>,
+}
+
+fn quote(s: &str) -> String {
+    s.replace(['"', '\\'], "'")
+}
+
+impl Refusal {
+    /// Status, code, headers and JSON body.
+    pub fn render(&self, request_id: &str, snap: Option<&Snapshot>) -> Rendered {
+        let mut extra = Map::new();
+        let mut www = None;
+        let mut retry_after = None;
+        let (status, code, message): (u16, &'static str, String) = match self {
+            Refusal::BadPath(e) => {
+                extra.insert("reason".into(), json!(e.code()));
+                (400, "invalid_path", e.to_string())
+            }
+            Refusal::NoToken(p) => {
+                let (code, msg) = match p {
+                    BearerProblem::Missing => ("missing_token", "this gateway requires an agent identity: send `Authorization: Bearer <JWT>` with a token issued to your agent"),
+                    BearerProblem::NotBearer => ("missing_token", "the Authorization header must be `Bearer <JWT>`; other schemes are not accepted"),
+                    BearerProblem::Ambiguous => ("invalid_request", "send exactly one Authorization header"),
+                };
+                www = Some(format!(
+                    "Bearer realm=\"portcullis\", error=\"invalid_request\", error_description=\"{}\"",
+                    quote(msg)
+                ));
+                (401, code, msg.to_string())
+            }
+            Refusal::Token(e) => {
+                extra.insert("reason".into(), json!(e.code()));
+                let msg = e.to_string();
+                match e {
+                    // Not the agent's fault: the gateway cannot verify anything yet. Fail closed,
+                    // but tell the agent to come back instead of fetching a new token.
+                    TokenError::KeysUnavailable { .. } => {
+                        retry_after = Some(5);
+                        (503, "identity_unavailable", msg)
+                    }
+                    TokenError::MissingToken
+                    | TokenError::Malformed { .. }
+                    | TokenError::TooLarge { .. }
+                    | TokenError::AlgNone
+                    | TokenError::AlgNotAllowed { .. }
+                    | TokenError::KeyTypeMismatch { .. }
+                    | TokenError::UnknownKey { .. }
+                    | TokenError::BadSignature
+                    | TokenError::Expired { .. }
+                    | TokenError::NotYetValid { .. }
+                    | TokenError::WrongIssuer { .. }
+                    | TokenError::WrongAudience { .. }
+                    | TokenError::MissingClaim { .. }
+                    | TokenError::LifetimeTooLong { .. }
+                    | TokenError::InvalidClaim { .. } => {
+                        www = Some(format!(
+                            "Bearer realm=\"portcullis\", error=\"invalid_token\", error_description=\"{}\"",
+                            quote(&msg)
+                        ));
+                        (401, "invalid_token", msg)
+                    }
+                }
+            }
+            Refusal::Policy(d) => {
+                match d {
+                    Denial::UnknownAgent { subject } => {
+                        www = Some("Bearer realm=\"portcullis\", error=\"invalid_token\", error_description=\"unknown agent\"".into());
+                        (401, "unknown_agent", format!(
+                        "the token's subject `{subject}` is not a registered agent; an operator must register it in gateway.yaml (with a human owner) before it can call anything"
+                    ))
+                    }
+                    Denial::AgentDisabled { agent } => {
+                        extra.insert("agent".into(), json!(&*agent.id));
+                        (
+                            403,
+                            "agent_disabled",
+                            format!(
+                        "agent `{}` is disabled; its owner {} must ask an operator to re-enable it",
+                        agent.id, agent.owner
+                    ),
+                        )
+                    }
+                    Denial::NoRoute {
+                        agent,
+                        methods_on_path,
+                    } => {
+                        extra.insert("agent".into(), json!(&*agent.id));
+                        let msg = if methods_on_path.is_empty() {
+                            "no route allows this call: the gateway denies anything not explicitly allowed; check the base URL and path, or ask an operator to add a route".to_string()
+                        } else {
+                            let m: Vec<&str> = methods_on_path.iter().map(Method::as_str).collect();
+                            extra.insert("allowed_methods".into(), json!(m));
+                            format!("no route allows this method on this path; allowed methods here: {}", m.join(", "))
+                        };
+                        (403, "no_route", msg)
+                    }
+                    Denial::InsufficientScope {
+                        agent,
+                        route,
+                        missing_all,
+                        missing_any_of,
+                    } => {
+                        let r = snap.map(|s| &s.routes.routes[*route]);
+                        let route_name = r.map(|r| r.name.to_string()).unwrap_or_default();
+                        extra.insert("agent".into(), json!(&*agent.id));
+                        extra.insert("route".into(), json!(route_name));
+                        if let Some(r) = r {
+                            extra.insert("required_scopes".into(), json!(r.scopes_all));
+                            if !r.scopes_any.is_empty() {
+                                extra.insert("required_any_of".into(), json!(r.scopes_any));
+                            }
+                        }
+                        extra.insert("missing_scopes".into(), json!(missing_all));
+                        let mut needs: Vec<String> = missing_all.clone();
+                        if !missing_any_of.is_empty() {
+                            needs.push(format!("one of [{}]", missing_any_of.join(", ")));
+                        }
+                        let grantable = missing_all.iter().all(|s| agent.scopes.contains(s))
+                            && (missing_any_of.is_empty()
+                                || missing_any_of.iter().any(|s| agent.scopes.contains(s)));
+                        let what_to_do = if grantable {
+                            "request a token that includes them"
+                        } else {
+                            "this agent is not registered for them; its owner must ask an operator to grant them"
+                        };
+                        www = Some(format!(
+                        "Bearer realm=\"portcullis\", error=\"insufficient_scope\", scope=\"{}\"",
+                        quote(&missing_all.iter().chain(missing_any_of).cloned().collect::<Vec<_>>().join(" "))
+                    ));
+                        (
+                            403,
+                            "insufficient_scope",
+                            format!(
+                                "route `{route_name}` needs scope {}; {what_to_do}",
+                                needs.join(" and ")
+                            ),
+                        )
+                    }
+                }
+            }
+            Refusal::Upstream(f) => {
+                retry_after = Some(1);
+                match f {
+                    UpstreamFailure::Unavailable => (502, "upstream_unavailable", "the upstream tool could not be reached; retry later".into()),
+                    UpstreamFailure::Timeout => (504, "upstream_timeout", "the upstream tool did not answer in time; retry later, and check whether the call took effect before repeating a write".into()),
+                    UpstreamFailure::Protocol => (502, "upstream_error", "the upstream tool failed while answering; retry later, and check whether the call took effect before repeating a write".into()),
+                }
+            }
+            Refusal::Internal => (
+                500,
+                "internal_error",
+                "the gateway failed to handle this call; retry later".into(),
+            ),
+        };
+        let mut body = Map::new();
+        body.insert("error".into(), json!(code));
+        body.insert("message".into(), json!(message));
+        body.insert("request_id".into(), json!(request_id));
+        body.extend(extra);
+        Rendered {
+            status,
+            code,
+            www_authenticate: www,
+            retry_after,
+            body: serde_json::to_vec(&Value::Object(body)).expect("JSON of strings"),
+        }
+    }
+}

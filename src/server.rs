@@ -1,0 +1,215 @@
+//! Assembles and runs the gateway process: pingora server, proxy and admin services, reload
+//! triggers (SIGHUP, file changes) and the draining shutdown.
+
+use crate::admin::AdminService;
+use crate::config::{load_file, LoadContext};
+use crate::observe::{AccessLog, Metrics};
+use crate::policy::AccessLogTarget;
+use crate::proxy::Gateway;
+use crate::state::{new_key_store, GatewayState};
+use async_trait::async_trait;
+use pingora::proxy::http_proxy_service_with_name;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::background::background_service;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration was refused.
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// The access log could not be opened.
+    #[error("cannot open the access log: {0}")]
+    AccessLog(std::io::Error),
+}
+
+/// Run until SIGTERM/SIGINT. Returns after the access log is flushed.
+pub fn run(config_path: &Path) -> Result<(), StartError> {
+    let metrics = Arc::new(Metrics::new());
+    let key_store = new_key_store(&metrics);
+    let first = load_file(
+        config_path,
+        &LoadContext {
+            key_store: key_store.clone(),
+            version: 1,
+        },
+    )?;
+    let settings = first.settings.clone();
+    let log_path = match &settings.access_log {
+        AccessLogTarget::Stdout => None,
+        AccessLogTarget::File(p) => Some(p.clone()),
+    };
+    let access_log = Arc::new(
+        AccessLog::start(log_path.as_deref(), metrics.clone()).map_err(StartError::AccessLog)?,
+    );
+    let state = Arc::new(GatewayState::load(
+        config_path,
+        metrics,
+        key_store,
+        access_log.clone(),
+        first,
+    ));
+
+    let conf = ServerConf {
+        threads: settings.threads,
+        // Draining is done by `DrainOnTerm` before pingora is told to stop, so pingora's own
+        // fixed grace sleep is not needed.
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upstream_keepalive_pool_size: settings.upstream_keepalive_pool,
+        pid_file: std::env::temp_dir()
+            .join(format!("portcullis-{}.pid", std::process::id()))
+            .display()
+            .to_string(),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut proxy = http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(state.clone()),
+        "portcullis proxy",
+    );
+    for addr in &settings.proxy_listen {
+        proxy.add_tcp(addr);
+    }
+    let admin = background_service(
+        "portcullis admin",
+        AdminService::new(state.clone(), settings.admin_listen.clone()),
+    );
+    server.add_service(proxy);
+    server.add_service(admin);
+
+    spawn_sighup_reloader(state.clone());
+    let _watcher = if settings.watch_config {
+        watch_config_file(state.clone(), config_path.to_path_buf())
+    } else {
+        None
+    };
+    tracing::info!(
+        proxy = ?settings.proxy_listen,
+        admin = %settings.admin_listen,
+        threads = settings.threads,
+        config_version = 1,
+        "portcullis starting"
+    );
+    server.run(RunArgs {
+        shutdown_signal: Box::new(DrainOnTerm {
+            state: state.clone(),
+            grace: settings.grace_period,
+        }),
+    });
+    // Every runtime has stopped, so every request has handed its line to the log.
+    access_log.close();
+    tracing::info!("portcullis stopped");
+    Ok(())
+}
+
+/// SIGTERM: stop being ready, let in-flight requests finish (bounded by the grace period), then
+/// let pingora close listeners and exit. SIGINT: stop at once.
+struct DrainOnTerm {
+    state: Arc<GatewayState>,
+    grace: Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for DrainOnTerm {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        tokio::select! {
+            _ = int.recv() => return ShutdownSignal::FastShutdown,
+            _ = term.recv() => {}
+        }
+        self.state.draining.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + self.grace;
+        tracing::info!(in_flight = self.state.in_flight.load(Ordering::SeqCst), grace = ?self.grace, "SIGTERM: draining");
+        loop {
+            let n = self.state.in_flight.load(Ordering::SeqCst);
+            if n == 0 {
+                break;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    in_flight = n,
+                    "grace period over; stopping with requests in flight"
+                );
+                break;
+            }
+            tokio::select! {
+                _ = int.recv() => return ShutdownSignal::FastShutdown,
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+        ShutdownSignal::GracefulTerminate
+    }
+}
+
+fn spawn_sighup_reloader(state: Arc<GatewayState>) {
+    let mut signals = match signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install the SIGHUP handler; reload with POST /reload");
+            return;
+        }
+    };
+    std::thread::Builder::new()
+        .name("sighup-reload".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                let _ = state.reload("sighup");
+            }
+        })
+        .expect("spawn reload thread");
+}
+
+/// Reload when the file changes. Watches the directory, because editors and config managers
+/// replace files by rename, which a watch on the file itself would miss.
+fn watch_config_file(
+    state: Arc<GatewayState>,
+    path: PathBuf,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let name = path.file_name()?.to_os_string();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev {
+            if ev.kind.is_access() {
+                return;
+            }
+            if ev.paths.iter().any(|p| p.file_name() == Some(name.as_os_str())) {
+                let _ = tx.send(());
+            }
+        }
+    })
+    .map_err(|e| tracing::warn!(error = %e, "cannot watch the config file; reload with SIGHUP or POST /reload"))
+    .ok()?;
+    watcher
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .map_err(|e| tracing::warn!(error = %e, "cannot watch the config directory"))
+        .ok()?;
+    std::thread::Builder::new()
+        .name("config-watch".into())
+        .spawn(move || {
+            while rx.recv().is_ok() {
+                // Debounce: a save is often several events (truncate, write, rename).
+                std::thread::sleep(Duration::from_millis(200));
+                while rx.try_recv().is_ok() {}
+                let _ = state.reload("file-change");
+            }
+        })
+        .ok()?;
+    Some(watcher)
+}

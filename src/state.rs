@@ -1,0 +1,168 @@
+//! Process-wide state shared by the proxy, the admin listener and the reloaders: the current
+//! [`Snapshot`] behind one `ArcSwap`, metrics, the access log, and the drain bookkeeping.
+
+use crate::config::{load_file, ConfigError, LoadContext};
+use crate::identity::{JwksEvent, JwksOutcome, KeyStore};
+use crate::observe::{AccessLog, Metrics};
+use crate::policy::Snapshot;
+use arc_swap::ArcSwap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// Everything the gateway's parts share.
+pub struct GatewayState {
+    /// The configuration in force. Each request loads it once and keeps that version.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Access log writer.
+    pub access_log: Arc<AccessLog>,
+    /// JWKS fetchers, shared across reloads.
+    pub key_store: Arc<KeyStore>,
+    /// The file the config came from.
+    pub config_path: PathBuf,
+    /// Requests in flight (for draining).
+    pub in_flight: AtomicUsize,
+    /// Set on SIGTERM: readiness fails and connections are not kept alive.
+    pub draining: AtomicBool,
+    next_version: AtomicU64,
+    reload_lock: Mutex<()>,
+    last_reload_error: Mutex<Option<String>>,
+}
+
+/// Build the process-wide key store, reporting JWKS outcomes into `metrics`.
+pub fn new_key_store(metrics: &Arc<Metrics>) -> Arc<KeyStore> {
+    let m = metrics.clone();
+    KeyStore::new(Arc::new(move |ev: JwksEvent| {
+        let outcome = match ev.outcome {
+            JwksOutcome::Ok => "success",
+            JwksOutcome::Error => "failure",
+        };
+        m.jwks_refresh.with_label_values(&[&ev.url, outcome]).inc();
+        if matches!(ev.outcome, JwksOutcome::Ok) {
+            m.jwks_keys
+                .with_label_values(&[&ev.url])
+                .set(ev.key_count as i64);
+        }
+    }))
+}
+
+impl GatewayState {
+    /// Load `config_path` for the first time.
+    pub fn load(
+        config_path: &Path,
+        metrics: Arc<Metrics>,
+        key_store: Arc<KeyStore>,
+        access_log: Arc<AccessLog>,
+        first: Snapshot,
+    ) -> GatewayState {
+        metrics.config_version.set(first.version as i64);
+        let next = first.version + 1;
+        GatewayState {
+            snapshot: ArcSwap::from_pointee(first),
+            metrics,
+            access_log,
+            key_store,
+            config_path: config_path.to_path_buf(),
+            in_flight: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+            next_version: AtomicU64::new(next),
+            reload_lock: Mutex::new(()),
+            last_reload_error: Mutex::new(None),
+        }
+    }
+
+    /// Parse → validate → compile → swap. On any error the old snapshot keeps serving, the
+    /// error is logged and `portcullis_config_last_reload_success` drops to 0.
+    ///
+    /// Blocking (file I/O, DNS): call from a blocking context.
+    pub fn reload(&self, trigger: &str) -> Result<Arc<Snapshot>, ConfigError> {
+        // One reload at a time, so versions are assigned and swapped in order.
+        let _g = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let ctx = LoadContext {
+            key_store: self.key_store.clone(),
+            version: self.next_version.load(Ordering::SeqCst),
+        };
+        match load_file(&self.config_path, &ctx) {
+            Ok(new) => {
+                let old = self.snapshot.load();
+                if new.settings.proxy_listen != old.settings.proxy_listen
+                    || new.settings.admin_listen != old.settings.admin_listen
+                    || new.settings.threads != old.settings.threads
+                    || new.settings.access_log != old.settings.access_log
+                {
+                    tracing::warn!(
+                        "listeners, threads and access_log changed in the file; they take effect at the next restart"
+                    );
+                }
+                let new = Arc::new(new);
+                self.next_version.fetch_add(1, Ordering::SeqCst);
+                self.snapshot.store(new.clone());
+                self.metrics.config_version.set(new.version as i64);
+                self.metrics
+                    .config_reloads
+                    .with_label_values(&["success"])
+                    .inc();
+                self.metrics.config_last_reload_ok.set(1);
+                *self
+                    .last_reload_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = None;
+                tracing::info!(trigger, version = new.version, digest = %new.digest, "configuration reloaded");
+                Ok(new)
+            }
+            Err(e) => {
+                self.metrics
+                    .config_reloads
+                    .with_label_values(&["failure"])
+                    .inc();
+                self.metrics.config_last_reload_ok.set(0);
+                *self
+                    .last_reload_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                tracing::error!(trigger, error = %e, "configuration reload refused; the previous configuration keeps serving");
+                Err(e)
+            }
+        }
+    }
+
+    /// The error of the last failed reload, if the last attempt failed.
+    pub fn last_reload_error(&self) -> Option<String> {
+        self.last_reload_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Update scrape-time gauges (JWKS key age).
+    pub fn refresh_gauges(&self) {
+        let now = SystemTime::now();
+        for s in self.key_store.status() {
+            if let Some(t) = s.last_success {
+                let age = now
+                    .duration_since(t)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0);
+                self.metrics
+                    .jwks_key_age
+                    .with_label_values(&[&s.url])
+                    .set(age);
+            }
+        }
+    }
+
+    /// Ready = keys loaded for every issuer and not draining; `Err` says what is missing.
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Err("draining: the gateway is shutting down".into());
+        }
+        let snap = self.snapshot.load();
+        if !snap.verifier.is_ready() {
+            return Err("signing keys are not loaded yet for every issuer".into());
+        }
+        Ok(())
+    }
+}

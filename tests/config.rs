@@ -1,0 +1,176 @@
+//! Config files → compiled result, and bad files → the exact list of errors.
+
+use portcullis::config::{load_file, load_str, LoadContext};
+use portcullis::identity::KeyStore;
+use portcullis::policy::{HostPattern, PathPattern, Segment};
+use std::path::Path;
+use std::sync::Arc;
+
+fn ctx() -> LoadContext {
+    LoadContext {
+        key_store: KeyStore::new(Arc::new(|_| {})),
+        version: 7,
+    }
+}
+
+fn fixtures() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys"))
+}
+
+#[test]
+fn bad_file_reports_every_error_with_path_and_line() {
+    let path = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/configs/bad.yaml"
+    ));
+    let err = load_file(path, &ctx()).expect_err("bad config must be refused");
+    let got: Vec<String> = err.issues().iter().map(|i| i.to_string()).collect();
+    let expected = [
+        "line 3: listen.admin: `not-an-address` is not an `ip:port` address (e.g. `127.0.0.1:8080`)",
+        "line 5: identity.clock_skew: `soon` is not a duration (expected number at 0); write e.g. `30s`, `5m`, `1h`",
+        "line 7: issuers[0]: no keys: set `keys`, `jwks_file`, `jwks_url` or `signing_key_file`",
+        "line 10: issuers[0].algorithms[1]: unsigned tokens (`none`) are never accepted",
+        "line 10: issuers[0].algorithms[2]: HS256 uses a shared secret; set `allow_hmac: true` on this issuer to accept it",
+        "line 10: issuers[0].algorithms: HS algorithms need `hmac_secret`",
+        "line 12: issuers[0].keys[0].pem_file: cannot read `missing.pem`: No such file or directory (os error 2)",
+        "line 13: issuers[1].name: duplicate issuer `idp` (first defined at issuers[0].name)",
+        "line 15: issuers[1].audiences: list at least one audience",
+        "line 17: issuers[1].jwks_url: `ftp://nope` is not an http(s) URL",
+        "line 20: agents[0].owner: every agent needs a named human owner",
+        "line 21: agents[0].scopes[1]: scope `tickets:raed` is not required by any route (a typo?); known scopes: tickets:read",
+        "line 24: agents[1].colour: unknown field `colour`, expected one of `id`, `owner`, `description`, `scopes`, `enabled`",
+        "line 28: upstreams[0].read_timeout: `5 parsecs` is not a duration (unknown time unit \"parsecs\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)); write e.g. `30s`, `5m`, `1h`",
+        "line 31: upstreams[0].credential.value: environment variable `PORTCULLIS_TEST_UNSET_SECRET` is not set",
+        "line 34: routes[0].methods[1]: `FETCH` is not one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
+        "line 35: routes[0].path: invalid template `/api/tickets/{id`: segment `{id`: a parameter must be a whole segment such as `{id}`",
+        "line 38: routes[1].name: duplicate route `r1` (first defined at routes[0].name)",
+        "line 39: routes[1].path: invalid template `/a/**/b`: `**` is only allowed as the last segment (`/prefix/**`)",
+        "line 40: routes[1].upstream: unknown upstream `ticket`; defined: tickets",
+        "line 43: routes[2].path_regex: invalid regex: regex parse error:\n    ^(?:/api/([)$\n              ^\nerror: unclosed character class",
+        "line 46: routes[3]: a route must require at least one scope (`scopes` or `any_of`): deny by default",
+        "line 53: routes[4].timeout: unknown field `timeout`, expected one of `name`, `methods`, `path`, `path_regex`, `host`, `upstream`, `scopes`, `any_of`",
+        "line 54: metrics: unknown section `metrics`, expected one of: listen, server, identity, issuers, token_service, agents, upstreams, routes, access_log",
+    ];
+    for (i, (g, e)) in got.iter().zip(expected.iter()).enumerate() {
+        assert_eq!(g, e, "issue #{i} differs");
+    }
+    assert_eq!(got.len(), expected.len(), "all issues: {got:#?}");
+}
+
+fn good_yaml() -> String {
+    format!(
+        r#"
+listen:
+  proxy: ["127.0.0.1:18080"]
+  admin: 127.0.0.1:19901
+  threads: 3
+issuers:
+  - name: idp
+    issuer: https://idp.example.test
+    audiences: [tools]
+    algorithms: [ES256, RS256]
+    jwks_file: {dir}/jwks.json
+agents:
+  - id: bot
+    owner: alice@example.com
+    scopes: [tickets:read, tickets:write]
+  - id: off
+    owner: bob@example.com
+    enabled: false
+upstreams:
+  - name: tickets
+    url: http://127.0.0.1:9/base/
+    credential: {{header: x-api-key, value: "k-${{file:{dir}/../../configs/secret.txt}}"}}
+routes:
+  - name: wide
+    path: /api/**
+    upstream: tickets
+    scopes: [tickets:read]
+  - name: one
+    methods: [GET]
+    host: "*.internal"
+    path: /api/tickets/{{id}}
+    upstream: tickets
+    scopes: [tickets:read]
+    any_of: [tickets:write]
+"#,
+        dir = fixtures().display()
+    )
+}
+
+#[test]
+fn good_file_compiles_to_the_expected_snapshot() {
+    std::fs::write(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/configs/secret.txt"),
+        "s3cret\n",
+    )
+    .unwrap();
+    let snap = load_str(&good_yaml(), Path::new("."), "<test>", &ctx()).expect("valid config");
+    assert_eq!(snap.version, 7);
+    assert_eq!(snap.digest.len(), 12);
+    assert_eq!(snap.settings.threads, 3);
+    assert_eq!(snap.settings.admin_listen, "127.0.0.1:19901");
+    assert_eq!(snap.agents.len(), 2);
+    assert!(!snap.agents["off"].enabled);
+    let up = &snap.upstreams[0];
+    assert_eq!(up.base_path, "/base");
+    assert_eq!(up.authority, "127.0.0.1:9");
+    let cred = up.credential.as_ref().unwrap();
+    assert_eq!(cred.header.as_str(), "x-api-key");
+    assert_eq!(cred.value.0.to_str().unwrap(), "k-s3cret");
+    // The secret never prints.
+    assert!(!format!("{up:?}").contains("s3cret"));
+    // Ranked: the host-specific template comes before the wide one.
+    let names: Vec<&str> = snap.routes.routes.iter().map(|r| &*r.name).collect();
+    assert_eq!(names, ["one", "wide"]);
+    let one = &snap.routes.routes[0];
+    assert_eq!(one.host, HostPattern::Suffix(".internal".into()));
+    assert_eq!(one.scopes_any, vec!["tickets:write".to_string()]);
+    match &one.path {
+        PathPattern::Template { segments, rest } => {
+            assert_eq!(
+                segments,
+                &vec![
+                    Segment::Literal("api".into()),
+                    Segment::Literal("tickets".into()),
+                    Segment::Param("id".into())
+                ]
+            );
+            assert!(!rest);
+        }
+        PathPattern::Regex(_) => panic!("expected a template"),
+    }
+    assert!(
+        snap.verifier.is_ready(),
+        "keys from jwks_file are loaded at once"
+    );
+}
+
+#[test]
+fn bundled_gateway_yaml_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = portcullis::identity::generate_signing_key().unwrap();
+    std::fs::create_dir_all(dir.path().join(".portcullis")).unwrap();
+    std::fs::write(dir.path().join(".portcullis/signing-key.pem"), key).unwrap();
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.yaml")).unwrap();
+    std::env::set_var("TICKETS_API_KEY", "test-key");
+    let snap =
+        load_str(&text, dir.path(), "gateway.yaml", &ctx()).expect("bundled config is valid");
+    assert!(snap.token_service.is_some());
+    assert!(snap.routes.routes.len() >= 4);
+}
+
+#[test]
+fn syntax_error_has_a_line() {
+    let err = load_str(
+        "routes:\n  - name: [unclosed\n",
+        Path::new("."),
+        "<t>",
+        &ctx(),
+    )
+    .unwrap_err();
+    let i = &err.issues()[0];
+    assert!(i.line.is_some(), "{i}");
+    assert!(i.to_string().contains("YAML syntax"), "{i}");
+}
