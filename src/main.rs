@@ -118,16 +118,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(config: &Path) -> Result<portcullis::policy::Snapshot, String> {
-    let ctx = LoadContext {
-        key_store: KeyStore::new(Arc::new(|_| {})),
-        version: 1,
-    };
+/// Load a config for a CLI command. `check` resolves upstream secrets (a missing one is an
+/// error the deployment must fix); `token issue` does not need them.
+fn load(config: &Path, upstream_secrets: bool) -> Result<portcullis::policy::Snapshot, String> {
+    let mut ctx = LoadContext::new(KeyStore::new(Arc::new(|_| {})), 1);
+    ctx.resolve_upstream_secrets = upstream_secrets;
     load_file(config, &ctx).map_err(|e| e.to_string())
 }
 
 fn check(config: &Path) -> ExitCode {
-    match load(config) {
+    match load(config, true) {
         Ok(s) => {
             println!(
                 "{}: ok ({} routes, {} agents, {} upstreams; digest {})",
@@ -157,7 +157,7 @@ fn token_issue(
         eprintln!("portcullis token issue: {m}");
         ExitCode::FAILURE
     };
-    let snap = match load(config) {
+    let snap = match load(config, false) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };

@@ -32,13 +32,7 @@ pub enum StartError {
 pub fn run(config_path: &Path) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::new());
     let key_store = new_key_store(&metrics);
-    let first = load_file(
-        config_path,
-        &LoadContext {
-            key_store: key_store.clone(),
-            version: 1,
-        },
-    )?;
+    let first = load_file(config_path, &LoadContext::new(key_store.clone(), 1))?;
     let settings = first.settings.clone();
     let log_path = match &settings.access_log {
         AccessLogTarget::Stdout => None,

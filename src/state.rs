@@ -81,10 +81,10 @@ impl GatewayState {
     pub fn reload(&self, trigger: &str) -> Result<Arc<Snapshot>, ConfigError> {
         // One reload at a time, so versions are assigned and swapped in order.
         let _g = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let ctx = LoadContext {
-            key_store: self.key_store.clone(),
-            version: self.next_version.load(Ordering::SeqCst),
-        };
+        let ctx = LoadContext::new(
+            self.key_store.clone(),
+            self.next_version.load(Ordering::SeqCst),
+        );
         match load_file(&self.config_path, &ctx) {
             Ok(new) => {
                 let old = self.snapshot.load();

@@ -7,10 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 fn ctx() -> LoadContext {
-    LoadContext {
-        key_store: KeyStore::new(Arc::new(|_| {})),
-        version: 7,
-    }
+    LoadContext::new(KeyStore::new(Arc::new(|_| {})), 7)
 }
 
 fn fixtures() -> &'static Path {

@@ -27,6 +27,20 @@ pub struct LoadContext {
     pub key_store: Arc<KeyStore>,
     /// Version number the new snapshot gets.
     pub version: u64,
+    /// Resolve `${env:..}`/`${file:..}` in upstream credentials. Off for commands that never
+    /// talk to upstreams (`token issue`), so they work without the gateway's secrets.
+    pub resolve_upstream_secrets: bool,
+}
+
+impl LoadContext {
+    /// A context for the gateway itself: everything resolved.
+    pub fn new(key_store: Arc<KeyStore>, version: u64) -> LoadContext {
+        LoadContext {
+            key_store,
+            version,
+            resolve_upstream_secrets: true,
+        }
+    }
 }
 
 /// Read, parse, validate and compile a config file.
@@ -51,6 +65,7 @@ pub fn load_str(
     let mut c = Compiler {
         index: &index,
         issues: Vec::new(),
+        resolve_secrets: ctx.resolve_upstream_secrets,
         base: if base.as_os_str().is_empty() {
             PathBuf::from(".")
         } else {
@@ -74,6 +89,7 @@ pub fn load_str(
 struct Compiler<'a> {
     index: &'a LineIndex,
     issues: Vec<Issue>,
+    resolve_secrets: bool,
     base: PathBuf,
 }
 
@@ -643,6 +659,12 @@ impl Compiler<'_> {
                 format!("`{header}` is managed by the gateway and cannot carry a credential"),
             );
             return None;
+        }
+        if !self.resolve_secrets {
+            return Some(Credential {
+                header,
+                value: Secret(HeaderValue::from_static("<not resolved>")),
+            });
         }
         let value = match secret::resolve(&c.value, &self.base) {
             Ok(v) => v,

@@ -16,8 +16,9 @@ use super::pem;
 
 /// Sign an ES256 token with claims `iss aud sub scope iat nbf exp jti`.
 ///
-/// `iat` is now and `exp` is now + `ttl`, so the lifetime is exactly `ttl`; `nbf` is now -
-/// `backdate`, for verifiers whose clock runs behind. `scope` is space-separated and omitted
+/// The token is issued `backdate` ago: `iat = nbf = now - backdate` and `exp = iat + ttl`, so
+/// the lifetime is exactly `ttl`, and a `backdate` longer than `ttl` (plus the verifier's clock
+/// skew) yields an already-expired token, which is how expiry handling is demonstrated and tested. `scope` is space-separated and omitted
 /// when `scopes` is empty. `jti` is `extra_jti` or a random UUID-shaped id.
 // The argument list is the CLI's contract; a builder would only restate it.
 #[allow(clippy::too_many_arguments)]
@@ -42,14 +43,14 @@ pub fn issue_token(
     }
     let key = EncodingKey::from_ec_pem(signing_key_pem)
         .map_err(|e| IdentityError::SigningKey(format!("not an ES256 PKCS#8 private key: {e}")))?;
-    let now = now_unix();
+    let issued = now_unix().saturating_sub(backdate.as_secs());
     let mut claims = json!({
         "iss": iss,
         "aud": aud,
         "sub": sub,
-        "iat": now,
-        "nbf": now.saturating_sub(backdate.as_secs()),
-        "exp": now.saturating_add(ttl.as_secs()),
+        "iat": issued,
+        "nbf": issued,
+        "exp": issued.saturating_add(ttl.as_secs()),
         "jti": match extra_jti {
             Some(jti) => jti,
             None => random_jti()?,
@@ -148,12 +149,46 @@ mod tests {
         assert_eq!(t.scopes, ["read", "write"]);
         assert_eq!(t.jti.as_deref(), Some("fixed-jti"));
         assert_eq!(t.exp - t.iat, 600);
+        // Issued 5s ago.
+        let now = now_unix();
+        assert!(
+            (now - 6..=now - 4).contains(&t.iat),
+            "iat {} vs now {now}",
+            t.iat
+        );
 
         let header = jsonwebtoken::decode_header(&token).unwrap();
         assert_eq!(
             (header.alg, header.kid.as_deref()),
             (Algorithm::ES256, Some("gw-1"))
         );
+    }
+
+    #[tokio::test]
+    async fn a_token_backdated_past_its_lifetime_is_refused_as_expired() {
+        let verifier = verifier_for(
+            vec![KeySource::SigningKeyFile {
+                path: fixture_path("es256.key.pem"),
+                kid: "gw-1".into(),
+            }],
+            vec![Algorithm::ES256],
+            IdentitySettings::default(),
+        );
+        let pem = fixture("es256.key.pem");
+        let token = issue_token(
+            pem.as_bytes(),
+            "gw-1",
+            ISS,
+            "gw",
+            "agent-7",
+            &scopes(&["read"]),
+            Duration::from_secs(300),
+            Duration::from_secs(3600),
+            None,
+        )
+        .unwrap();
+        let err = verifier.verify(&token).await.unwrap_err();
+        assert_eq!(err.code(), "expired", "{err}");
     }
 
     #[tokio::test]

@@ -296,6 +296,10 @@ fn load_source(
             if !matches!(parsed.scheme(), "https" | "http") {
                 return Err("the URL must be https:// (or http:// for a local IdP)".into());
             }
+            // Zero would make the fetcher hammer the IdP, or never wait for it.
+            if refresh_interval.is_zero() || timeout.is_zero() {
+                return Err("refresh_interval and timeout must be above zero".into());
+            }
             let timing = Timing {
                 refresh: *refresh_interval,
                 min_refetch: *min_refetch_interval,

@@ -478,6 +478,16 @@ fn config_errors_name_the_issuer_and_the_key() {
             "must be https://",
         ),
         (
+            vec![KeySource::JwksUrl {
+                url: "https://idp.test/jwks".into(),
+                refresh_interval: Duration::ZERO,
+                min_refetch_interval: Duration::ZERO,
+                timeout: Duration::from_secs(1),
+            }],
+            vec![ES256],
+            "refresh_interval and timeout must be above zero",
+        ),
+        (
             vec![KeySource::SigningKeyFile {
                 path: fixture_path("rs256.key.pem"),
                 kid: "gw".into(),
@@ -527,6 +537,21 @@ fn every_config_error_is_gathered() {
     assert!(err
         .to_string()
         .contains("issuer `dup`: another issuer already trusts iss"));
+}
+
+#[test]
+fn verifier_is_shareable_and_its_future_is_send() {
+    // pingora's ProxyHttp futures must be Send; the verifier lives in an Arc across threads.
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    fn send<T: Send>(_: &T) {}
+    let v = verifier_for(
+        all_four_pems(),
+        ASYMMETRIC.to_vec(),
+        IdentitySettings::default(),
+    );
+    send_sync(&v);
+    send_sync(&*store());
+    send(&v.verify("token"));
 }
 
 #[tokio::test]

@@ -466,11 +466,16 @@ impl ProxyHttp for Gateway {
             },
             bytes_in: session.body_bytes_read(),
             bytes_out: session.body_bytes_sent(),
-            duration_ms: total.as_secs_f64() * 1000.0,
-            upstream_ms: upstream_time.map(|t| t.as_secs_f64() * 1000.0),
+            duration_ms: millis(total),
+            upstream_ms: upstream_time.map(millis),
             config_version: snap.version,
         });
     }
+}
+
+/// Milliseconds with microsecond precision (no float noise in the log).
+fn millis(d: std::time::Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
 }
 
 /// Status as a static label (bounded: HTTP status codes only).
