@@ -30,8 +30,6 @@ pub struct Allowed {
     pub route: usize,
     /// The calling agent.
     pub agent: Arc<Agent>,
-    /// token scopes ∩ agent registry scopes.
-    pub effective_scopes: Vec<String>,
 }
 
 /// Why the call is refused.
@@ -97,16 +95,11 @@ pub fn evaluate(snap: &Snapshot, facts: &RequestFacts<'_>) -> Decision {
             })
         }
     };
-    // Least privilege: a token can only narrow what the registry grants, never widen it.
-    let effective: Vec<String> = facts
-        .token
-        .scopes
-        .iter()
-        .filter(|s| agent.scopes.contains(s.as_str()))
-        .cloned()
-        .collect();
+    // Least privilege: a scope counts only if the token carries it AND the registry grants it
+    // to this agent; a token can narrow what the registry grants, never widen it. Only the
+    // route's few required scopes are looked up, so a token with many scopes costs nothing more.
     let r = &snap.routes.routes[route];
-    let holds = |s: &String| effective.iter().any(|e| e == s);
+    let holds = |s: &String| agent.scopes.contains(s.as_str()) && facts.token.scopes.contains(s);
     let missing_all: Vec<String> = r.scopes_all.iter().filter(|s| !holds(s)).cloned().collect();
     let any_ok = r.scopes_any.is_empty() || r.scopes_any.iter().any(holds);
     if !missing_all.is_empty() || !any_ok {
@@ -124,6 +117,194 @@ pub fn evaluate(snap: &Snapshot, facts: &RequestFacts<'_>) -> Decision {
     Decision::Allow(Allowed {
         route,
         agent: agent.clone(),
-        effective_scopes: effective,
     })
+}
+
+/// The scopes an agent actually holds with this token: token scopes ∩ registry scopes, in token
+/// order. Computed only for calls that are forwarded (the `x-portcullis-scopes` header).
+pub fn effective_scopes(agent: &Agent, token: &VerifiedToken) -> Vec<String> {
+    token
+        .scopes
+        .iter()
+        .filter(|s| agent.scopes.contains(s.as_str()))
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{load_str, LoadContext};
+    use crate::identity::KeyStore;
+    use crate::policy::normalize;
+    use std::path::Path;
+
+    fn snap() -> Snapshot {
+        let yaml = format!(
+            r#"
+issuers:
+  - name: idp
+    issuer: https://idp.test
+    audiences: [t]
+    algorithms: [ES256]
+    jwks_file: {}/tests/fixtures/keys/jwks.json
+agents:
+  - id: bot
+    owner: alice@example.com
+    scopes: [read, write, admin]
+  - id: reader
+    owner: bob@example.com
+    scopes: [read]
+  - id: off
+    owner: carol@example.com
+    scopes: [read]
+    enabled: false
+upstreams:
+  - name: up
+    url: http://127.0.0.1:9
+routes:
+  - name: read
+    methods: [GET]
+    path: /t/{{id}}
+    upstream: up
+    scopes: [read]
+  - name: write
+    methods: [POST]
+    path: /t/{{id}}
+    upstream: up
+    scopes: [read, write]
+  - name: either
+    methods: [GET]
+    path: /either
+    upstream: up
+    scopes: [read]
+    any_of: [write, admin]
+"#,
+            env!("CARGO_MANIFEST_DIR")
+        );
+        load_str(
+            &yaml,
+            Path::new("."),
+            "<t>",
+            &LoadContext::new(KeyStore::new(std::sync::Arc::new(|_| {})), 1),
+        )
+        .unwrap()
+    }
+
+    fn token(sub: &str, scopes: &[&str]) -> VerifiedToken {
+        VerifiedToken {
+            issuer: "idp".into(),
+            subject: sub.into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            jti: None,
+            iat: 0,
+            exp: u64::MAX,
+        }
+    }
+
+    /// Compact outcome for the table.
+    fn outcome(s: &Snapshot, sub: &str, scopes: &[&str], method: &str, path: &str) -> String {
+        let t = token(sub, scopes);
+        let p = normalize(path, 999).unwrap();
+        let m: Method = method.parse().unwrap();
+        match evaluate(
+            s,
+            &RequestFacts {
+                method: &m,
+                host: None,
+                path: &p,
+                token: &t,
+            },
+        ) {
+            Decision::Allow(a) => format!("allow {}", s.routes.routes[a.route].name),
+            Decision::Deny(Denial::UnknownAgent { .. }) => "unknown_agent".into(),
+            Decision::Deny(Denial::AgentDisabled { .. }) => "agent_disabled".into(),
+            Decision::Deny(Denial::NoRoute { .. }) => "no_route".into(),
+            Decision::Deny(Denial::InsufficientScope {
+                missing_all,
+                missing_any_of,
+                ..
+            }) => format!(
+                "insufficient_scope all={} any={}",
+                missing_all.join(","),
+                missing_any_of.join(",")
+            ),
+        }
+    }
+
+    #[test]
+    fn scope_table() {
+        let s = snap();
+        let cases: &[(&str, &[&str], &str, &str, &str)] = &[
+            ("bot", &["read"], "GET", "/t/1", "allow read"),
+            (
+                "bot",
+                &[],
+                "GET",
+                "/t/1",
+                "insufficient_scope all=read any=",
+            ),
+            (
+                "bot",
+                &["read"],
+                "POST",
+                "/t/1",
+                "insufficient_scope all=write any=",
+            ),
+            ("bot", &["read", "write"], "POST", "/t/1", "allow write"),
+            (
+                "bot",
+                &["write"],
+                "POST",
+                "/t/1",
+                "insufficient_scope all=read any=",
+            ),
+            // any_of: read AND (write OR admin)
+            (
+                "bot",
+                &["read"],
+                "GET",
+                "/either",
+                "insufficient_scope all= any=write,admin",
+            ),
+            ("bot", &["read", "admin"], "GET", "/either", "allow either"),
+            // The token claims `write`, but the registry never granted it to `reader`: ignored.
+            (
+                "reader",
+                &["read", "write"],
+                "POST",
+                "/t/1",
+                "insufficient_scope all=write any=",
+            ),
+            (
+                "reader",
+                &["read", "write", "admin"],
+                "GET",
+                "/either",
+                "insufficient_scope all= any=write,admin",
+            ),
+            ("reader", &["read"], "GET", "/t/9", "allow read"),
+            ("off", &["read"], "GET", "/t/1", "agent_disabled"),
+            ("stranger", &["read"], "GET", "/t/1", "unknown_agent"),
+            ("bot", &["read"], "DELETE", "/t/1", "no_route"),
+            ("bot", &["read"], "GET", "/nothing", "no_route"),
+        ];
+        for (sub, scopes, m, p, want) in cases {
+            assert_eq!(
+                outcome(&s, sub, scopes, m, p),
+                *want,
+                "{sub} {scopes:?} {m} {p}"
+            );
+        }
+    }
+
+    #[test]
+    fn effective_scopes_are_the_intersection_in_token_order() {
+        let s = snap();
+        let t = token("reader", &["write", "read", "bogus"]);
+        assert_eq!(
+            effective_scopes(&s.agents["reader"], &t),
+            vec!["read".to_string()]
+        );
+    }
 }

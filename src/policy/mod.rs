@@ -5,7 +5,7 @@ pub mod path;
 pub mod route;
 pub mod snapshot;
 
-pub use decision::{evaluate, Allowed, Decision, Denial, RequestFacts};
+pub use decision::{effective_scopes, evaluate, Allowed, Decision, Denial, RequestFacts};
 pub use path::{normalize, NormalizedPath, PathError};
 pub use route::{HostPattern, Lookup, PathPattern, Route, RouteTable, Segment};
 pub use snapshot::{

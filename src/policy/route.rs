@@ -329,3 +329,158 @@ impl RouteTable {
         Lookup::NotFound { methods_on_path }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::normalize;
+
+    fn route(name: &str, methods: &[&str], host: Option<&str>, path: &str) -> Route {
+        let path = if let Some(rx) = path.strip_prefix("re:") {
+            PathPattern::regex(rx).unwrap()
+        } else {
+            PathPattern::template(path).unwrap()
+        };
+        Route {
+            name: name.into(),
+            file_index: 0,
+            methods: methods.iter().map(|m| m.parse().unwrap()).collect(),
+            host: HostPattern::parse(host).unwrap(),
+            path,
+            upstream: 0,
+            scopes_all: vec!["s".into()],
+            scopes_any: vec![],
+        }
+    }
+
+    fn table(routes: Vec<Route>) -> RouteTable {
+        let routes = routes
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut r)| {
+                r.file_index = i;
+                r
+            })
+            .collect();
+        RouteTable::new(routes)
+    }
+
+    fn winner(t: &RouteTable, method: &str, host: Option<&str>, path: &str) -> String {
+        let p = normalize(path, 4096).unwrap();
+        match t.lookup(&method.parse().unwrap(), host, &p) {
+            Lookup::Found(i) => t.routes[i].name.to_string(),
+            Lookup::NotFound { methods_on_path } => format!(
+                "none{}",
+                methods_on_path
+                    .iter()
+                    .map(|m| format!(" {m}"))
+                    .collect::<String>()
+            ),
+        }
+    }
+
+    #[test]
+    fn precedence_table() {
+        // File order is deliberately "wrong" (broad first) to show ranking does not depend on it.
+        let t = table(vec![
+            route("any", &[], None, "/**"),
+            route("api-wide", &[], None, "/api/**"),
+            route("regex", &["GET"], None, "re:/api/v[0-9]+/.*"),
+            route("ticket-param", &["GET"], None, "/api/tickets/{id}"),
+            route("ticket-export", &["GET"], None, "/api/tickets/export"),
+            route("ticket-any-method", &[], None, "/api/tickets/{id}"),
+            route("tickets-exact", &["GET", "POST"], None, "/api/tickets"),
+            route(
+                "host-wild",
+                &["GET"],
+                Some("*.internal"),
+                "/api/tickets/{id}",
+            ),
+            route(
+                "host-exact",
+                &["GET"],
+                Some("tools.internal"),
+                "/api/tickets/{id}",
+            ),
+            route("dup-first", &["PUT"], None, "/dup/{x}"),
+            route("dup-second", &["PUT"], None, "/dup/{y}"),
+        ]);
+        let cases = [
+            // (method, host, path, expected winner) and why
+            ("GET", None, "/api/tickets/export", "ticket-export"), // literal beats {param}
+            ("GET", None, "/api/tickets/7", "ticket-param"), // methods listed beats any method
+            ("DELETE", None, "/api/tickets/7", "ticket-any-method"), // GET-only routes don't match
+            ("GET", None, "/api/tickets", "tickets-exact"),  // exact end beats /api/**
+            ("GET", None, "/api/tickets/7/comments", "api-wide"), // longer than any template
+            ("GET", None, "/api/v2/x", "api-wide"),          // templates beat regexes
+            ("GET", None, "/other", "any"),
+            ("GET", None, "/", "any"), // /** matches zero segments
+            (
+                "GET",
+                Some("tools.internal"),
+                "/api/tickets/7",
+                "host-exact",
+            ), // exact host first
+            ("GET", Some("db.internal"), "/api/tickets/7", "host-wild"), // then wildcard
+            ("GET", Some("internal"), "/api/tickets/7", "ticket-param"), // *.x needs a label
+            ("PUT", None, "/dup/1", "dup-first"), // full tie: file order
+        ];
+        for (m, h, p, want) in cases {
+            assert_eq!(winner(&t, m, h, p), want, "{m} {h:?} {p}");
+        }
+    }
+
+    #[test]
+    fn no_match_reports_methods_allowed_on_the_path() {
+        let t = table(vec![
+            route("read", &["GET"], None, "/api/tickets/{id}"),
+            route("write", &["PATCH", "GET"], None, "/api/tickets/{id}"),
+        ]);
+        assert_eq!(
+            winner(&t, "DELETE", None, "/api/tickets/1"),
+            "none GET PATCH"
+        );
+        assert_eq!(winner(&t, "GET", None, "/api/nothing"), "none");
+    }
+
+    #[test]
+    fn the_index_finds_routes_in_every_bucket() {
+        // Regex and param-first routes live outside the first-segment index; they must still
+        // be merged in rank order with indexed ones.
+        let t = table(vec![
+            route("param-first", &["GET"], None, "/{tenant}/items"),
+            route("literal", &["GET"], None, "/acme/items"),
+            route("regex", &["GET"], None, "re:/acme/.*"),
+        ]);
+        assert_eq!(winner(&t, "GET", None, "/acme/items"), "literal");
+        assert_eq!(winner(&t, "GET", None, "/other/items"), "param-first");
+        assert_eq!(winner(&t, "GET", None, "/acme/other"), "regex");
+    }
+
+    #[test]
+    fn template_errors() {
+        let bad = [
+            ("api", TemplateError::NotAbsolute),
+            ("/a/**/b", TemplateError::MisplacedRest),
+            ("/a/{id", TemplateError::BadParam("{id".into())),
+            ("/a/x{id}", TemplateError::BadParam("x{id}".into())),
+            ("/a/{}", TemplateError::BadParam("{}".into())),
+            ("/a/%2F", TemplateError::BadChar("%2F".into(), '%')),
+            ("/a//b", TemplateError::EmptyOrDot("".into())),
+            ("/a/../b", TemplateError::EmptyOrDot("..".into())),
+        ];
+        for (t, e) in bad {
+            assert_eq!(PathPattern::template(t).unwrap_err(), e, "{t}");
+        }
+        assert!(PathPattern::template("/").is_ok());
+        assert!(PathPattern::template("/a/b/").is_ok());
+    }
+
+    #[test]
+    fn regexes_are_anchored() {
+        let r = PathPattern::regex("/api/[a-z]+").unwrap();
+        assert!(r.matches(&normalize("/api/abc", 99).unwrap()));
+        assert!(!r.matches(&normalize("/x/api/abc", 99).unwrap()));
+        assert!(!r.matches(&normalize("/api/abc/def", 99).unwrap()));
+    }
+}

@@ -16,7 +16,9 @@ pub mod refusal;
 
 use crate::identity::VerifiedToken;
 use crate::observe::AccessRecord;
-use crate::policy::{evaluate, normalize, Agent, Decision, NormalizedPath, RequestFacts, Snapshot};
+use crate::policy::{
+    effective_scopes, evaluate, normalize, Agent, Decision, NormalizedPath, RequestFacts, Snapshot,
+};
 use crate::state::GatewayState;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -61,7 +63,6 @@ pub struct RequestCtx {
     path: Option<NormalizedPath>,
     token: Option<Arc<VerifiedToken>>,
     agent: Option<Arc<Agent>>,
-    effective_scopes: Vec<String>,
     route: Option<usize>,
     decision: &'static str,
     reason: Option<&'static str>,
@@ -146,7 +147,6 @@ impl ProxyHttp for Gateway {
             path: None,
             token: None,
             agent: None,
-            effective_scopes: Vec::new(),
             route: None,
             decision: "error",
             reason: None,
@@ -204,7 +204,6 @@ impl ProxyHttp for Gateway {
             Decision::Allow(a) => {
                 ctx.route = Some(a.route);
                 ctx.agent = Some(a.agent);
-                ctx.effective_scopes = a.effective_scopes;
                 ctx.decision = "allow";
                 tracing::debug!(request_id = %ctx.request_id, agent = ctx.agent.as_ref().map(|a| &*a.id), route = ctx.route_name(), decision = "allow", "allowed");
                 Ok(false)
@@ -277,10 +276,11 @@ impl ProxyHttp for Gateway {
         req.insert_header(format!("{OWNED_PREFIX}agent"), &*agent.id)?;
         req.insert_header(format!("{OWNED_PREFIX}owner"), &*agent.owner)?;
         req.insert_header(format!("{OWNED_PREFIX}route"), ctx.route_name())?;
-        req.insert_header(
-            format!("{OWNED_PREFIX}scopes"),
-            ctx.effective_scopes.join(" "),
-        )?;
+        let scopes = match &ctx.token {
+            Some(t) => effective_scopes(agent, t).join(" "),
+            None => String::new(),
+        };
+        req.insert_header(format!("{OWNED_PREFIX}scopes"), scopes)?;
         req.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
 
         // Append, never trust: the client's X-Forwarded-For is passed on but never decides anything.

@@ -17,7 +17,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+
 use axum::{Json, Router};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
@@ -228,7 +228,7 @@ impl JwksServer {
             failures_served: AtomicUsize::new(0),
         });
         let app = Router::new()
-            .route("/jwks.json", get(jwks_handler))
+            .route("/jwks.json", axum::routing::get(jwks_handler))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
@@ -297,7 +297,12 @@ pub fn token(sub: &str, scopes: &[&str]) -> String {
 
 /// The fixture issuer's ES256 key signing arbitrary claims.
 pub fn token_with(claims: Value) -> String {
-    sign(Algorithm::ES256, "es256.key.pem", Some("es256-test"), &claims)
+    sign(
+        Algorithm::ES256,
+        "es256.key.pem",
+        Some("es256-test"),
+        &claims,
+    )
 }
 
 /// An unsigned token (`alg: none`).
@@ -330,6 +335,8 @@ pub struct Setup {
     pub extra_routes: String,
     /// `RUST_LOG` of the gateway.
     pub rust_log: &'static str,
+    /// `server.grace_period`.
+    pub grace_period: &'static str,
 }
 
 impl Setup {
@@ -340,6 +347,7 @@ impl Setup {
             jwks: None,
             extra_routes: String::new(),
             rust_log: "info",
+            grace_period: "5s",
         }
     }
 }
@@ -372,7 +380,7 @@ listen:
   admin: @ADMIN@
   threads: 1
 server:
-  grace_period: 5s
+  grace_period: @GRACE@
   watch_config: @WATCH@
 identity:
   clock_skew: 30s
@@ -475,6 +483,7 @@ pub fn render(setup: &Setup, layout: &Layout) -> String {
     TEMPLATE
         .replace("@PROXY@", &layout.proxy.to_string())
         .replace("@ADMIN@", &layout.admin.to_string())
+        .replace("@GRACE@", setup.grace_period)
         .replace("@WATCH@", if setup.watch_config { "true" } else { "false" })
         .replace("@FIXTURES@", &fixtures().display().to_string())
         .replace("@DIR@", &layout.dir.display().to_string())
@@ -597,7 +606,7 @@ impl Gateway {
             .build()
             .unwrap();
         let deadline = Instant::now() + POLL_TIMEOUT;
-        let mut last = String::from("no answer");
+        let mut last;
         loop {
             match c.get(self.admin_url(path)).send().await {
                 Ok(r) if r.status().as_u16() == status => return r,
@@ -809,7 +818,9 @@ impl Answer {
             "body: {}",
             self.body
         );
-        let id = self.body["request_id"].as_str().expect("request_id in body");
+        let id = self.body["request_id"]
+            .as_str()
+            .expect("request_id in body");
         assert!(!id.is_empty(), "empty request_id: {}", self.body);
         assert_eq!(Some(id), self.header("x-request-id"), "body: {}", self.body);
         assert!(
