@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Quickstart, one command: build, start the demo tools API on 127.0.0.1:9090, then the gateway
-# on 127.0.0.1:8080 (admin on 127.0.0.1:9901) with the bundled gateway.yaml. Ctrl-C stops both.
+# on 127.0.0.1:8080 (admin and approvals console on 127.0.0.1:9901) with the bundled gateway.yaml.
+# Ctrl-C stops both. Keys and the approver token are made on first start under .portcullis/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -9,6 +10,9 @@ cargo build --release --bin portcullis --example demo_tools_api
 export TICKETS_API_KEY="${TICKETS_API_KEY:-demo-tickets-key}"
 if [ ! -f .portcullis/signing-key.pem ]; then
   ./target/release/portcullis keygen --out .portcullis/signing-key.pem
+fi
+if [ ! -f .portcullis/approver-alice.token ]; then
+  ./target/release/portcullis approver-token --out .portcullis/approver-alice
 fi
 ./target/release/examples/demo_tools_api 127.0.0.1:9090 &
 demo=$!

@@ -6,6 +6,7 @@
 //! `ARCHITECTURE` notes in each module for the why.
 
 pub mod admin;
+pub mod approval;
 pub mod config;
 pub mod identity;
 pub mod observe;

@@ -47,6 +47,31 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Pending approvals: list, show, approve, deny (talks to the admin listener).
+    Approvals {
+        /// Admin base URL (default: `http://` + listen.admin of the config).
+        #[arg(long, global = true)]
+        admin: Option<String>,
+        /// Configuration file, to find the admin listener.
+        #[arg(short, long, default_value = "gateway.yaml", global = true)]
+        config: PathBuf,
+        /// Approver token.
+        #[arg(
+            long,
+            env = "PORTCULLIS_APPROVER_TOKEN",
+            hide_env_values = true,
+            global = true
+        )]
+        token: Option<String>,
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+    },
+    /// Make an approver token: prints the token once, writes its SHA-256 for `token_sha256`.
+    ApproverToken {
+        /// Write `<out>.token` (mode 0600) and `<out>.sha256` instead of printing both.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Write a new ES256 signing key (PKCS#8 PEM, mode 0600).
     Keygen {
         /// Where to write it.
@@ -55,6 +80,43 @@ enum Command {
         /// Replace an existing file.
         #[arg(long)]
         force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApprovalsCommand {
+    /// List approvals (default: pending).
+    List {
+        /// pending, approved, denied, timed_out, abandoned, expired, used or all.
+        #[arg(long, default_value = "pending")]
+        status: String,
+        /// Only this agent.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only this route.
+        #[arg(long)]
+        route: Option<String>,
+    },
+    /// Everything about one approval.
+    Show {
+        /// Approval id.
+        id: String,
+    },
+    /// Approve (one vote towards the quorum).
+    Approve {
+        /// Approval id.
+        id: String,
+        /// Why (recorded in the audit trail).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Deny (one deny decides).
+    Deny {
+        /// Approval id.
+        id: String,
+        /// Why (recorded, and sent to the agent).
+        #[arg(long)]
+        reason: String,
     },
 }
 
@@ -115,6 +177,13 @@ fn main() -> ExitCode {
                 },
         } => token_issue(&config, &agent, &scopes, ttl, backdate),
         Command::Keygen { out, force } => keygen(&out, force),
+        Command::ApproverToken { out } => approver_token(out.as_deref()),
+        Command::Approvals {
+            admin,
+            config,
+            token,
+            command,
+        } => approvals_cli(admin, &config, token, command),
     }
 }
 
@@ -253,4 +322,167 @@ fn keygen(out: &Path, force: bool) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn approver_token(out: Option<&Path>) -> ExitCode {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let token = format!(
+        "pca_{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+    let Some(out) = out else {
+        println!("token:        {token}");
+        println!("token_sha256: {hash}");
+        return ExitCode::SUCCESS;
+    };
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let base = out.display().to_string();
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(format!("{base}.token"))
+        .and_then(|mut f| f.write_all(token.as_bytes()))
+        .and_then(|_| std::fs::write(format!("{base}.sha256"), format!("{hash}\n")));
+    match written {
+        Ok(()) => {
+            println!("wrote {base}.token and {base}.sha256");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("portcullis approver-token: cannot write {base}.token/.sha256: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn approvals_cli(
+    admin: Option<String>,
+    config: &Path,
+    token: Option<String>,
+    command: ApprovalsCommand,
+) -> ExitCode {
+    let fail = |m: String| {
+        eprintln!("portcullis approvals: {m}");
+        ExitCode::FAILURE
+    };
+    let Some(token) = token else {
+        return fail("an approver token is needed: --token or PORTCULLIS_APPROVER_TOKEN".into());
+    };
+    let base = match admin {
+        Some(a) => a.trim_end_matches('/').to_string(),
+        None => match load(config, false) {
+            Ok(s) => format!("http://{}", s.settings.admin_listen),
+            Err(e) => {
+                return fail(format!(
+                    "cannot find the admin listener ({e}); pass --admin URL"
+                ))
+            }
+        },
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(e.to_string()),
+    };
+    let client = reqwest::Client::new();
+    let (req, printer): (reqwest::RequestBuilder, fn(&serde_json::Value)) = match &command {
+        ApprovalsCommand::List {
+            status,
+            agent,
+            route,
+        } => {
+            let mut q = vec![("status", status.clone())];
+            if let Some(a) = agent {
+                q.push(("agent", a.clone()));
+            }
+            if let Some(r) = route {
+                q.push(("route", r.clone()));
+            }
+            (
+                client.get(format!("{base}/api/approvals")).query(&q),
+                print_list,
+            )
+        }
+        ApprovalsCommand::Show { id } => {
+            (client.get(format!("{base}/api/approvals/{id}")), print_json)
+        }
+        ApprovalsCommand::Approve { id, reason } => (
+            client
+                .post(format!("{base}/api/approvals/{id}/approve"))
+                .json(&serde_json::json!({"reason": reason})),
+            print_decision,
+        ),
+        ApprovalsCommand::Deny { id, reason } => (
+            client
+                .post(format!("{base}/api/approvals/{id}/deny"))
+                .json(&serde_json::json!({"reason": reason})),
+            print_decision,
+        ),
+    };
+    let res = rt.block_on(async {
+        let r = req.bearer_auth(&token).send().await?;
+        let status = r.status();
+        let body: serde_json::Value = r.json().await.unwrap_or(serde_json::Value::Null);
+        Ok::<_, reqwest::Error>((status, body))
+    });
+    match res {
+        Ok((status, body)) if status.is_success() => {
+            printer(&body);
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => fail(format!(
+            "{} ({}): {}",
+            body["error"].as_str().unwrap_or("error"),
+            status.as_u16(),
+            body["message"].as_str().unwrap_or("")
+        )),
+        Err(e) => fail(format!("cannot reach {base}: {e}")),
+    }
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn print_list(v: &serde_json::Value) {
+    let items = v["approvals"].as_array().cloned().unwrap_or_default();
+    if items.is_empty() {
+        println!("no approvals");
+        return;
+    }
+    println!(
+        "{:<34} {:<10} {:<16} {:<18} {:<6} {:<6} REQUEST",
+        "ID", "STATUS", "AGENT", "ROUTE", "VOTES", "MODE"
+    );
+    for a in items {
+        println!(
+            "{:<34} {:<10} {:<16} {:<18} {:<6} {:<6} {} {}",
+            a["id"].as_str().unwrap_or(""),
+            a["status"].as_str().unwrap_or(""),
+            a["agent"].as_str().unwrap_or(""),
+            a["route"].as_str().unwrap_or(""),
+            format!("{}/{}", a["approving_votes"], a["quorum"]),
+            a["mode"].as_str().unwrap_or(""),
+            a["method"].as_str().unwrap_or(""),
+            a["path"].as_str().unwrap_or(""),
+        );
+    }
+}
+
+fn print_decision(v: &serde_json::Value) {
+    println!(
+        "approval {} is now {} ({}/{} approvals)",
+        v["id"].as_str().unwrap_or(""),
+        v["status"].as_str().unwrap_or(""),
+        v["approving_votes"],
+        v["quorum"]
+    );
 }

@@ -26,6 +26,9 @@ pub enum StartError {
     /// The access log could not be opened.
     #[error("cannot open the access log: {0}")]
     AccessLog(std::io::Error),
+    /// The approval store could not be opened.
+    #[error("cannot open the approval store: {0}")]
+    Approvals(#[from] crate::approval::store::StoreError),
 }
 
 /// Run until SIGTERM/SIGINT. Returns after the access log is flushed.
@@ -48,6 +51,8 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
         access_log.clone(),
         first,
     ));
+
+    state.ensure_approvals(&state.snapshot.load())?;
 
     let conf = ServerConf {
         threads: settings.threads,
@@ -77,8 +82,15 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
         "portcullis admin",
         AdminService::new(state.clone(), settings.admin_listen.clone()),
     );
+    let sweeper = background_service(
+        "portcullis approval sweeper",
+        ApprovalSweeper {
+            state: state.clone(),
+        },
+    );
     server.add_service(proxy);
     server.add_service(admin);
+    server.add_service(sweeper);
 
     spawn_sighup_reloader(state.clone());
     let _watcher = if settings.watch_config {
@@ -99,10 +111,35 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
             grace: settings.grace_period,
         }),
     });
+    if let Some(svc) = state.approvals.load_full() {
+        svc.flush_notifications(Duration::from_secs(2));
+    }
     // Every runtime has stopped, so every request has handed its line to the log.
     access_log.close();
     tracing::info!("portcullis stopped");
     Ok(())
+}
+
+/// Moves approvals past their deadline to `expired`, once a second.
+struct ApprovalSweeper {
+    state: Arc<GatewayState>,
+}
+
+#[async_trait]
+impl pingora::services::background::BackgroundService for ApprovalSweeper {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {
+                    if let Some(svc) = self.state.approvals.load_full() {
+                        svc.sweep().await;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// SIGTERM: stop being ready, let in-flight requests finish (bounded by the grace period), then

@@ -1,11 +1,13 @@
 //! Process-wide state shared by the proxy, the admin listener and the reloaders: the current
 //! [`Snapshot`] behind one `ArcSwap`, metrics, the access log, and the drain bookkeeping.
 
+use crate::approval::executor::Executor;
+use crate::approval::ApprovalService;
 use crate::config::{load_file, ConfigError, LoadContext};
 use crate::identity::{JwksEvent, JwksOutcome, KeyStore};
 use crate::observe::{AccessLog, Metrics};
 use crate::policy::Snapshot;
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,6 +29,10 @@ pub struct GatewayState {
     pub in_flight: AtomicUsize,
     /// Set on SIGTERM: readiness fails and connections are not kept alive.
     pub draining: AtomicBool,
+    /// Human approvals, when configured.
+    pub approvals: ArcSwapOption<ApprovalService>,
+    /// Forwards approved calls.
+    pub executor: Executor,
     next_version: AtomicU64,
     reload_lock: Mutex<()>,
     last_reload_error: Mutex<Option<String>>,
@@ -68,6 +74,8 @@ impl GatewayState {
             config_path: config_path.to_path_buf(),
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
+            approvals: ArcSwapOption::empty(),
+            executor: Executor::new(),
             next_version: AtomicU64::new(next),
             reload_lock: Mutex::new(()),
             last_reload_error: Mutex::new(None),
@@ -96,6 +104,27 @@ impl GatewayState {
                     tracing::warn!(
                         "listeners, threads and access_log changed in the file; they take effect at the next restart"
                     );
+                }
+                if let Err(e) = self.ensure_approvals(&new) {
+                    self.metrics
+                        .config_reloads
+                        .with_label_values(&["failure"])
+                        .inc();
+                    self.metrics.config_last_reload_ok.set(0);
+                    let msg = format!("cannot open the approval store: {e}");
+                    *self
+                        .last_reload_error
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = Some(msg.clone());
+                    tracing::error!(trigger, error = %msg, "configuration reload refused; the previous configuration keeps serving");
+                    return Err(ConfigError::Invalid {
+                        file: self.config_path.display().to_string(),
+                        issues: vec![crate::config::Issue {
+                            path: "approvals.store".into(),
+                            line: None,
+                            kind: crate::config::IssueKind::Invalid(msg),
+                        }],
+                    });
                 }
                 let new = Arc::new(new);
                 self.next_version.fetch_add(1, Ordering::SeqCst);
@@ -127,6 +156,25 @@ impl GatewayState {
                 Err(e)
             }
         }
+    }
+
+    /// Open the approval service when `snap` configures approvals and none is open for its
+    /// store yet (first start, or approvals added / store moved by a reload).
+    pub fn ensure_approvals(
+        &self,
+        snap: &Snapshot,
+    ) -> Result<(), crate::approval::store::StoreError> {
+        let Some(settings) = &snap.approvals else {
+            return Ok(());
+        };
+        if let Some(cur) = self.approvals.load_full() {
+            if cur.store_path() == settings.store_path {
+                return Ok(());
+            }
+        }
+        let svc = ApprovalService::open(settings, self.metrics.clone(), self.access_log.clone())?;
+        self.approvals.store(Some(Arc::new(svc)));
+        Ok(())
     }
 
     /// The error of the last failed reload, if the last attempt failed.

@@ -46,7 +46,7 @@ fn bad_file_reports_every_error_with_path_and_line() {
         "line 43: routes[2].path_regex: invalid regex: regex parse error:\n    ^(?:/api/([)$\n              ^\nerror: unclosed character class",
         "line 46: routes[3]: a route must require at least one scope (`scopes` or `any_of`): deny by default",
         "line 53: routes[4].timeout: unknown field `timeout`, expected one of `name`, `methods`, `path`, `path_regex`, `host`, `upstream`, `scopes`, `any_of`",
-        "line 54: metrics: unknown section `metrics`, expected one of: listen, server, identity, issuers, token_service, agents, upstreams, routes, access_log",
+        "line 54: metrics: unknown section `metrics`, expected one of: listen, server, identity, issuers, token_service, agents, upstreams, routes, access_log, approvals",
     ];
     for (i, (g, e)) in got.iter().zip(expected.iter()).enumerate() {
         assert_eq!(g, e, "issue #{i} differs");
@@ -149,13 +149,26 @@ fn bundled_gateway_yaml_is_valid() {
     let key = portcullis::identity::generate_signing_key().unwrap();
     std::fs::create_dir_all(dir.path().join(".portcullis")).unwrap();
     std::fs::write(dir.path().join(".portcullis/signing-key.pem"), key).unwrap();
+    std::fs::write(
+        dir.path().join(".portcullis/approver-alice.sha256"),
+        format!("{}\n", "ab".repeat(32)),
+    )
+    .unwrap();
     let text =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.yaml")).unwrap();
     std::env::set_var("TICKETS_API_KEY", "test-key");
     let snap =
         load_str(&text, dir.path(), "gateway.yaml", &ctx()).expect("bundled config is valid");
     assert!(snap.token_service.is_some());
-    assert!(snap.routes.routes.len() >= 4);
+    assert!(snap.routes.routes.len() >= 5);
+    let delete = snap
+        .routes
+        .routes
+        .iter()
+        .find(|r| &*r.name == "tickets-delete")
+        .expect("the bundled config has an approval-gated delete");
+    assert!(delete.approval.is_some());
+    assert_eq!(snap.approvals.as_ref().unwrap().approvers[0].name, "alice");
 }
 
 #[test]

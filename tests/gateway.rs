@@ -121,6 +121,34 @@ async fn refusals_have_exact_status_code_and_details_and_never_reach_the_upstrea
     a.assert_refusal(401, "missing_token");
     assert!(a.header("www-authenticate").unwrap().starts_with("Bearer"));
 
+    // Two tokens: refused rather than guessing which one counts.
+    let r = client()
+        .get(gw.url(path))
+        .header(
+            "authorization",
+            format!("Bearer {}", token("support-bot", BOTH)),
+        )
+        .header(
+            "authorization",
+            format!("Bearer {}", token("reporting-bot", BOTH)),
+        )
+        .send()
+        .await
+        .unwrap();
+    let a = Answer::read(r).await;
+    a.assert_refusal(401, "invalid_request");
+    assert!(a.header("www-authenticate").unwrap().starts_with("Bearer"));
+
+    // Not a JWT, and a JWT above max_token_bytes (8192 by default).
+    let a = get(&gw, path, Some("not-a-jwt")).await;
+    a.assert_refusal(401, "invalid_token");
+    assert_eq!(a.body["reason"], "malformed", "{}", a.body);
+    let mut c = claims_for(FIXTURE_ISS, "support-bot", BOTH);
+    c["padding"] = json!("x".repeat(9000));
+    let a = get(&gw, path, Some(&token_with(c))).await;
+    a.assert_refusal(401, "invalid_token");
+    assert_eq!(a.body["reason"], "too_large", "{}", a.body);
+
     // Expired (beyond the 30s clock skew).
     let mut c = claims_for(FIXTURE_ISS, "support-bot", BOTH);
     let now = now();
@@ -328,6 +356,7 @@ async fn path_attacks_on_the_wire_are_refused_or_resolved_before_routing() {
         ("/api/tickets/1%5C..", "encoded_backslash"),
         ("/api/tickets/1%00", "nul"),
         ("/api/tickets/%C0%AF", "invalid_percent_encoding"),
+        ("/api/tickets/%zz", "invalid_percent_encoding"),
     ];
     for (target, reason) in refused {
         for tok in [Some(t.as_str()), None] {
@@ -350,6 +379,20 @@ async fn path_attacks_on_the_wire_are_refused_or_resolved_before_routing() {
             assert!(a.body["message"].as_str().is_some_and(|m| !m.is_empty()));
         }
     }
+
+    // Longer than server.max_path_length (4096 by default).
+    let long = format!("/api/tickets/{}", "a".repeat(5000));
+    let a = raw_get(gw.layout.proxy, &long, Some(&t)).await;
+    assert_eq!(
+        (
+            a.status,
+            a.body["error"].as_str(),
+            a.body["reason"].as_str()
+        ),
+        (400, Some("invalid_path"), Some("too_long")),
+        "{:?}",
+        a.body
+    );
 
     // Spellings that resolve to `/admin`: routed as `/admin`, which no route allows.
     for target in ["/api/tickets/../../admin", "/api/%2e%2e/admin", "//admin"] {
@@ -884,6 +927,7 @@ async fn metrics_and_health_endpoints() {
         m.contains("portcullis_request_duration_seconds_bucket{"),
         "{m}"
     );
+    assert_eq!(val("portcullis_in_flight_requests", &[]), Some(0.0), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -903,6 +947,8 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
         assert!(Instant::now() < deadline, "the slow call never arrived");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    gw.wait_metric("portcullis_in_flight_requests", &[], 1.0)
+        .await;
     let sent = Instant::now();
     gw.signal(libc::SIGTERM);
 
@@ -913,6 +959,11 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
         body["reason"].as_str().unwrap().contains("draining"),
         "{body}"
     );
+    // A call arriving meanwhile is still served, but told not to reuse the connection.
+    let t2 = token("support-bot", BOTH);
+    let late = raw_get(gw.layout.proxy, "/api/tickets/1", Some(&t2)).await;
+    assert_eq!(late.status, 200, "{late:?}");
+    assert_eq!(late.header("connection"), Some("close"), "{late:?}");
     assert!(
         !slow.is_finished(),
         "the slow call ended before the drain was observed"
@@ -1099,4 +1150,112 @@ async fn cli_check_and_token_issue() {
     let a = get(&gw, "/api/tickets/4", Some(&forged)).await;
     a.assert_refusal(401, "invalid_token");
     assert_eq!(a.body["reason"], "bad_signature");
+}
+
+/// A `/slow` call (3s) in flight, SIGTERM with a 1s grace period, the process gone.
+/// Returns the exited gateway, how long after SIGTERM it exited, and what the agent got.
+async fn sigterm_with_a_call_longer_than_the_grace_period() -> (
+    Gateway,
+    std::process::ExitStatus,
+    Duration,
+    reqwest::Result<reqwest::Response>,
+) {
+    let up = Upstream::start().await;
+    let mut setup = Setup::new(&up);
+    setup.grace_period = "1s";
+    let mut gw = Gateway::start(setup).await;
+    let t = token("support-bot", BOTH);
+    let url = gw.url("/slow");
+    let slow = tokio::spawn(async move { client().get(url).bearer_auth(t).send().await });
+    let deadline = Instant::now() + POLL_TIMEOUT;
+    while up.hits() == 0 {
+        assert!(Instant::now() < deadline, "the slow call never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let sent = Instant::now();
+    gw.signal(libc::SIGTERM);
+    let status = gw
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|| panic!("still running 30s after SIGTERM; stderr:\n{}", gw.stderr()));
+    let took = sent.elapsed();
+    let answer = slow.await.unwrap();
+    (gw, status, took, answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_waiting_after_the_grace_period() {
+    let (gw, status, took, answer) = sigterm_with_a_call_longer_than_the_grace_period().await;
+    // The call needs 3s, the grace period is 1s: the gateway must not wait for the call.
+    assert!(
+        took < SLOW,
+        "exited {took:?} after SIGTERM with a 1s grace period"
+    );
+    assert!(status.success(), "exit {status}; stderr:\n{}", gw.stderr());
+    assert!(gw.stderr().contains("grace period over"), "{}", gw.stderr());
+    // The agent's call did not complete.
+    if let Ok(r) = answer {
+        assert_ne!(r.status(), 200, "the call completed after the grace period");
+    }
+}
+
+/// The call cut when the grace period ran out had reached the upstream (which may have acted
+/// on it, e.g. a write), so the audit trail must record it, with status 0 and an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_cut_at_the_end_of_the_grace_period_is_in_the_access_log() {
+    let (gw, _, _, _) = sigterm_with_a_call_longer_than_the_grace_period().await;
+    let lines = gw.access_log();
+    let line = lines.iter().find(|l| l["path"] == "/slow").unwrap_or_else(|| {
+        panic!(
+            "the call cut at the end of the grace period has no access-log line: {lines:#?}\nstderr:\n{}",
+            gw.stderr()
+        )
+    });
+    assert_eq!(line["route"], "slow", "{line}");
+    assert_eq!(line["agent"], "support-bot", "{line}");
+    assert_ne!(line["status"], 200, "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_body_is_never_read_as_another_request() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(Setup::new(&up)).await;
+    let t = token("support-bot", BOTH);
+    // The body of a refused POST is itself a complete, authorized request: if the gateway kept
+    // the connection and read on, it would forward it.
+    let inner =
+        format!("GET /api/tickets/666 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\n\r\n");
+    let req = format!(
+        "POST /api/tickets HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{inner}",
+        inner.len()
+    );
+    let mut s = tokio::net::TcpStream::connect(gw.layout.proxy)
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(POLL_TIMEOUT, s.read_to_end(&mut buf))
+        .await
+        .expect("the gateway kept the connection open after a refusal with an unread body")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    assert_eq!(
+        text.matches("HTTP/1.1 ").count(),
+        1,
+        "more than one response on the connection:\n{text}"
+    );
+    gw.wait_access_log(1).await;
+    assert_eq!(up.hits(), 0, "the body was forwarded as a request");
+
+    // A chunked body of an allowed call reaches the upstream intact.
+    let req = format!(
+        "POST /api/tickets HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    );
+    let a = raw_request(gw.layout.proxy, req.as_bytes()).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    let seen = up.seen_with_request_id(a.header("x-request-id").unwrap());
+    assert_eq!(seen.body, "hello world");
+    assert_eq!(up.hits(), 1);
 }

@@ -70,10 +70,11 @@ async fn a_changed_file_is_reloaded_without_restart() {
     assert!(gw.is_running());
     assert_eq!(gw.pid(), pid);
 
-    // A broken edit is refused: the last good configuration keeps serving.
+    // A broken edit is refused: the last good configuration keeps serving. (Written in place
+    // this time, as some editors do, rather than replaced by a rename.)
     let mut broken = with_reports.clone();
     broken.extra_routes.push_str(BROKEN_ROUTE);
-    gw.write_config(&gw.render(&broken));
+    std::fs::write(gw.layout.config_path(), gw.render(&broken)).unwrap();
     let m = gw
         .wait_metric("portcullis_config_last_reload_success", &[], 0.0)
         .await;
@@ -189,4 +190,28 @@ async fn a_refused_reload_keeps_the_old_config_then_sighup_applies_the_fix() {
     assert_eq!(body["status"], "reloaded", "{body}");
     assert_eq!(body["config_version"], 3, "{body}");
     assert_eq!(readyz_version(&gw).await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_disables_an_agent_applies_to_tokens_already_verified() {
+    let up = Upstream::start().await;
+    let setup = Setup::new(&up);
+    let gw = Gateway::start(setup.clone()).await;
+    let t = token("support-bot", &["tickets:read"]);
+    // Verified once, so the token sits in the verified-token cache.
+    assert_eq!(get(&gw, "/api/tickets/1", Some(&t)).await.status, 200);
+    assert_eq!(get(&gw, "/api/tickets/1", Some(&t)).await.status, 200);
+
+    let text = gw.render(&setup).replace(
+        "    description: Answers and files customer tickets\n",
+        "    description: Answers and files customer tickets\n    enabled: false\n",
+    );
+    assert!(text.contains("enabled: false\n    scopes: [tickets:read, tickets:write]"));
+    gw.write_config(&text);
+    let r = client().post(gw.admin_url("/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+
+    let a = get(&gw, "/api/tickets/1", Some(&t)).await;
+    a.assert_refusal(403, "agent_disabled");
+    assert_eq!(up.hits(), 2);
 }

@@ -1,8 +1,11 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics` and `POST /reload`.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `POST /reload`, and the approvals
+//! API and console ([`approvals`]).
 //!
 //! It runs as a pingora background service with its own small HTTP router (axum), on a
 //! separate address that defaults to loopback: nothing here is reachable by agents through the
 //! proxy listener.
+
+pub mod approvals;
 
 use crate::state::GatewayState;
 use async_trait::async_trait;
@@ -36,6 +39,7 @@ pub fn router(state: Arc<GatewayState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/reload", post(reload))
+        .merge(approvals::routes())
         .with_state(state)
 }
 

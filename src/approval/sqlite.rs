@@ -1,0 +1,1534 @@
+//! [`ApprovalStore`] on one local SQLite file.
+//!
+//! Why SQLite: approvals must survive restarts, the write rate is tiny (people vote), and an
+//! embedded file needs no extra service that could be down. WAL mode lets the admin API read
+//! while the proxy writes; `BEGIN IMMEDIATE` takes the write lock up front, so every
+//! read-check-write (vote, consume, transition) is serialised even across processes sharing the
+//! file (for example the `portcullis approvals` CLI next to a running gateway).
+//!
+//! Durability: `synchronous=NORMAL` in WAL mode survives a process crash; a power loss may drop
+//! the last commits. That loses a vote or an approval, never grants one, so the gateway stays
+//! fail closed.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, Value, ValueRef};
+use rusqlite::{named_params, Connection, OptionalExtension, Row, ToSql, TransactionBehavior};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::store::{
+    Approval, ApprovalStore, ListFilter, Mode, NewApproval, Status, StoreError, Vote,
+};
+
+/// How long a writer waits for another connection's write lock before giving up. Long enough to
+/// ride out a checkpoint or a concurrent CLI command, short enough that a held request is refused
+/// rather than hanging when the file is wedged.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The schema version this code writes, kept in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
+/// `MIGRATIONS[n]` upgrades a database from version `n` to `n + 1`. Append only: a released
+/// migration is never edited, because databases in the field have already run it.
+const MIGRATIONS: &[&str] = &[
+    // 0 → 1: initial schema.
+    "CREATE TABLE approvals (
+        id              TEXT PRIMARY KEY NOT NULL,
+        mode            TEXT NOT NULL CHECK (mode IN ('hold', 'async')),
+        agent           TEXT NOT NULL,
+        owner           TEXT NOT NULL,
+        route           TEXT NOT NULL,
+        method          TEXT NOT NULL,
+        path            TEXT NOT NULL,
+        query           TEXT,
+        body_sha256     TEXT NOT NULL,
+        body_bytes      INTEGER NOT NULL,   -- u64 bit-cast to i64
+        body_preview    TEXT NOT NULL,
+        headers         TEXT NOT NULL,      -- JSON [[name, value], ...]
+        request_digest  TEXT NOT NULL,
+        config_version  INTEGER NOT NULL,   -- u64 bit-cast to i64
+        approvers       TEXT NOT NULL,      -- JSON [name, ...]
+        quorum          INTEGER NOT NULL CHECK (quorum >= 1),
+        created_at_ms   INTEGER NOT NULL,
+        expires_at_ms   INTEGER NOT NULL,
+        status          TEXT NOT NULL CHECK (status IN
+                            ('pending', 'approved', 'denied', 'timed_out', 'abandoned', 'expired', 'used')),
+        decided_at_ms   INTEGER,
+        decided_by      TEXT NOT NULL DEFAULT '[]',  -- JSON [name, ...]
+        decision_reason TEXT,
+        used_at_ms      INTEGER
+    );
+    CREATE TABLE votes (
+        id          INTEGER PRIMARY KEY,            -- insertion order = vote order
+        approval_id TEXT NOT NULL REFERENCES approvals(id) ON DELETE CASCADE,
+        approver    TEXT NOT NULL,
+        approve     INTEGER NOT NULL CHECK (approve IN (0, 1)),
+        reason      TEXT NOT NULL,
+        at_ms       INTEGER NOT NULL,
+        UNIQUE (approval_id, approver)              -- quorum counts distinct people
+    );
+    CREATE INDEX approvals_by_status ON approvals (status);
+    CREATE INDEX approvals_by_agent_digest ON approvals (agent, request_digest);",
+];
+
+/// Columns of `approvals` in the order [`approval_from_row`] reads them (by name, so the order
+/// only matters for readability).
+macro_rules! approval_columns {
+    () => {
+        "id, mode, agent, owner, route, method, path, query, body_sha256, body_bytes, \
+         body_preview, headers, request_digest, config_version, approvers, quorum, created_at_ms, \
+         expires_at_ms, status, decided_at_ms, decided_by, decision_reason, used_at_ms"
+    };
+}
+
+/// Moves open approvals that are due to `expired`. Shared by [`ApprovalStore::expire_due`] and
+/// by the single-row expiry that votes and consumes trigger, so both use one expiry rule:
+/// `expires_at_ms <= now` (the boundary instant is already expired, see [`Approval::is_expired`]).
+macro_rules! expire_sql {
+    () => {
+        "UPDATE approvals SET status = 'expired',
+             decided_at_ms = COALESCE(decided_at_ms, :now),
+             decision_reason = COALESCE(decision_reason,
+                 CASE status WHEN 'pending' THEN :pending_reason ELSE :approved_reason END)
+         WHERE status IN ('pending', 'approved') AND expires_at_ms <= :now"
+    };
+}
+
+/// `decision_reason` of a pending approval that expired.
+const REASON_EXPIRED_PENDING: &str = "no decision before the approval expired";
+/// `decision_reason` of an approved approval that expired unused.
+const REASON_EXPIRED_APPROVED: &str = "the approval expired before it was used";
+/// `decision_reason` of a hold that stopped waiting.
+const REASON_TIMED_OUT: &str = "no decision before the hold wait ended";
+/// `decision_reason` of a hold nobody waits for any more.
+const REASON_ABANDONED: &str =
+    "the agent disconnected or the gateway restarted while the request was held";
+/// `decision_reason` of holds found at start-up.
+const REASON_RESTARTED: &str = "the gateway restarted while the request was held";
+
+/// Approval store on a local SQLite file. One connection behind a mutex: every call is a
+/// short transaction, and the gateway calls them from `spawn_blocking`.
+pub struct SqliteStore {
+    /// Named in every error message so an operator knows which file to look at.
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Internal failure: either a definite answer for the caller, or a database problem that still
+/// needs the path and the operation attached (done once, in [`SqliteStore::run`]).
+enum Fail {
+    Store(StoreError),
+    Db(String),
+}
+
+impl From<StoreError> for Fail {
+    fn from(e: StoreError) -> Self {
+        Fail::Store(e)
+    }
+}
+
+impl From<rusqlite::Error> for Fail {
+    fn from(e: rusqlite::Error) -> Self {
+        Fail::Db(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for Fail {
+    fn from(e: serde_json::Error) -> Self {
+        Fail::Db(format!("JSON encoding: {e}"))
+    }
+}
+
+impl Fail {
+    fn into_store(self, path: &Path, op: &str) -> StoreError {
+        match self {
+            Fail::Store(e) => e,
+            Fail::Db(msg) => StoreError::Unavailable(format!("{} ({op}): {msg}", path.display())),
+        }
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating on first start, with parent directories) the database at `path`, sets
+    /// WAL journaling, `synchronous=NORMAL`, a 5 s busy timeout and foreign keys, and creates or
+    /// migrates the schema in one transaction.
+    ///
+    /// Refuses with [`StoreError::Unavailable`] a file it cannot write, a file that is not an
+    /// SQLite database, and a schema newer than this code knows.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Unavailable(format!(
+                    "{} (open): cannot create directory {}: {e}",
+                    path.display(),
+                    dir.display()
+                ))
+            })?;
+        }
+        let conn = Self::connect(path).map_err(|f| f.into_store(path, "open"))?;
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// The database file this store writes.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn connect(path: &Path) -> Result<Connection, Fail> {
+        let mut conn = Connection::open(path)?;
+        // SQLite silently falls back to read-only when the file is write-protected; a store that
+        // cannot record decisions must not start.
+        if conn.is_readonly(rusqlite::MAIN_DB)? {
+            return Err(Fail::Db("database file is read-only".into()));
+        }
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "wal", |r| r.get(0))?;
+        // NORMAL is only crash-safe together with WAL; in rollback-journal mode it can corrupt
+        // the file on power loss. So a file system without WAL support is refused, not tolerated.
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Fail::Db(format!(
+                "cannot enable WAL journaling (journal_mode is {mode})"
+            )));
+        }
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        migrate(&mut conn)?;
+        Ok(conn)
+    }
+
+    /// Locks the connection, runs `f`, and names the file and operation in any database error.
+    fn run<T>(
+        &self,
+        op: &str,
+        f: impl FnOnce(&mut Connection) -> Result<T, Fail>,
+    ) -> Result<T, StoreError> {
+        // A poisoned lock only means another call panicked while holding it; its open
+        // transaction was rolled back when it was dropped during unwinding, so the connection is
+        // consistent. Refusing every later call would turn one bug into an outage.
+        let mut conn: MutexGuard<'_, Connection> =
+            self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut conn).map_err(|e| e.into_store(&self.path, op))
+    }
+}
+
+/// Creates or upgrades the schema. `BEGIN IMMEDIATE` so that two processes starting at once
+/// cannot both run the same migration.
+fn migrate(conn: &mut Connection) -> Result<(), Fail> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let known = usize::try_from(version)
+        .ok()
+        .filter(|v| *v <= MIGRATIONS.len());
+    let Some(from) = known else {
+        return Err(Fail::Db(format!(
+            "schema version {version} is not one this gateway knows (it writes {SCHEMA_VERSION}); \
+             was the file written by a newer Portcullis?"
+        )));
+    };
+    for step in &MIGRATIONS[from..] {
+        tx.execute_batch(step)?;
+    }
+    if from < MIGRATIONS.len() {
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+impl ToSql for Status {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for Status {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        let text = value.as_str()?;
+        Status::parse(text)
+            .ok_or_else(|| FromSqlError::Other(format!("unknown status {text:?}").into()))
+    }
+}
+
+impl ToSql for Mode {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for Mode {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        let text = value.as_str()?;
+        Mode::parse(text)
+            .ok_or_else(|| FromSqlError::Other(format!("unknown mode {text:?}").into()))
+    }
+}
+
+/// A column holding JSON text.
+struct Json<T>(T);
+
+impl<T: DeserializeOwned> FromSql for Json<T> {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        serde_json::from_str(value.as_str()?)
+            .map(Json)
+            .map_err(|e| FromSqlError::Other(Box::new(e)))
+    }
+}
+
+fn to_json<T: Serialize + ?Sized>(v: &T) -> Result<String, Fail> {
+    Ok(serde_json::to_string(v)?)
+}
+
+/// u64 values (sizes, config versions that may be hashes) are bit-cast to SQLite's i64 so every
+/// value round-trips; nothing compares them in SQL.
+fn u64_to_sql(v: u64) -> i64 {
+    v as i64
+}
+
+fn u64_from_sql(v: i64) -> u64 {
+    v as u64
+}
+
+/// Reads one `approvals` row selected with [`approval_columns!`]; `votes` are left empty for
+/// [`load_votes`] to fill.
+fn approval_from_row(row: &Row<'_>) -> rusqlite::Result<Approval> {
+    Ok(Approval {
+        id: row.get("id")?,
+        mode: row.get("mode")?,
+        agent: row.get("agent")?,
+        owner: row.get("owner")?,
+        route: row.get("route")?,
+        method: row.get("method")?,
+        path: row.get("path")?,
+        query: row.get("query")?,
+        body_sha256: row.get("body_sha256")?,
+        body_bytes: u64_from_sql(row.get("body_bytes")?),
+        body_preview: row.get("body_preview")?,
+        headers: row.get::<_, Json<_>>("headers")?.0,
+        request_digest: row.get("request_digest")?,
+        config_version: u64_from_sql(row.get("config_version")?),
+        approvers: row.get::<_, Json<_>>("approvers")?.0,
+        quorum: row.get("quorum")?,
+        created_at_ms: row.get("created_at_ms")?,
+        expires_at_ms: row.get("expires_at_ms")?,
+        status: row.get("status")?,
+        votes: Vec::new(),
+        decided_at_ms: row.get("decided_at_ms")?,
+        decided_by: row.get::<_, Json<_>>("decided_by")?.0,
+        decision_reason: row.get("decision_reason")?,
+        used_at_ms: row.get("used_at_ms")?,
+    })
+}
+
+fn load_votes(conn: &Connection, id: &str) -> rusqlite::Result<Vec<Vote>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT approver, approve, reason, at_ms FROM votes WHERE approval_id = ?1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map([id], |r| {
+        Ok(Vote {
+            approver: r.get(0)?,
+            approve: r.get(1)?,
+            reason: r.get(2)?,
+            at_ms: r.get(3)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// The full approval with its votes, or `None` for an unknown id.
+fn load(conn: &Connection, id: &str) -> rusqlite::Result<Option<Approval>> {
+    let mut stmt = conn.prepare_cached(concat!(
+        "SELECT ",
+        approval_columns!(),
+        " FROM approvals WHERE id = ?1"
+    ))?;
+    let Some(mut a) = stmt.query_row([id], approval_from_row).optional()? else {
+        return Ok(None);
+    };
+    a.votes = load_votes(conn, id)?;
+    Ok(Some(a))
+}
+
+/// Loads an approval that the current transaction has just written or checked.
+fn reload(conn: &Connection, id: &str) -> Result<Approval, Fail> {
+    load(conn, id)?.ok_or(Fail::Store(StoreError::NotFound))
+}
+
+/// Marks one approval `Expired` if it is open and due.
+fn expire_one(conn: &Connection, id: &str, now_ms: i64) -> rusqlite::Result<usize> {
+    conn.execute(
+        concat!(expire_sql!(), " AND id = :id"),
+        named_params! {
+            ":now": now_ms,
+            ":pending_reason": REASON_EXPIRED_PENDING,
+            ":approved_reason": REASON_EXPIRED_APPROVED,
+            ":id": id,
+        },
+    )
+}
+
+/// The body of [`ApprovalStore::consume`], also used by `transition(Approved, Used)`; runs inside
+/// the caller's `BEGIN IMMEDIATE` transaction, which is what makes it at most once.
+fn consume_in(conn: &Connection, id: &str, now_ms: i64) -> Result<bool, Fail> {
+    let row: Option<(Status, i64)> = conn
+        .query_row(
+            "SELECT status, expires_at_ms FROM approvals WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((status, expires_at_ms)) = row else {
+        return Err(StoreError::NotFound.into());
+    };
+    if status != Status::Approved {
+        return Ok(false);
+    }
+    if now_ms >= expires_at_ms {
+        expire_one(conn, id, now_ms)?;
+        return Ok(false);
+    }
+    let changed = conn.execute(
+        "UPDATE approvals SET status = 'used', used_at_ms = ?2 WHERE id = ?1 AND status = 'approved'",
+        rusqlite::params![id, now_ms],
+    )?;
+    Ok(changed == 1)
+}
+
+/// The fixed `decision_reason` recorded when a status change carries no approver's reason.
+fn automatic_reason(from: Status, to: Status) -> Option<&'static str> {
+    match (from, to) {
+        (_, Status::TimedOut) => Some(REASON_TIMED_OUT),
+        (_, Status::Abandoned) => Some(REASON_ABANDONED),
+        (Status::Approved, Status::Expired) => Some(REASON_EXPIRED_APPROVED),
+        (_, Status::Expired) => Some(REASON_EXPIRED_PENDING),
+        _ => None,
+    }
+}
+
+impl ApprovalStore for SqliteStore {
+    fn create(&self, a: &NewApproval) -> Result<Approval, StoreError> {
+        self.run("create", |conn| {
+            let headers = to_json(&a.headers)?;
+            let approvers = to_json(&a.approvers)?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "INSERT INTO approvals (id, mode, agent, owner, route, method, path, query,
+                     body_sha256, body_bytes, body_preview, headers, request_digest, config_version,
+                     approvers, quorum, created_at_ms, expires_at_ms, status)
+                 VALUES (:id, :mode, :agent, :owner, :route, :method, :path, :query,
+                     :body_sha256, :body_bytes, :body_preview, :headers, :request_digest,
+                     :config_version, :approvers, :quorum, :created_at_ms, :expires_at_ms, 'pending')",
+                named_params! {
+                    ":id": a.id,
+                    ":mode": a.mode,
+                    ":agent": a.agent,
+                    ":owner": a.owner,
+                    ":route": a.route,
+                    ":method": a.method,
+                    ":path": a.path,
+                    ":query": a.query,
+                    ":body_sha256": a.body_sha256,
+                    ":body_bytes": u64_to_sql(a.body_bytes),
+                    ":body_preview": a.body_preview,
+                    ":headers": headers,
+                    ":request_digest": a.request_digest,
+                    ":config_version": u64_to_sql(a.config_version),
+                    ":approvers": approvers,
+                    // Quorum 0 would approve with no vote at all; fail closed to 1.
+                    ":quorum": a.quorum.max(1),
+                    ":created_at_ms": a.created_at_ms,
+                    ":expires_at_ms": a.expires_at_ms,
+                },
+            )?;
+            // Read back so the caller sees exactly what is stored (e.g. the clamped quorum).
+            let stored = reload(&tx, &a.id)?;
+            tx.commit()?;
+            Ok(stored)
+        })
+    }
+
+    fn get(&self, id: &str) -> Result<Approval, StoreError> {
+        self.run("get", |conn| {
+            // A read transaction so the row and its votes come from one snapshot.
+            let tx = conn.transaction()?;
+            reload(&tx, id)
+        })
+    }
+
+    fn list(&self, f: &ListFilter) -> Result<Vec<Approval>, StoreError> {
+        self.run("list", |conn| {
+            // Only the conditions actually set go into the SQL, so SQLite can use the indexes.
+            let mut sql = String::from(concat!(
+                "SELECT ",
+                approval_columns!(),
+                " FROM approvals WHERE 1 = 1"
+            ));
+            let mut args: Vec<Value> = Vec::new();
+            if let Some(status) = f.status {
+                sql.push_str(" AND status = ?");
+                args.push(Value::Text(status.as_str().to_owned()));
+            }
+            if let Some(agent) = &f.agent {
+                sql.push_str(" AND agent = ?");
+                args.push(Value::Text(agent.clone()));
+            }
+            if let Some(route) = &f.route {
+                sql.push_str(" AND route = ?");
+                args.push(Value::Text(route.clone()));
+            }
+            // rowid breaks ties between approvals created in the same millisecond: later insert
+            // first.
+            sql.push_str(" ORDER BY created_at_ms DESC, rowid DESC LIMIT ?");
+            args.push(Value::Integer(
+                i64::try_from(f.effective_limit()).unwrap_or(i64::MAX),
+            ));
+
+            let tx = conn.transaction()?;
+            let mut found = {
+                let mut stmt = tx.prepare_cached(&sql)?;
+                let rows = stmt.query_map(rusqlite::params_from_iter(args), approval_from_row)?;
+                rows.collect::<rusqlite::Result<Vec<Approval>>>()?
+            };
+            for a in &mut found {
+                a.votes = load_votes(&tx, &a.id)?;
+            }
+            Ok(found)
+        })
+    }
+
+    fn vote(
+        &self,
+        id: &str,
+        approver: &str,
+        approve: bool,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<Approval, StoreError> {
+        self.run("vote", |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let current = reload(&tx, id)?;
+            if current.status != Status::Pending {
+                return Err(StoreError::AlreadyDecided {
+                    status: current.status,
+                }
+                .into());
+            }
+            if current.is_expired(now_ms) {
+                // Commit the expiry even though the vote is refused, so the console stops
+                // offering an approval that can no longer be decided.
+                expire_one(&tx, id, now_ms)?;
+                tx.commit()?;
+                return Err(StoreError::Expired.into());
+            }
+            // An empty name is never a person; an empty list defers to the caller's check
+            // against the configured approvers.
+            let allowed = !approver.is_empty()
+                && (current.approvers.is_empty()
+                    || current.approvers.iter().any(|a| a == approver));
+            if !allowed {
+                return Err(StoreError::NotAnApprover {
+                    approver: approver.to_owned(),
+                }
+                .into());
+            }
+            if current.votes.iter().any(|v| v.approver == approver) {
+                return Err(StoreError::AlreadyVoted {
+                    approver: approver.to_owned(),
+                }
+                .into());
+            }
+            tx.execute(
+                "INSERT INTO votes (approval_id, approver, approve, reason, at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                rusqlite::params![id, approver, approve, reason, now_ms],
+            )?;
+
+            if !approve {
+                // One allowed "no" is enough: approval needs consent, refusal does not.
+                tx.execute(
+                    "UPDATE approvals SET status = 'denied', decided_at_ms = ?2, decided_by = ?3,
+                         decision_reason = ?4
+                     WHERE id = ?1",
+                    rusqlite::params![id, now_ms, to_json(&[approver])?, reason],
+                )?;
+            } else {
+                let approving: Vec<&str> = current
+                    .votes
+                    .iter()
+                    .filter(|v| v.approve)
+                    .map(|v| v.approver.as_str())
+                    .chain(std::iter::once(approver))
+                    .collect();
+                if approving.len() >= current.quorum as usize {
+                    tx.execute(
+                        "UPDATE approvals SET status = 'approved', decided_at_ms = ?2,
+                             decided_by = ?3
+                         WHERE id = ?1",
+                        rusqlite::params![id, now_ms, to_json(&approving)?],
+                    )?;
+                }
+            }
+            let updated = reload(&tx, id)?;
+            tx.commit()?;
+            Ok(updated)
+        })
+    }
+
+    fn find_open(
+        &self,
+        agent: &str,
+        request_digest: &str,
+        now_ms: i64,
+    ) -> Result<Option<Approval>, StoreError> {
+        self.run("find_open", |conn| {
+            let tx = conn.transaction()?;
+            let found = {
+                let mut stmt = tx.prepare_cached(concat!(
+                    "SELECT ",
+                    approval_columns!(),
+                    " FROM approvals
+                     WHERE agent = :agent AND request_digest = :digest
+                       AND status IN ('pending', 'approved') AND expires_at_ms > :now
+                     ORDER BY created_at_ms DESC, rowid DESC LIMIT 1"
+                ))?;
+                stmt.query_row(
+                    named_params! { ":agent": agent, ":digest": request_digest, ":now": now_ms },
+                    approval_from_row,
+                )
+                .optional()?
+            };
+            let Some(mut a) = found else {
+                return Ok(None);
+            };
+            a.votes = load_votes(&tx, &a.id)?;
+            Ok(Some(a))
+        })
+    }
+
+    fn consume(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        self.run("consume", |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let consumed = consume_in(&tx, id, now_ms)?;
+            tx.commit()?;
+            Ok(consumed)
+        })
+    }
+
+    fn transition(
+        &self,
+        id: &str,
+        from: Status,
+        to: Status,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        // Approved and Denied need votes (quorum, approver list); any edge outside the lifecycle
+        // (e.g. reopening a used approval) is refused before touching the database.
+        if matches!(to, Status::Approved | Status::Denied) || !from.can_transition_to(to) {
+            return Ok(false);
+        }
+        self.run("transition", |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let changed = if to == Status::Used {
+                consume_in(&tx, id, now_ms)?
+            } else {
+                let changed = tx.execute(
+                    "UPDATE approvals SET status = :to,
+                         decided_at_ms = COALESCE(decided_at_ms, :now),
+                         decision_reason = COALESCE(decision_reason, :reason)
+                     WHERE id = :id AND status = :from",
+                    named_params! {
+                        ":to": to,
+                        ":now": now_ms,
+                        ":reason": automatic_reason(from, to),
+                        ":id": id,
+                        ":from": from,
+                    },
+                )?;
+                if changed == 0 {
+                    let exists = tx
+                        .query_row("SELECT 1 FROM approvals WHERE id = ?1", [id], |_| Ok(()))
+                        .optional()?;
+                    if exists.is_none() {
+                        return Err(StoreError::NotFound.into());
+                    }
+                }
+                changed == 1
+            };
+            tx.commit()?;
+            Ok(changed)
+        })
+    }
+
+    fn expire_due(&self, now_ms: i64) -> Result<Vec<String>, StoreError> {
+        self.run("expire_due", |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let ids = {
+                let mut stmt = tx.prepare_cached(concat!(expire_sql!(), " RETURNING id"))?;
+                let rows = stmt.query_map(
+                    named_params! {
+                        ":now": now_ms,
+                        ":pending_reason": REASON_EXPIRED_PENDING,
+                        ":approved_reason": REASON_EXPIRED_APPROVED,
+                    },
+                    |r| r.get::<_, String>(0),
+                )?;
+                rows.collect::<rusqlite::Result<Vec<String>>>()?
+            };
+            tx.commit()?;
+            Ok(ids)
+        })
+    }
+
+    fn abandon_orphaned_holds(&self, now_ms: i64) -> Result<usize, StoreError> {
+        // One file belongs to one gateway process, so at start-up every pending hold is an
+        // orphan. A shared multi-replica backend would have to scope this to its own replica.
+        self.run("abandon_orphaned_holds", |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let n = tx.execute(
+                "UPDATE approvals SET status = 'abandoned',
+                     decided_at_ms = COALESCE(decided_at_ms, ?1),
+                     decision_reason = COALESCE(decision_reason, ?2)
+                 WHERE status = 'pending' AND mode = 'hold'",
+                rusqlite::params![now_ms, REASON_RESTARTED],
+            )?;
+            tx.commit()?;
+            Ok(n)
+        })
+    }
+
+    fn count_pending(&self) -> Result<u64, StoreError> {
+        self.run("count_pending", |conn| {
+            let n: i64 = conn.query_row(
+                "SELECT COUNT(*) FROM approvals WHERE status = 'pending'",
+                [],
+                |r| r.get(0),
+            )?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Barrier};
+    use std::thread;
+
+    const NOW: i64 = 1_700_000_000_000;
+    const MINUTE: i64 = 60_000;
+
+    fn temp_store() -> (tempfile::TempDir, PathBuf, SqliteStore) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state").join("approvals.db");
+        let store = SqliteStore::open(&path).expect("open store");
+        (dir, path, store)
+    }
+
+    fn sample(id: &str) -> NewApproval {
+        NewApproval {
+            id: id.to_owned(),
+            mode: Mode::Async,
+            agent: "billing-bot".to_owned(),
+            owner: "team-payments".to_owned(),
+            route: "refunds".to_owned(),
+            method: "POST".to_owned(),
+            path: "/v1/refunds".to_owned(),
+            query: Some("dry_run=false&x=%20".to_owned()),
+            body_sha256: "ab".repeat(32),
+            body_bytes: 1234,
+            body_preview: "{\"amount\": 5000, \"note\": \"caf\u{e9}\"}".to_owned(),
+            headers: vec![
+                ("content-type".to_owned(), "application/json".to_owned()),
+                ("x-request-id".to_owned(), "r-1".to_owned()),
+                ("authorization".to_owned(), "[redacted]".to_owned()),
+            ],
+            request_digest: format!("digest-{id}"),
+            config_version: 7,
+            approvers: vec!["alice".to_owned(), "bob".to_owned(), "carol".to_owned()],
+            quorum: 1,
+            created_at_ms: NOW,
+            expires_at_ms: NOW + 10 * MINUTE,
+        }
+    }
+
+    fn with(id: &str, edit: impl FnOnce(&mut NewApproval)) -> NewApproval {
+        let mut a = sample(id);
+        edit(&mut a);
+        a
+    }
+
+    fn status(store: &SqliteStore, id: &str) -> Status {
+        store.get(id).expect("get").status
+    }
+
+    fn ids(list: &[Approval]) -> Vec<&str> {
+        list.iter().map(|a| a.id.as_str()).collect()
+    }
+
+    fn assert_unavailable(result: Result<impl fmt::Debug, StoreError>, path: &Path) {
+        match result {
+            Err(StoreError::Unavailable(msg)) => assert!(
+                msg.contains(&path.display().to_string()),
+                "message should name {}: {msg}",
+                path.display()
+            ),
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn open_creates_dirs_wal_and_schema_version() {
+        let (_dir, path, store) = temp_store();
+        assert!(path.is_file());
+        assert_eq!(store.path(), path);
+        drop(store);
+        let raw = Connection::open(&path).unwrap();
+        let mode: String = raw
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let version: i64 = raw
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn create_get_round_trip_every_field() {
+        let (_dir, _path, store) = temp_store();
+        let new = with("a1", |a| {
+            a.mode = Mode::Hold;
+            a.quorum = 2;
+            // Extremes prove the u64 bit-cast round-trips.
+            a.body_bytes = u64::MAX;
+            a.config_version = u64::MAX - 1;
+        });
+        let created = store.create(&new).unwrap();
+        let got = store.get("a1").unwrap();
+        assert_eq!(created, got);
+        let expected = Approval {
+            id: new.id.clone(),
+            mode: new.mode,
+            agent: new.agent.clone(),
+            owner: new.owner.clone(),
+            route: new.route.clone(),
+            method: new.method.clone(),
+            path: new.path.clone(),
+            query: new.query.clone(),
+            body_sha256: new.body_sha256.clone(),
+            body_bytes: new.body_bytes,
+            body_preview: new.body_preview.clone(),
+            headers: new.headers.clone(),
+            request_digest: new.request_digest.clone(),
+            config_version: new.config_version,
+            approvers: new.approvers.clone(),
+            quorum: new.quorum,
+            created_at_ms: new.created_at_ms,
+            expires_at_ms: new.expires_at_ms,
+            status: Status::Pending,
+            votes: vec![],
+            decided_at_ms: None,
+            decided_by: vec![],
+            decision_reason: None,
+            used_at_ms: None,
+        };
+        assert_eq!(got, expected);
+
+        let no_query = store
+            .create(&with("a2", |a| {
+                a.query = None;
+                a.headers.clear();
+                a.approvers.clear();
+                a.quorum = 0;
+            }))
+            .unwrap();
+        assert_eq!(no_query.query, None);
+        assert!(no_query.headers.is_empty() && no_query.approvers.is_empty());
+        assert_eq!(no_query.quorum, 1, "quorum 0 is stored as 1");
+
+        assert_eq!(store.get("missing"), Err(StoreError::NotFound));
+    }
+
+    #[test]
+    fn every_status_fits_the_schema() {
+        let (_dir, _path, store) = temp_store();
+        store.create(&sample("s")).unwrap();
+        for st in Status::ALL {
+            store
+                .run("test", |conn| {
+                    conn.execute("UPDATE approvals SET status = ?1 WHERE id = 's'", [st])?;
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(status(&store, "s"), st);
+            assert_eq!(Status::parse(st.as_str()), Some(st));
+            assert_eq!(
+                serde_json::to_string(&st).unwrap(),
+                format!("\"{}\"", st.as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn list_filters_and_orders_newest_first() {
+        let (_dir, _path, store) = temp_store();
+        store
+            .create(&with("old", |a| a.created_at_ms = NOW - 3))
+            .unwrap();
+        store
+            .create(&with("other-agent", |a| {
+                a.created_at_ms = NOW - 2;
+                a.agent = "crm-bot".into();
+            }))
+            .unwrap();
+        store
+            .create(&with("other-route", |a| {
+                a.created_at_ms = NOW - 1;
+                a.route = "payouts".into();
+            }))
+            .unwrap();
+        store
+            .create(&with("same-ms-1", |a| a.created_at_ms = NOW))
+            .unwrap();
+        store
+            .create(&with("same-ms-2", |a| a.created_at_ms = NOW))
+            .unwrap();
+        store.vote("old", "alice", false, "no", NOW).unwrap();
+
+        let all = store.list(&ListFilter::default()).unwrap();
+        assert_eq!(
+            ids(&all),
+            [
+                "same-ms-2",
+                "same-ms-1",
+                "other-route",
+                "other-agent",
+                "old"
+            ]
+        );
+        assert_eq!(all[4].votes.len(), 1, "list includes votes");
+
+        let pending = store
+            .list(&ListFilter {
+                status: Some(Status::Pending),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            ids(&pending),
+            ["same-ms-2", "same-ms-1", "other-route", "other-agent"]
+        );
+        let by_agent = store
+            .list(&ListFilter {
+                agent: Some("crm-bot".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(ids(&by_agent), ["other-agent"]);
+        let by_route = store
+            .list(&ListFilter {
+                route: Some("refunds".into()),
+                status: Some(Status::Pending),
+                agent: Some("billing-bot".into()),
+                limit: 0,
+            })
+            .unwrap();
+        assert_eq!(ids(&by_route), ["same-ms-2", "same-ms-1"]);
+        let limited = store
+            .list(&ListFilter {
+                limit: 2,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(ids(&limited), ["same-ms-2", "same-ms-1"]);
+        let none = store
+            .list(&ListFilter {
+                status: Some(Status::Used),
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn list_limit_zero_means_default() {
+        let (_dir, _path, store) = temp_store();
+        for i in 0..(ListFilter::DEFAULT_LIMIT + 5) {
+            store
+                .create(&with(&format!("a{i:03}"), |a| {
+                    a.created_at_ms = NOW + i as i64
+                }))
+                .unwrap();
+        }
+        let listed = store.list(&ListFilter::default()).unwrap();
+        assert_eq!(listed.len(), ListFilter::DEFAULT_LIMIT);
+        assert_eq!(listed[0].id, "a204");
+    }
+
+    #[test]
+    fn quorum_of_two_needs_two_distinct_approvers() {
+        let (_dir, _path, store) = temp_store();
+        store.create(&with("q", |a| a.quorum = 2)).unwrap();
+
+        let first = store
+            .vote("q", "alice", true, "looks fine", NOW + 1)
+            .unwrap();
+        assert_eq!(first.status, Status::Pending);
+        assert_eq!(first.votes.len(), 1);
+        assert!(first.decided_by.is_empty() && first.decided_at_ms.is_none());
+
+        assert_eq!(
+            store.vote("q", "alice", true, "again", NOW + 2),
+            Err(StoreError::AlreadyVoted {
+                approver: "alice".into()
+            })
+        );
+
+        let second = store.vote("q", "bob", true, "ok", NOW + 3).unwrap();
+        assert_eq!(second.status, Status::Approved);
+        assert_eq!(second.decided_by, ["alice", "bob"]);
+        assert_eq!(second.decided_at_ms, Some(NOW + 3));
+        assert_eq!(second.decision_reason, None);
+        assert_eq!(
+            second.votes,
+            [
+                Vote {
+                    approver: "alice".into(),
+                    approve: true,
+                    reason: "looks fine".into(),
+                    at_ms: NOW + 1
+                },
+                Vote {
+                    approver: "bob".into(),
+                    approve: true,
+                    reason: "ok".into(),
+                    at_ms: NOW + 3
+                },
+            ]
+        );
+        assert_eq!(store.get("q").unwrap(), second);
+
+        assert_eq!(
+            store.vote("q", "carol", true, "late", NOW + 4),
+            Err(StoreError::AlreadyDecided {
+                status: Status::Approved
+            })
+        );
+    }
+
+    #[test]
+    fn one_deny_denies_with_its_reason() {
+        let (_dir, _path, store) = temp_store();
+        store.create(&with("d", |a| a.quorum = 2)).unwrap();
+        store.vote("d", "alice", true, "", NOW).unwrap();
+        let denied = store
+            .vote("d", "bob", false, "refund exceeds policy", NOW + 5)
+            .unwrap();
+        assert_eq!(denied.status, Status::Denied);
+        assert_eq!(denied.decided_by, ["bob"]);
+        assert_eq!(
+            denied.decision_reason.as_deref(),
+            Some("refund exceeds policy")
+        );
+        assert_eq!(denied.decided_at_ms, Some(NOW + 5));
+
+        assert_eq!(
+            store.vote("d", "carol", true, "", NOW + 6),
+            Err(StoreError::AlreadyDecided {
+                status: Status::Denied
+            })
+        );
+        assert_eq!(store.get("d").unwrap().votes.len(), 2);
+    }
+
+    #[test]
+    fn vote_after_expiry_marks_expired() {
+        let (_dir, _path, store) = temp_store();
+        let a = store.create(&sample("e")).unwrap();
+        // The boundary instant already counts as expired.
+        assert_eq!(
+            store.vote("e", "alice", true, "", a.expires_at_ms),
+            Err(StoreError::Expired)
+        );
+        let got = store.get("e").unwrap();
+        assert_eq!(got.status, Status::Expired);
+        assert_eq!(got.decided_at_ms, Some(a.expires_at_ms));
+        assert_eq!(got.decision_reason.as_deref(), Some(REASON_EXPIRED_PENDING));
+        assert!(got.votes.is_empty(), "the refused vote is not recorded");
+        assert_eq!(
+            store.vote("e", "bob", true, "", a.expires_at_ms + 1),
+            Err(StoreError::AlreadyDecided {
+                status: Status::Expired
+            })
+        );
+        assert_eq!(
+            store.vote("missing", "bob", true, "", NOW),
+            Err(StoreError::NotFound)
+        );
+    }
+
+    #[test]
+    fn only_listed_approvers_may_vote() {
+        let (_dir, _path, store) = temp_store();
+        store.create(&sample("n")).unwrap();
+        assert_eq!(
+            store.vote("n", "mallory", true, "", NOW),
+            Err(StoreError::NotAnApprover {
+                approver: "mallory".into()
+            })
+        );
+        assert_eq!(
+            store.vote("n", "", true, "", NOW),
+            Err(StoreError::NotAnApprover {
+                approver: String::new()
+            })
+        );
+        assert_eq!(status(&store, "n"), Status::Pending);
+        assert!(store.get("n").unwrap().votes.is_empty());
+
+        // Empty list: anyone the caller has authenticated as a configured approver.
+        store
+            .create(&with("open", |a| a.approvers.clear()))
+            .unwrap();
+        let approved = store.vote("open", "dave", true, "", NOW).unwrap();
+        assert_eq!(approved.status, Status::Approved);
+        assert_eq!(approved.decided_by, ["dave"]);
+    }
+
+    #[test]
+    fn consume_is_once_and_only_when_approved() {
+        let (_dir, _path, store) = temp_store();
+        store.create(&sample("c")).unwrap();
+        assert!(!store.consume("c", NOW).unwrap(), "pending cannot be used");
+        store.vote("c", "alice", true, "", NOW).unwrap();
+        assert!(store.consume("c", NOW + 1).unwrap());
+        assert!(!store.consume("c", NOW + 2).unwrap());
+        let used = store.get("c").unwrap();
+        assert_eq!(used.status, Status::Used);
+        assert_eq!(used.used_at_ms, Some(NOW + 1));
+        assert_eq!(used.decided_at_ms, Some(NOW));
+        assert_eq!(store.consume("missing", NOW), Err(StoreError::NotFound));
+
+        // Approved but expired: refused, and moved to Expired.
+        let late = store.create(&sample("late")).unwrap();
+        store.vote("late", "alice", true, "", NOW).unwrap();
+        assert!(!store.consume("late", late.expires_at_ms).unwrap());
+        let got = store.get("late").unwrap();
+        assert_eq!(got.status, Status::Expired);
+        assert_eq!(got.decided_at_ms, Some(NOW), "keeps the approval time");
+        assert_eq!(
+            got.decision_reason.as_deref(),
+            Some(REASON_EXPIRED_APPROVED)
+        );
+    }
+
+    #[test]
+    fn find_open_matches_agent_digest_and_open_status_only() {
+        let (_dir, _path, store) = temp_store();
+        let same = |id: &str, created: i64| {
+            with(id, |a| {
+                a.request_digest = "D".into();
+                a.created_at_ms = created;
+            })
+        };
+        store.create(&same("older-pending", NOW)).unwrap();
+        store.create(&same("newer-approved", NOW + 1)).unwrap();
+        store
+            .vote("newer-approved", "alice", true, "", NOW + 1)
+            .unwrap();
+        store
+            .create(&with("newest-expired", |a| {
+                a.request_digest = "D".into();
+                a.created_at_ms = NOW + 2;
+                a.expires_at_ms = NOW + 3;
+            }))
+            .unwrap();
+        store
+            .create(&with("other-agent", |a| {
+                a.request_digest = "D".into();
+                a.created_at_ms = NOW + 4;
+                a.agent = "crm-bot".into();
+            }))
+            .unwrap();
+        store
+            .create(&with("other-digest", |a| {
+                a.request_digest = "E".into();
+                a.created_at_ms = NOW + 5;
+            }))
+            .unwrap();
+        store.create(&same("newest-used", NOW + 6)).unwrap();
+        store
+            .vote("newest-used", "alice", true, "", NOW + 6)
+            .unwrap();
+        assert!(store.consume("newest-used", NOW + 6).unwrap());
+        store.create(&same("newest-denied", NOW + 7)).unwrap();
+        store
+            .vote("newest-denied", "alice", false, "no", NOW + 7)
+            .unwrap();
+
+        let at = NOW + 10;
+        let found = store.find_open("billing-bot", "D", at).unwrap().unwrap();
+        assert_eq!(found.id, "newer-approved");
+        assert_eq!(found.votes.len(), 1);
+
+        assert!(store.consume("newer-approved", at).unwrap());
+        let found = store.find_open("billing-bot", "D", at).unwrap().unwrap();
+        assert_eq!(found.id, "older-pending");
+
+        assert!(store
+            .transition("older-pending", Status::Pending, Status::TimedOut, at)
+            .unwrap());
+        assert_eq!(store.find_open("billing-bot", "D", at).unwrap(), None);
+        assert_eq!(store.find_open("nobody", "D", at).unwrap(), None);
+        assert_eq!(
+            store.find_open("crm-bot", "D", at).unwrap().unwrap().id,
+            "other-agent"
+        );
+    }
+
+    #[test]
+    fn transition_is_compare_and_set_along_the_lifecycle() {
+        let (_dir, _path, store) = temp_store();
+        store.create(&sample("t")).unwrap();
+        assert!(!store
+            .transition("t", Status::Approved, Status::Used, NOW)
+            .unwrap());
+        assert!(store
+            .transition("t", Status::Pending, Status::TimedOut, NOW + 1)
+            .unwrap());
+        assert!(!store
+            .transition("t", Status::Pending, Status::Abandoned, NOW + 2)
+            .unwrap());
+        let got = store.get("t").unwrap();
+        assert_eq!(got.status, Status::TimedOut);
+        assert_eq!(got.decided_at_ms, Some(NOW + 1));
+        assert_eq!(got.decision_reason.as_deref(), Some(REASON_TIMED_OUT));
+
+        // Off-lifecycle edges never happen, even when `from` matches.
+        assert!(!store
+            .transition("t", Status::TimedOut, Status::Pending, NOW)
+            .unwrap());
+        assert_eq!(status(&store, "t"), Status::TimedOut);
+        store.create(&sample("v")).unwrap();
+        assert!(!store
+            .transition("v", Status::Pending, Status::Approved, NOW)
+            .unwrap());
+        assert!(!store
+            .transition("v", Status::Pending, Status::Denied, NOW)
+            .unwrap());
+        assert_eq!(status(&store, "v"), Status::Pending);
+
+        // Hold mode forwarding: Approved → Used through transition obeys consume's rules.
+        store.vote("v", "alice", true, "", NOW).unwrap();
+        assert!(store
+            .transition("v", Status::Approved, Status::Used, NOW + 1)
+            .unwrap());
+        assert!(!store.consume("v", NOW + 2).unwrap());
+        assert!(!store
+            .transition("v", Status::Used, Status::Expired, NOW + 2)
+            .unwrap());
+        assert_eq!(status(&store, "v"), Status::Used);
+
+        assert_eq!(
+            store.transition("missing", Status::Pending, Status::Abandoned, NOW),
+            Err(StoreError::NotFound)
+        );
+    }
+
+    #[test]
+    fn expire_due_moves_only_open_due_approvals() {
+        let (_dir, _path, store) = temp_store();
+        let due = NOW + MINUTE;
+        let expiring = |id: &str, expires: i64| with(id, |a| a.expires_at_ms = expires);
+        store.create(&expiring("pending-due", due)).unwrap();
+        store.create(&expiring("approved-due", due - 1)).unwrap();
+        store.vote("approved-due", "alice", true, "", NOW).unwrap();
+        store.create(&expiring("pending-later", due + 1)).unwrap();
+        store.create(&expiring("used-due", due)).unwrap();
+        store.vote("used-due", "alice", true, "", NOW).unwrap();
+        store.consume("used-due", NOW).unwrap();
+        store.create(&expiring("denied-due", due)).unwrap();
+        store.vote("denied-due", "alice", false, "no", NOW).unwrap();
+
+        let mut expired = store.expire_due(due).unwrap();
+        expired.sort();
+        assert_eq!(expired, ["approved-due", "pending-due"]);
+        assert_eq!(status(&store, "pending-due"), Status::Expired);
+        assert_eq!(status(&store, "approved-due"), Status::Expired);
+        assert_eq!(status(&store, "pending-later"), Status::Pending);
+        assert_eq!(status(&store, "used-due"), Status::Used);
+        assert_eq!(status(&store, "denied-due"), Status::Denied);
+        assert_eq!(
+            store
+                .get("approved-due")
+                .unwrap()
+                .decision_reason
+                .as_deref(),
+            Some(REASON_EXPIRED_APPROVED)
+        );
+        assert_eq!(store.get("pending-due").unwrap().decided_at_ms, Some(due));
+        assert!(store.expire_due(due).unwrap().is_empty());
+    }
+
+    #[test]
+    fn abandon_orphaned_holds_touches_only_pending_holds() {
+        let (_dir, _path, store) = temp_store();
+        let hold = |id: &str| with(id, |a| a.mode = Mode::Hold);
+        store.create(&hold("hold-1")).unwrap();
+        store.create(&hold("hold-2")).unwrap();
+        store.create(&sample("async-pending")).unwrap();
+        store.create(&hold("hold-approved")).unwrap();
+        store.vote("hold-approved", "alice", true, "", NOW).unwrap();
+        store.create(&hold("hold-denied")).unwrap();
+        store
+            .vote("hold-denied", "alice", false, "no", NOW)
+            .unwrap();
+        assert_eq!(store.count_pending().unwrap(), 3);
+
+        assert_eq!(store.abandon_orphaned_holds(NOW + 1).unwrap(), 2);
+        assert_eq!(status(&store, "hold-1"), Status::Abandoned);
+        assert_eq!(status(&store, "hold-2"), Status::Abandoned);
+        assert_eq!(status(&store, "async-pending"), Status::Pending);
+        assert_eq!(status(&store, "hold-approved"), Status::Approved);
+        assert_eq!(status(&store, "hold-denied"), Status::Denied);
+        let got = store.get("hold-1").unwrap();
+        assert_eq!(got.decided_at_ms, Some(NOW + 1));
+        assert_eq!(got.decision_reason.as_deref(), Some(REASON_RESTARTED));
+        assert_eq!(store.count_pending().unwrap(), 1);
+        assert_eq!(store.abandon_orphaned_holds(NOW + 2).unwrap(), 0);
+    }
+
+    #[test]
+    fn approved_approval_survives_reopen_and_is_consumable() {
+        let (_dir, path, store) = temp_store();
+        store.create(&with("durable", |a| a.quorum = 2)).unwrap();
+        store.vote("durable", "alice", true, "ok", NOW).unwrap();
+        let approved = store.vote("durable", "bob", true, "ok", NOW + 1).unwrap();
+        drop(store);
+
+        let reopened = SqliteStore::open(&path).unwrap();
+        assert_eq!(reopened.get("durable").unwrap(), approved);
+        assert_eq!(
+            reopened
+                .find_open("billing-bot", "digest-durable", NOW + 2)
+                .unwrap()
+                .map(|a| a.id),
+            Some("durable".to_owned())
+        );
+        assert!(reopened.consume("durable", NOW + 2).unwrap());
+        drop(reopened);
+
+        let again = SqliteStore::open(&path).unwrap();
+        assert_eq!(status(&again, "durable"), Status::Used);
+        assert!(!again.consume("durable", NOW + 3).unwrap());
+    }
+
+    /// Eight threads, each with its own connection (as separate processes or replicas sharing
+    /// the file would have), race to consume one approval: exactly one wins.
+    #[test]
+    fn racing_consumers_on_separate_connections_consume_once() {
+        let (_dir, path, store) = temp_store();
+        store.create(&sample("race")).unwrap();
+        store.vote("race", "alice", true, "", NOW).unwrap();
+        let stores: Vec<SqliteStore> = (0..8).map(|_| SqliteStore::open(&path).unwrap()).collect();
+        let barrier = Arc::new(Barrier::new(stores.len()));
+        let handles: Vec<_> = stores
+            .into_iter()
+            .map(|s| {
+                let barrier = Arc::clone(&barrier);
+                thread::spawn(move || {
+                    barrier.wait();
+                    s.consume("race", NOW + 1).unwrap()
+                })
+            })
+            .collect();
+        let wins = handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|won| *won)
+            .count();
+        assert_eq!(wins, 1);
+        assert_eq!(status(&store, "race"), Status::Used);
+    }
+
+    #[test]
+    fn racing_consumers_on_one_shared_store_consume_once() {
+        let (_dir, _path, store) = temp_store();
+        store.create(&sample("race")).unwrap();
+        store.vote("race", "alice", true, "", NOW).unwrap();
+        let store = Arc::new(store);
+        let barrier = Arc::new(Barrier::new(8));
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (store, barrier) = (Arc::clone(&store), Arc::clone(&barrier));
+                thread::spawn(move || {
+                    barrier.wait();
+                    store.consume("race", NOW + 1).unwrap()
+                })
+            })
+            .collect();
+        let wins = handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|won| *won)
+            .count();
+        assert_eq!(wins, 1);
+    }
+
+    /// Eight distinct approvers vote at once on a quorum of three: exactly three votes count and
+    /// the rest see the decision.
+    #[test]
+    fn racing_voters_reach_quorum_exactly_once() {
+        let (_dir, path, store) = temp_store();
+        let names: Vec<String> = (0..8).map(|i| format!("approver-{i}")).collect();
+        store
+            .create(&with("quorum-race", |a| {
+                a.approvers = names.clone();
+                a.quorum = 3;
+            }))
+            .unwrap();
+        let barrier = Arc::new(Barrier::new(names.len()));
+        let handles: Vec<_> = names
+            .iter()
+            .map(|name| {
+                let s = SqliteStore::open(&path).unwrap();
+                let (barrier, name) = (Arc::clone(&barrier), name.clone());
+                thread::spawn(move || {
+                    barrier.wait();
+                    s.vote("quorum-race", &name, true, "", NOW)
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let accepted = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(accepted, 3);
+        assert!(results.iter().all(|r| match r {
+            Ok(_) => true,
+            Err(e) =>
+                *e == StoreError::AlreadyDecided {
+                    status: Status::Approved
+                },
+        }));
+        let got = store.get("quorum-race").unwrap();
+        assert_eq!(got.status, Status::Approved);
+        assert_eq!(got.votes.len(), 3);
+        assert_eq!(got.decided_by.len(), 3);
+    }
+
+    #[test]
+    fn open_under_a_regular_file_is_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"x").unwrap();
+        let path = file.join("approvals.db");
+        assert_unavailable(SqliteStore::open(&path), &path);
+    }
+
+    #[test]
+    fn open_of_a_directory_is_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("approvals.db");
+        std::fs::create_dir(&path).unwrap();
+        assert_unavailable(SqliteStore::open(&path), &path);
+    }
+
+    #[test]
+    fn open_in_a_read_only_directory_is_unavailable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let ro = dir.path().join("ro");
+        std::fs::create_dir(&ro).unwrap();
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
+        // Root ignores permissions; there is nothing to test then.
+        if std::fs::write(ro.join("probe"), b"").is_ok() {
+            eprintln!("skipped: directory permissions are not enforced (running as root?)");
+            return;
+        }
+        let path = ro.join("approvals.db");
+        assert_unavailable(SqliteStore::open(&path), &path);
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[test]
+    fn open_of_a_read_only_file_is_unavailable() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_dir, path, store) = temp_store();
+        drop(store);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
+        // Root ignores permissions; there is nothing to test then.
+        if std::fs::OpenOptions::new().append(true).open(&path).is_ok() {
+            eprintln!("skipped: file permissions are not enforced (running as root?)");
+            return;
+        }
+        // SQLite would silently open it read-only; the store must refuse instead.
+        assert_unavailable(SqliteStore::open(&path), &path);
+    }
+
+    #[test]
+    fn open_of_a_non_database_file_is_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("approvals.db");
+        std::fs::write(&path, vec![b'#'; 4096]).unwrap();
+        assert_unavailable(SqliteStore::open(&path), &path);
+    }
+
+    #[test]
+    fn open_of_a_newer_schema_is_unavailable() {
+        let (_dir, path, store) = temp_store();
+        drop(store);
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        match SqliteStore::open(&path) {
+            Err(StoreError::Unavailable(msg)) => assert!(msg.contains("newer"), "{msg}"),
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+    }
+
+    /// Another writer holds the lock past the busy timeout: writes fail as Unavailable (the
+    /// caller refuses the call) while reads still work thanks to WAL.
+    #[test]
+    fn locked_database_makes_writes_unavailable() {
+        let (_dir, path, store) = temp_store();
+        store.create(&sample("l")).unwrap();
+        store
+            .run("test", |conn| {
+                conn.busy_timeout(Duration::from_millis(50))?;
+                Ok(())
+            })
+            .unwrap();
+        let mut other = Connection::open(&path).unwrap();
+        let tx = other
+            .transaction_with_behavior(TransactionBehavior::Exclusive)
+            .unwrap();
+        tx.execute("UPDATE approvals SET owner = owner", [])
+            .unwrap();
+
+        assert_unavailable(store.vote("l", "alice", true, "", NOW), &path);
+        assert_unavailable(store.consume("l", NOW), &path);
+        assert_unavailable(store.create(&sample("m")), &path);
+        assert_eq!(status(&store, "l"), Status::Pending);
+
+        drop(tx);
+        assert_eq!(
+            store.vote("l", "alice", true, "", NOW).unwrap().status,
+            Status::Approved
+        );
+    }
+}

@@ -1,0 +1,392 @@
+//! The approval store interface.
+//!
+//! High-risk agent calls are held until human approvers decide. Those decisions must outlive the
+//! gateway process, so they live behind [`ApprovalStore`]. The trait is deliberately small and
+//! synchronous: today it is backed by one SQLite file ([`super::sqlite::SqliteStore`]); a shared
+//! backend for several replicas can implement the same trait later without touching callers.
+//!
+//! Every state change that has to happen "at most once" (a vote, consuming an approval, a timeout)
+//! is a compare-and-set inside the store, never a read-then-write in the caller, so two gateway
+//! workers (or two replicas) can never both act on one approval.
+//!
+//! Any failure to read or write the store is [`StoreError::Unavailable`]; callers must then refuse
+//! the held call (fail closed), never forward it.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Where an approval is in its lifecycle.
+///
+/// ```text
+/// Pending → Approved (quorum of distinct approvers) → Used (async replay consumed it once, or hold-mode forwarded it)
+/// Pending → Denied (any one allowed approver denies) | TimedOut (hold wait ended)
+///         | Abandoned (agent disconnected / gateway restarted while holding) | Expired (past expires_at)
+/// Approved → Expired (not used before expires_at)
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Waiting for votes.
+    Pending,
+    /// Quorum reached; may be used once before it expires.
+    Approved,
+    /// An allowed approver said no.
+    Denied,
+    /// The held connection stopped waiting before a decision.
+    TimedOut,
+    /// Nobody is waiting any more: the agent disconnected or the gateway restarted mid-hold.
+    Abandoned,
+    /// Not decided (or not used) before `expires_at_ms`.
+    Expired,
+    /// The approved call was forwarded; an approval authorises exactly one call.
+    Used,
+}
+
+impl Status {
+    /// Every status, in lifecycle order (handy for metrics labels and CLI help).
+    pub const ALL: [Status; 7] = [
+        Status::Pending,
+        Status::Approved,
+        Status::Denied,
+        Status::TimedOut,
+        Status::Abandoned,
+        Status::Expired,
+        Status::Used,
+    ];
+
+    /// The stable snake_case name, identical to the serde form; also what the database stores.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Approved => "approved",
+            Status::Denied => "denied",
+            Status::TimedOut => "timed_out",
+            Status::Abandoned => "abandoned",
+            Status::Expired => "expired",
+            Status::Used => "used",
+        }
+    }
+
+    /// The inverse of [`Status::as_str`]; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// True once nothing can change any more: everything except `Pending` and `Approved`.
+    pub fn is_final(self) -> bool {
+        !matches!(self, Status::Pending | Status::Approved)
+    }
+
+    /// Whether the lifecycle has an edge `self → to`.
+    ///
+    /// Backends use this to refuse status changes that would, for example, reopen a denied
+    /// approval or make a used one usable again.
+    pub fn can_transition_to(self, to: Status) -> bool {
+        matches!(
+            (self, to),
+            (
+                Status::Pending,
+                Status::Approved
+                    | Status::Denied
+                    | Status::TimedOut
+                    | Status::Abandoned
+                    | Status::Expired
+            ) | (Status::Approved, Status::Expired | Status::Used)
+        )
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How the agent waits for the decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// The agent's connection is held open until a decision (or a timeout).
+    Hold,
+    /// The agent is refused at once with the approval id and retries the identical call later;
+    /// the retry is matched by `request_digest` and consumes the approval.
+    Async,
+}
+
+impl Mode {
+    /// The stable snake_case name, identical to the serde form; also what the database stores.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Hold => "hold",
+            Mode::Async => "async",
+        }
+    }
+
+    /// The inverse of [`Mode::as_str`]; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Mode> {
+        [Mode::Hold, Mode::Async]
+            .into_iter()
+            .find(|m| m.as_str() == s)
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the proxy records when it holds a call for approval.
+///
+/// Everything here is computed by the caller; the store only persists it. Secrets must already be
+/// gone: `headers` are redacted and `body_preview` is whatever the caller chose to show approvers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewApproval {
+    /// Caller-generated unique id (uuid v7, simple form).
+    pub id: String,
+    /// Hold the connection, or refuse now and let the agent replay later.
+    pub mode: Mode,
+    /// Agent name (token subject as mapped by the config).
+    pub agent: String,
+    /// The person or team accountable for the agent.
+    pub owner: String,
+    /// Name of the route that required approval.
+    pub route: String,
+    /// HTTP method of the held call.
+    pub method: String,
+    /// Normalised path of the held call (exactly what the upstream would receive).
+    pub path: String,
+    /// Raw query string, if any.
+    pub query: Option<String>,
+    /// Hex SHA-256 of the full request body.
+    pub body_sha256: String,
+    /// Full body length in bytes.
+    pub body_bytes: u64,
+    /// The first few KiB of the body as lossy UTF-8, for the approver to read.
+    pub body_preview: String,
+    /// Request headers, already redacted by the caller.
+    pub headers: Vec<(String, String)>,
+    /// Hex SHA-256 binding agent + route + method + path + query + body: an approval authorises
+    /// exactly this call and nothing else.
+    pub request_digest: String,
+    /// Config version that decided approval was needed (for audit).
+    pub config_version: u64,
+    /// Names allowed to vote; empty means any configured approver (the caller, which knows the
+    /// configuration, checks that case before voting).
+    pub approvers: Vec<String>,
+    /// Distinct approving votes needed; values below 1 are stored as 1 so that a mistake can
+    /// never create a self-approving request.
+    pub quorum: u32,
+    /// Creation time, Unix milliseconds.
+    pub created_at_ms: i64,
+    /// After this instant (inclusive) the approval can no longer be voted on or used.
+    pub expires_at_ms: i64,
+}
+
+/// One approver's vote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Vote {
+    /// Approver name, as authenticated by the admin API.
+    pub approver: String,
+    /// `true` to approve, `false` to deny.
+    pub approve: bool,
+    /// Free text from the approver; shown to the agent on denial.
+    pub reason: String,
+    /// When the vote was cast, Unix milliseconds.
+    pub at_ms: i64,
+}
+
+/// A stored approval: the request as recorded plus its decision state.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Approval {
+    /// See [`NewApproval::id`].
+    pub id: String,
+    /// See [`NewApproval::mode`].
+    pub mode: Mode,
+    /// See [`NewApproval::agent`].
+    pub agent: String,
+    /// See [`NewApproval::owner`].
+    pub owner: String,
+    /// See [`NewApproval::route`].
+    pub route: String,
+    /// See [`NewApproval::method`].
+    pub method: String,
+    /// See [`NewApproval::path`].
+    pub path: String,
+    /// See [`NewApproval::query`].
+    pub query: Option<String>,
+    /// See [`NewApproval::body_sha256`].
+    pub body_sha256: String,
+    /// See [`NewApproval::body_bytes`].
+    pub body_bytes: u64,
+    /// See [`NewApproval::body_preview`].
+    pub body_preview: String,
+    /// See [`NewApproval::headers`].
+    pub headers: Vec<(String, String)>,
+    /// See [`NewApproval::request_digest`].
+    pub request_digest: String,
+    /// See [`NewApproval::config_version`].
+    pub config_version: u64,
+    /// See [`NewApproval::approvers`].
+    pub approvers: Vec<String>,
+    /// See [`NewApproval::quorum`] (always >= 1 here).
+    pub quorum: u32,
+    /// See [`NewApproval::created_at_ms`].
+    pub created_at_ms: i64,
+    /// See [`NewApproval::expires_at_ms`].
+    pub expires_at_ms: i64,
+    /// Current lifecycle state.
+    pub status: Status,
+    /// Every vote cast, in the order the store accepted them.
+    pub votes: Vec<Vote>,
+    /// When it left `Pending` (approval, denial, timeout, abandonment or expiry), Unix ms.
+    /// Kept from the approval when an approved request later expires or is used.
+    pub decided_at_ms: Option<i64>,
+    /// The approvers whose votes decided it: the quorum for `Approved`, the denier for `Denied`.
+    pub decided_by: Vec<String>,
+    /// Why it ended: the denier's reason, or a fixed text for timeouts, abandonment and expiry.
+    pub decision_reason: Option<String>,
+    /// When an approved call was forwarded, Unix ms.
+    pub used_at_ms: Option<i64>,
+}
+
+impl Approval {
+    /// Whether `now_ms` is at or past `expires_at_ms`.
+    ///
+    /// The boundary instant counts as expired (fail closed); every backend must use this rule.
+    pub fn is_expired(&self, now_ms: i64) -> bool {
+        now_ms >= self.expires_at_ms
+    }
+}
+
+/// Selection for [`ApprovalStore::list`]. Unset fields match everything.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Only approvals in this status.
+    pub status: Option<Status>,
+    /// Only approvals of this agent.
+    pub agent: Option<String>,
+    /// Only approvals for this route.
+    pub route: Option<String>,
+    /// Maximum rows returned; 0 means [`ListFilter::DEFAULT_LIMIT`].
+    pub limit: usize,
+}
+
+impl ListFilter {
+    /// Rows returned when `limit` is 0.
+    pub const DEFAULT_LIMIT: usize = 200;
+
+    /// `limit`, with 0 replaced by [`ListFilter::DEFAULT_LIMIT`].
+    pub fn effective_limit(&self) -> usize {
+        if self.limit == 0 {
+            Self::DEFAULT_LIMIT
+        } else {
+            self.limit
+        }
+    }
+}
+
+/// Why a store operation did not happen.
+///
+/// Every variant except `Unavailable` is a definite answer about the approval. `Unavailable`
+/// means the store could not be consulted; callers must refuse the held call.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StoreError {
+    /// No approval has this id.
+    #[error("approval not found")]
+    NotFound,
+    /// Votes are only accepted while the approval is pending.
+    #[error("approval is already {status}")]
+    AlreadyDecided {
+        /// The status it already has.
+        status: Status,
+    },
+    /// The approval is past `expires_at_ms`; the store has moved it to `Expired`.
+    #[error("approval has expired")]
+    Expired,
+    /// The voter is not in the approval's `approvers` list.
+    #[error("{approver} is not an approver for this request")]
+    NotAnApprover {
+        /// The refused voter.
+        approver: String,
+    },
+    /// Quorum counts distinct people, so each approver votes at most once.
+    #[error("{approver} has already voted on this request")]
+    AlreadyVoted {
+        /// The repeated voter.
+        approver: String,
+    },
+    /// The database cannot be read or written. The message names the database path, so it
+    /// belongs in logs, not in responses to agents.
+    #[error("approval store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Durable storage of approvals. All methods are short blocking calls: async callers run them on
+/// `spawn_blocking`.
+pub trait ApprovalStore: Send + Sync + 'static {
+    /// Persists a new `Pending` approval and returns it as stored.
+    fn create(&self, a: &NewApproval) -> Result<Approval, StoreError>;
+
+    /// The approval with this id, or `NotFound`.
+    fn get(&self, id: &str) -> Result<Approval, StoreError>;
+
+    /// Approvals matching the filter, newest (`created_at_ms`) first.
+    fn list(&self, f: &ListFilter) -> Result<Vec<Approval>, StoreError>;
+
+    /// Records one vote, in one transaction.
+    ///
+    /// The approval must be `Pending` (else `AlreadyDecided`) and not expired (else it is marked
+    /// `Expired` and `Expired` is returned); the approver must be allowed (else `NotAnApprover`)
+    /// and must not have voted already (else `AlreadyVoted`). A deny makes it `Denied` at once
+    /// with the vote's reason as `decision_reason`; approvals reaching quorum make it `Approved`.
+    /// `decided_by` lists the approvers whose votes decided it. Returns the updated approval.
+    fn vote(
+        &self,
+        id: &str,
+        approver: &str,
+        approve: bool,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<Approval, StoreError>;
+
+    /// For async replay: the newest approval of this agent with this `request_digest` that is
+    /// `Pending` or `Approved` and not expired; `None` otherwise. Never returns final ones.
+    fn find_open(
+        &self,
+        agent: &str,
+        request_digest: &str,
+        now_ms: i64,
+    ) -> Result<Option<Approval>, StoreError>;
+
+    /// `Approved → Used`, atomically and at most once (compare-and-set).
+    ///
+    /// `Ok(false)` if it was not `Approved` or has expired (an expired one is marked `Expired`);
+    /// `NotFound` for an unknown id.
+    fn consume(&self, id: &str, now_ms: i64) -> Result<bool, StoreError>;
+
+    /// Compare-and-set status change, e.g. `Pending → TimedOut` or `Pending → Abandoned`.
+    ///
+    /// `Ok(false)` if the current status is not `from`, or if `from → to` is not a lifecycle edge
+    /// that needs no votes (`Approved` and `Denied` are reached only through [`Self::vote`]);
+    /// `Approved → Used` follows the rules of [`Self::consume`]. `NotFound` for an unknown id.
+    fn transition(
+        &self,
+        id: &str,
+        from: Status,
+        to: Status,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Moves every `Pending`/`Approved` approval at or past `expires_at_ms` to `Expired`;
+    /// returns their ids.
+    fn expire_due(&self, now_ms: i64) -> Result<Vec<String>, StoreError>;
+
+    /// At start-up: pending hold-mode approvals belonged to connections of a previous process,
+    /// so nobody can receive their answer any more → `Abandoned`. Returns how many.
+    fn abandon_orphaned_holds(&self, now_ms: i64) -> Result<usize, StoreError>;
+
+    /// Number of `Pending` approvals (for a gauge and for back-pressure limits).
+    fn count_pending(&self) -> Result<u64, StoreError>;
+}

@@ -9,8 +9,9 @@ use super::raw::*;
 use super::secret;
 use crate::identity::{IdentitySettings, IssuerConfig, KeySource, KeyStore, Verifier};
 use crate::policy::{
-    AccessLogTarget, Agent, Credential, HostPattern, PathPattern, Route, RouteTable, Secret,
-    Settings, Snapshot, TokenService, Upstream,
+    AccessLogTarget, Agent, ApprovalMode, ApprovalPolicy, ApprovalSettings, Approver, Credential,
+    HostPattern, PathPattern, Route, RouteTable, Secret, Settings, Snapshot, TokenService,
+    Upstream, WebhookSettings,
 };
 use http::{HeaderName, HeaderValue, Method, Uri};
 use sha2::{Digest, Sha256};
@@ -171,8 +172,12 @@ impl Compiler<'_> {
             .enumerate()
             .map(|(i, u)| (u.name.to_string(), i))
             .collect();
-        let routes = self.routes(&raw.routes, &upstream_index);
-        let agents = self.agents(&raw.agents, &raw.routes);
+        let approvals = raw
+            .approvals
+            .as_ref()
+            .map(|a| self.approvals(a, &settings.admin_listen));
+        let routes = self.routes(&raw.routes, &upstream_index, approvals.as_ref());
+        let agents = self.agents(&raw.agents, &raw.routes, approvals.is_some());
 
         let verifier = if self.issues.is_empty() {
             match Verifier::new(issuers, identity, ctx.key_store.clone()) {
@@ -198,6 +203,7 @@ impl Compiler<'_> {
             routes: RouteTable::new(routes),
             verifier: verifier?,
             token_service,
+            approvals,
         })
     }
 
@@ -689,10 +695,170 @@ impl Compiler<'_> {
         }
     }
 
+    /// Compile an approval policy; `approvals` is the section it draws approvers from.
+    fn approval_policy(
+        &mut self,
+        p: &str,
+        r: &RawApprovalPolicy,
+        approvals: Option<&ApprovalSettings>,
+        default_timeout: Duration,
+    ) -> Option<ApprovalPolicy> {
+        let Some(settings) = approvals else {
+            self.invalid(p, "needs an `approvals:` section (store and approvers)");
+            return None;
+        };
+        let mode = match r.mode.as_deref() {
+            None | Some("hold") => ApprovalMode::Hold,
+            Some("async") => ApprovalMode::Async,
+            Some(other) => {
+                self.invalid(
+                    format!("{p}.mode"),
+                    format!("`{other}` is not `hold` or `async`"),
+                );
+                ApprovalMode::Hold
+            }
+        };
+        let timeout = self.duration(&format!("{p}.timeout"), &r.timeout, default_timeout);
+        let known: Vec<&str> = settings.approvers.iter().map(|a| a.name.as_str()).collect();
+        for (j, a) in r.approvers.iter().enumerate() {
+            if !known.contains(&a.as_str()) {
+                self.err(
+                    format!("{p}.approvers[{j}]"),
+                    IssueKind::UnknownReference {
+                        what: "approver",
+                        name: a.clone(),
+                        hint: hint(&known),
+                    },
+                );
+            }
+        }
+        let quorum = r.quorum.unwrap_or(1);
+        let eligible = if r.approvers.is_empty() {
+            known.len()
+        } else {
+            r.approvers.len()
+        };
+        if quorum == 0 {
+            self.invalid(format!("{p}.quorum"), "must be at least 1");
+        } else if quorum as usize > eligible {
+            self.invalid(
+                format!("{p}.quorum"),
+                format!("{quorum} distinct approvals can never be reached: only {eligible} approver(s) may decide"),
+            );
+        }
+        Some(ApprovalPolicy {
+            mode,
+            timeout,
+            approvers: r.approvers.clone(),
+            quorum,
+        })
+    }
+
+    fn approvals(&mut self, r: &RawApprovals, admin_listen: &str) -> ApprovalSettings {
+        let p = "approvals";
+        self.unique(
+            "approver",
+            r.approvers
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (format!("{p}.approvers[{i}].name"), a.name.as_str())),
+        );
+        let mut approvers = Vec::new();
+        for (i, a) in r.approvers.iter().enumerate() {
+            let mut h = [0u8; 32];
+            let hex_text = match secret::resolve(&a.token_sha256, &self.base) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.invalid(format!("{p}.approvers[{i}].token_sha256"), e);
+                    continue;
+                }
+            };
+            match hex::decode_to_slice(hex_text.trim(), &mut h) {
+                Ok(()) => approvers.push(Approver {
+                    name: a.name.clone(),
+                    token_sha256: h,
+                }),
+                Err(_) => self.invalid(
+                    format!("{p}.approvers[{i}].token_sha256"),
+                    "must be 64 hex digits (the SHA-256 of the approver's token; `portcullis approver-token` prints one)",
+                ),
+            }
+        }
+        if r.approvers.is_empty() {
+            self.invalid(
+                format!("{p}.approvers"),
+                "list at least one approver: held calls could never be decided",
+            );
+        }
+        let max_body_bytes = r.max_body_bytes.unwrap_or(1024 * 1024);
+        if max_body_bytes == 0 {
+            self.invalid(format!("{p}.max_body_bytes"), "must be at least 1");
+        }
+        let webhook = r.webhook.as_ref().map(|w| {
+            let wp = format!("{p}.webhook");
+            match w.url.parse::<Uri>() {
+                Ok(u) if matches!(u.scheme_str(), Some("http") | Some("https")) => {}
+                _ => self.invalid(
+                    format!("{wp}.url"),
+                    format!("`{}` is not an http(s) URL", w.url),
+                ),
+            }
+            let mut headers = Vec::new();
+            for (k, v) in &w.headers {
+                match secret::resolve(v, &self.base) {
+                    Ok(v) => headers.push((k.clone(), v)),
+                    Err(e) => self.invalid(format!("{wp}.headers.{k}"), e),
+                }
+            }
+            WebhookSettings {
+                url: w.url.clone(),
+                timeout: self.duration(
+                    &format!("{wp}.timeout"),
+                    &w.timeout,
+                    Duration::from_secs(5),
+                ),
+                max_attempts: w.max_attempts.unwrap_or(5).max(1),
+                headers,
+            }
+        });
+        let mut settings = ApprovalSettings {
+            store_path: self.file_path(&r.store),
+            max_body_bytes,
+            console_url: r
+                .console_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{admin_listen}/console"))
+                .trim_end_matches('/')
+                .to_string(),
+            approvers,
+            webhook,
+            supervised: Arc::new(ApprovalPolicy {
+                mode: ApprovalMode::Async,
+                timeout: Duration::from_secs(1800),
+                approvers: Vec::new(),
+                quorum: 1,
+            }),
+        };
+        let sup = r.supervised.clone().unwrap_or(RawApprovalPolicy {
+            mode: Some("async".into()),
+            ..Default::default()
+        });
+        if let Some(pol) = self.approval_policy(
+            &format!("{p}.supervised"),
+            &sup,
+            Some(&settings),
+            Duration::from_secs(1800),
+        ) {
+            settings.supervised = Arc::new(pol);
+        }
+        settings
+    }
+
     fn routes(
         &mut self,
         raw: &[(usize, RawRoute)],
         upstreams: &HashMap<String, usize>,
+        approvals: Option<&ApprovalSettings>,
     ) -> Vec<Route> {
         self.unique(
             "route",
@@ -763,6 +929,14 @@ impl Compiler<'_> {
                     }
                 }
             }
+            let approval = r.approval.as_ref().map(|a| {
+                self.approval_policy(
+                    &format!("{p}.approval"),
+                    a,
+                    approvals,
+                    Duration::from_secs(600),
+                )
+            });
             if let (true, Some(path), Some(host), Some(upstream)) = (ok, path, host, upstream) {
                 out.push(Route {
                     name: r.name.as_str().into(),
@@ -773,6 +947,7 @@ impl Compiler<'_> {
                     upstream,
                     scopes_all: r.scopes.clone(),
                     scopes_any: r.any_of.clone(),
+                    approval: approval.flatten().map(Arc::new),
                 });
             }
         }
@@ -786,6 +961,7 @@ impl Compiler<'_> {
         &mut self,
         raw: &[(usize, RawAgent)],
         routes: &[(usize, RawRoute)],
+        has_approvals: bool,
     ) -> HashMap<String, Arc<Agent>> {
         self.unique(
             "agent",
@@ -800,6 +976,25 @@ impl Compiler<'_> {
         let mut out = HashMap::new();
         for (i, r) in raw {
             let p = format!("agents[{i}]");
+            let supervised = match r.tier.as_deref() {
+                None | Some("standard") => false,
+                Some("supervised") => {
+                    if !has_approvals {
+                        self.invalid(
+                            format!("{p}.tier"),
+                            "a supervised agent's writes need approval: add an `approvals:` section",
+                        );
+                    }
+                    true
+                }
+                Some(other) => {
+                    self.invalid(
+                        format!("{p}.tier"),
+                        format!("`{other}` is not `standard` or `supervised`"),
+                    );
+                    false
+                }
+            };
             if r.owner.trim().is_empty() {
                 self.invalid(
                     format!("{p}.owner"),
@@ -829,6 +1024,7 @@ impl Compiler<'_> {
                     description: r.description.clone().unwrap_or_default(),
                     scopes: r.scopes.iter().cloned().collect(),
                     enabled: r.enabled.unwrap_or(true),
+                    supervised,
                 })
             });
         }

@@ -19,6 +19,7 @@ const SECTIONS: &[&str] = &[
     "upstreams",
     "routes",
     "access_log",
+    "approvals",
 ];
 
 /// Parse `text`; `Err` holds every problem found (syntax errors stop at the first, shape
@@ -77,6 +78,11 @@ pub fn parse(text: &str, index: &LineIndex) -> (RawConfig, Vec<Issue>) {
                 let mut ts = None;
                 ctx.one(&key, v, &mut ts);
                 raw.token_service = ts;
+            }
+            "approvals" => {
+                let mut a = None;
+                ctx.one(&key, v, &mut a);
+                raw.approvals = a;
             }
             "issuers" => raw.issuers = ctx.list(&key, v),
             "agents" => raw.agents = ctx.list(&key, v),

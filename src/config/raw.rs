@@ -146,6 +146,8 @@ pub struct RawAgent {
     pub scopes: Vec<String>,
     /// Disabled agents are refused (default true).
     pub enabled: Option<bool>,
+    /// `standard` (default) or `supervised`: every write of a supervised agent needs approval.
+    pub tier: Option<String>,
 }
 
 /// Header the gateway adds towards an upstream.
@@ -203,6 +205,67 @@ pub struct RawRoute {
     /// At least one of these is required as well.
     #[serde(default)]
     pub any_of: Vec<String>,
+    /// Hold calls on this route until humans approve them.
+    pub approval: Option<RawApprovalPolicy>,
+}
+
+/// How calls needing approval are handled.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawApprovalPolicy {
+    /// `hold` (the connection waits) or `async` (202 now, identical retry passes once approved).
+    pub mode: Option<String>,
+    /// How long the approval stays open (hold: how long the call waits).
+    pub timeout: Option<String>,
+    /// Approver names allowed to decide; empty = any configured approver.
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    /// Distinct approving votes needed (default 1).
+    pub quorum: Option<u32>,
+}
+
+/// A person who may approve held calls.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApprover {
+    /// Shown in the audit trail.
+    pub name: String,
+    /// Hex SHA-256 of the approver's bearer token (`portcullis approver-token` makes a pair).
+    pub token_sha256: String,
+}
+
+/// Where approval notifications go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    /// Receiver URL (Slack incoming webhooks work: the body has a `text` field).
+    pub url: String,
+    /// Per-attempt timeout (default 5s).
+    pub timeout: Option<String>,
+    /// Attempts before giving up (default 5).
+    pub max_attempts: Option<u32>,
+    /// Extra headers, values may use `${env:..}` / `${file:..}`.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+/// `approvals:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApprovals {
+    /// SQLite file (created on first start).
+    pub store: String,
+    /// Largest request body buffered for approval, bytes (default 1 MiB).
+    pub max_body_bytes: Option<u64>,
+    /// Base URL of the console for links in notifications (default: the admin listener).
+    pub console_url: Option<String>,
+    /// People who may approve.
+    #[serde(default)]
+    pub approvers: Vec<RawApprover>,
+    /// Notifications.
+    pub webhook: Option<RawWebhook>,
+    /// Policy for writes of `tier: supervised` agents (default: async, 30m, quorum 1).
+    pub supervised: Option<RawApprovalPolicy>,
 }
 
 /// Access log settings.
@@ -235,4 +298,6 @@ pub struct RawConfig {
     pub routes: Vec<(usize, RawRoute)>,
     /// `access_log:`
     pub access_log: RawAccessLog,
+    /// `approvals:`
+    pub approvals: Option<RawApprovals>,
 }

@@ -40,7 +40,7 @@ pub struct AccessRecord<'a> {
     pub client: Option<String>,
     /// Status sent to the agent (0 if the connection died first).
     pub status: u16,
-    /// `allow`, `deny` or `error`.
+    /// `allow`, `deny`, `held` (parked for approval, 202) or `error`.
     pub decision: &'static str,
     /// Machine code of a refusal or failure; `null` when allowed.
     pub reason: Option<&'static str>,
@@ -56,6 +56,8 @@ pub struct AccessRecord<'a> {
     pub upstream_ms: Option<f64>,
     /// Config version that decided the request.
     pub config_version: u64,
+    /// Approval the call waited for or used, if any.
+    pub approval_id: Option<&'a str>,
 }
 
 /// Handle to the writer.
@@ -96,9 +98,10 @@ impl AccessLog {
         })
     }
 
-    /// Queue one record. Never drops a line: if the writer is behind, this waits (an audit log
-    /// that silently loses lines is worse than a slower request), and counts it.
-    pub fn log(&self, rec: &AccessRecord<'_>) {
+    /// Queue one record (an [`AccessRecord`] or an audit event). Never drops a line: if the
+    /// writer is behind, this waits (an audit log that silently loses lines is worse than a
+    /// slower request), and counts it.
+    pub fn log<T: Serialize>(&self, rec: &T) {
         let mut line = match serde_json::to_vec(rec) {
             Ok(l) => l,
             Err(_) => return,

@@ -44,6 +44,16 @@ pub struct Metrics {
     pub access_log_errors: IntCounter,
     /// Time spent verifying tokens that missed the cache.
     pub token_verify_duration: Histogram,
+    /// Approvals waiting for a decision.
+    pub approvals_pending: IntGauge,
+    /// Approval outcomes (approved, denied, timeout, abandoned, expired, used).
+    pub approval_decisions: IntCounterVec,
+    /// Time from request to human decision.
+    pub approval_time_to_decision: Histogram,
+    /// Webhook notifications delivered.
+    pub approval_notifications_sent: IntCounter,
+    /// Webhook notifications that failed for good.
+    pub approval_notification_failures: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -180,8 +190,51 @@ impl Metrics {
         registry
             .register(Box::new(token_verify_duration.clone()))
             .expect("unique metric");
+        let approvals_pending = gauge(
+            "portcullis_approvals_pending",
+            "Held or async approvals waiting for a human decision.",
+        );
+        let approval_decisions = counter(
+            "portcullis_approval_decisions_total",
+            "Approval outcomes: approved, denied, timeout, abandoned, expired, used.",
+            &["outcome"],
+        );
+        let approval_time_to_decision = Histogram::with_opts(
+            HistogramOpts::new(
+                "portcullis_approval_time_to_decision_seconds",
+                "Time from an agent's request to the human decision (approve or deny).",
+            )
+            .buckets(vec![
+                1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+            ]),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(approval_time_to_decision.clone()))
+            .expect("unique metric");
+        let approval_notifications_sent = IntCounter::new(
+            "portcullis_approval_notifications_sent_total",
+            "Approval webhook notifications delivered.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(approval_notifications_sent.clone()))
+            .expect("unique metric");
+        let approval_notification_failures = IntCounter::new(
+            "portcullis_approval_notification_failures_total",
+            "Approval webhook notifications that failed after every retry.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(approval_notification_failures.clone()))
+            .expect("unique metric");
         config_last_reload_ok.set(1);
         Metrics {
+            approvals_pending,
+            approval_decisions,
+            approval_time_to_decision,
+            approval_notifications_sent,
+            approval_notification_failures,
             registry,
             requests,
             denials,

@@ -5,7 +5,7 @@
 
 use super::path::NormalizedPath;
 use super::route::Lookup;
-use super::snapshot::{Agent, Snapshot};
+use super::snapshot::{Agent, ApprovalPolicy, Snapshot};
 use crate::identity::VerifiedToken;
 use http::Method;
 use std::sync::Arc;
@@ -30,6 +30,8 @@ pub struct Allowed {
     pub route: usize,
     /// The calling agent.
     pub agent: Arc<Agent>,
+    /// Set when the call must be approved by humans before it is forwarded.
+    pub approval: Option<Arc<ApprovalPolicy>>,
 }
 
 /// Why the call is refused.
@@ -114,9 +116,18 @@ pub fn evaluate(snap: &Snapshot, facts: &RequestFacts<'_>) -> Decision {
             },
         });
     }
+    // Tiered trust: the route's own approval rule first, else supervised agents' writes.
+    let approval = r.approval.clone().or_else(|| {
+        let write = !matches!(*facts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+        match (&snap.approvals, agent.supervised && write) {
+            (Some(a), true) => Some(a.supervised.clone()),
+            _ => None,
+        }
+    });
     Decision::Allow(Allowed {
         route,
         agent: agent.clone(),
+        approval,
     })
 }
 

@@ -9,5 +9,6 @@ pub use decision::{effective_scopes, evaluate, Allowed, Decision, Denial, Reques
 pub use path::{normalize, NormalizedPath, PathError};
 pub use route::{HostPattern, Lookup, PathPattern, Route, RouteTable, Segment};
 pub use snapshot::{
-    AccessLogTarget, Agent, Credential, Secret, Settings, Snapshot, TokenService, Upstream,
+    AccessLogTarget, Agent, ApprovalMode, ApprovalPolicy, ApprovalSettings, Approver, Credential,
+    Secret, Settings, Snapshot, TokenService, Upstream, WebhookSettings,
 };

@@ -232,6 +232,8 @@ pub struct Route {
     pub scopes_all: Vec<String>,
     /// If non-empty, at least one of these is required too.
     pub scopes_any: Vec<String>,
+    /// Calls need human approval first.
+    pub approval: Option<Arc<super::snapshot::ApprovalPolicy>>,
 }
 
 impl Route {
@@ -350,6 +352,7 @@ mod tests {
             upstream: 0,
             scopes_all: vec!["s".into()],
             scopes_any: vec![],
+            approval: None,
         }
     }
 

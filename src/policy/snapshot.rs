@@ -23,6 +23,76 @@ pub struct Agent {
     pub scopes: BTreeSet<String>,
     /// Disabled agents are refused.
     pub enabled: bool,
+    /// `tier: supervised`: every write needs approval.
+    pub supervised: bool,
+}
+
+/// How a call that needs approval waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApprovalMode {
+    /// The agent's connection waits for the decision.
+    Hold,
+    /// 202 at once; the identical request passes once, after approval.
+    Async,
+}
+
+/// Approval requirements of a route (or of supervised agents' writes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalPolicy {
+    /// Hold or async.
+    pub mode: ApprovalMode,
+    /// How long the approval stays open.
+    pub timeout: Duration,
+    /// Who may decide; empty = any configured approver.
+    pub approvers: Vec<String>,
+    /// Distinct approving votes needed.
+    pub quorum: u32,
+}
+
+/// A person who may approve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approver {
+    /// Name in the audit trail.
+    pub name: String,
+    /// SHA-256 of their bearer token.
+    pub token_sha256: [u8; 32],
+}
+
+/// Webhook destination for approval notices.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// Receiver URL.
+    pub url: String,
+    /// Per-attempt timeout.
+    pub timeout: Duration,
+    /// Attempts.
+    pub max_attempts: u32,
+    /// Extra headers (secrets resolved).
+    pub headers: Vec<(String, String)>,
+}
+
+/// The `approvals:` section, compiled.
+#[derive(Debug, Clone)]
+pub struct ApprovalSettings {
+    /// SQLite file.
+    pub store_path: PathBuf,
+    /// Body buffering cap.
+    pub max_body_bytes: u64,
+    /// Console base URL for links.
+    pub console_url: String,
+    /// People who may approve.
+    pub approvers: Vec<Approver>,
+    /// Notifications.
+    pub webhook: Option<WebhookSettings>,
+    /// Policy for supervised agents' writes.
+    pub supervised: Arc<ApprovalPolicy>,
+}
+
+impl ApprovalSettings {
+    /// The approver whose token hashes to `sha256`, if any.
+    pub fn approver_by_token_hash(&self, sha256: &[u8; 32]) -> Option<&Approver> {
+        self.approvers.iter().find(|a| &a.token_sha256 == sha256)
+    }
 }
 
 /// A secret value that never prints.
@@ -136,6 +206,8 @@ pub struct Snapshot {
     pub verifier: Arc<Verifier>,
     /// Local token issuing, if configured.
     pub token_service: Option<TokenService>,
+    /// Human approval settings, if configured.
+    pub approvals: Option<ApprovalSettings>,
 }
 
 impl fmt::Debug for Snapshot {

@@ -1,8 +1,10 @@
 //! Header hygiene: what an agent sends that the gateway must not pass on, and what the gateway
 //! asserts to upstreams.
 
+use crate::policy::{Agent, NormalizedPath, Upstream};
 use http::header::{HeaderName, AUTHORIZATION, HOST};
 use pingora::http::RequestHeader;
+use std::net::IpAddr;
 
 /// Prefix of every header the gateway asserts to upstreams. Client-sent copies are deleted.
 pub const OWNED_PREFIX: &str = "x-portcullis-";
@@ -77,6 +79,75 @@ pub fn strip_client_assertions(req: &mut RequestHeader, credential_header: Optio
     if let Some(h) = credential_header {
         req.remove_header(h);
     }
+}
+
+/// Everything the gateway asserts about a forwarded call.
+pub struct Forwarding<'a> {
+    /// Where it goes.
+    pub upstream: &'a Upstream,
+    /// Who calls.
+    pub agent: &'a Agent,
+    /// The route that allowed it.
+    pub route: &'a str,
+    /// Effective scopes, space-separated.
+    pub scopes: &'a str,
+    /// The request id.
+    pub request_id: &'a str,
+    /// The agent's address.
+    pub client_ip: Option<IpAddr>,
+    /// The normalized path the route matched.
+    pub path: &'a NormalizedPath,
+    /// The query string, passed through unchanged.
+    pub query: Option<&'a str>,
+}
+
+/// Turn the agent's request header into the upstream's: strip what the agent may not assert,
+/// set exactly the path the route matched, add identity headers and the upstream credential.
+/// Both the streaming proxy path and the approval executor use this, so they cannot drift.
+pub fn prepare_upstream_request(
+    req: &mut RequestHeader,
+    f: &Forwarding<'_>,
+) -> pingora::Result<()> {
+    use pingora::{Error, ErrorType};
+    let up = f.upstream;
+    strip_client_assertions(req, up.credential.as_ref().map(|c| &c.header));
+
+    // The upstream sees exactly the path the route matched (plus the upstream's base path).
+    let mut target = String::with_capacity(up.base_path.len() + f.path.as_str().len() + 32);
+    target.push_str(&up.base_path);
+    target.push_str(f.path.as_str());
+    if let Some(q) = f.query {
+        target.push('?');
+        target.push_str(q);
+    }
+    let uri = target
+        .parse::<http::Uri>()
+        .map_err(|e| Error::because(ErrorType::InternalError, "building upstream URI", e))?;
+    req.set_uri(uri);
+    req.insert_header(HOST, up.authority.as_str())?;
+
+    req.insert_header(format!("{OWNED_PREFIX}agent"), &*f.agent.id)?;
+    req.insert_header(format!("{OWNED_PREFIX}owner"), &*f.agent.owner)?;
+    req.insert_header(format!("{OWNED_PREFIX}route"), f.route)?;
+    req.insert_header(format!("{OWNED_PREFIX}scopes"), f.scopes)?;
+    req.insert_header(REQUEST_ID, f.request_id)?;
+
+    // Append, never trust: the client's X-Forwarded-For is passed on but decides nothing.
+    if let Some(ip) = f.client_ip {
+        let xff = match req
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+            _ => ip.to_string(),
+        };
+        req.insert_header("x-forwarded-for", xff)?;
+    }
+    if let Some(c) = &up.credential {
+        req.insert_header(c.header.clone(), c.value.0.clone())?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

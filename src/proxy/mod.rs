@@ -11,6 +11,7 @@
 //! 5. `fail_to_proxy`: upstream failures become JSON 502/504.
 //! 6. `logging`: metrics and the access-log line, for every request, allowed or not.
 
+mod approval_gate;
 pub mod headers;
 pub mod refusal;
 
@@ -22,7 +23,7 @@ use crate::policy::{
 use crate::state::GatewayState;
 use async_trait::async_trait;
 use bytes::Bytes;
-use headers::{bearer, request_host, strip_client_assertions, OWNED_PREFIX, REQUEST_ID};
+use headers::{bearer, prepare_upstream_request, request_host, Forwarding, REQUEST_ID};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -68,6 +69,7 @@ pub struct RequestCtx {
     reason: Option<&'static str>,
     upstream_started: Option<Instant>,
     upstream_failure: Option<UpstreamFailure>,
+    approval_id: Option<String>,
     _in_flight: Option<InFlight>,
 }
 
@@ -152,6 +154,7 @@ impl ProxyHttp for Gateway {
             reason: None,
             upstream_started: None,
             upstream_failure: None,
+            approval_id: None,
             _in_flight: None,
         }
     }
@@ -204,6 +207,10 @@ impl ProxyHttp for Gateway {
             Decision::Allow(a) => {
                 ctx.route = Some(a.route);
                 ctx.agent = Some(a.agent);
+                if let Some(policy) = a.approval {
+                    ctx.decision = "held";
+                    return self.approval_gate(session, ctx, policy).await;
+                }
                 ctx.decision = "allow";
                 tracing::debug!(request_id = %ctx.request_id, agent = ctx.agent.as_ref().map(|a| &*a.id), route = ctx.route_name(), decision = "allow", "allowed");
                 Ok(false)
@@ -255,55 +262,22 @@ impl ProxyHttp for Gateway {
             .upstream()
             .expect("allowed request has an upstream")
             .clone();
-        strip_client_assertions(req, up.credential.as_ref().map(|c| &c.header));
-
-        // The upstream sees exactly the path the route matched (plus the upstream's base path).
-        let path = ctx.path.as_ref().expect("normalized in request_filter");
-        let mut target = String::with_capacity(up.base_path.len() + path.as_str().len() + 32);
-        target.push_str(&up.base_path);
-        target.push_str(path.as_str());
-        if let Some(q) = session.req_header().uri.query() {
-            target.push('?');
-            target.push_str(q);
-        }
-        let uri = target
-            .parse::<http::Uri>()
-            .map_err(|e| Error::because(ErrorType::InternalError, "building upstream URI", e))?;
-        req.set_uri(uri);
-        req.insert_header(http::header::HOST, up.authority.as_str())?;
-
-        let agent = ctx.agent.as_ref().expect("allowed request has an agent");
-        req.insert_header(format!("{OWNED_PREFIX}agent"), &*agent.id)?;
-        req.insert_header(format!("{OWNED_PREFIX}owner"), &*agent.owner)?;
-        req.insert_header(format!("{OWNED_PREFIX}route"), ctx.route_name())?;
+        let agent = ctx.agent.clone().expect("allowed request has an agent");
         let scopes = match &ctx.token {
-            Some(t) => effective_scopes(agent, t).join(" "),
+            Some(t) => effective_scopes(&agent, t).join(" "),
             None => String::new(),
         };
-        req.insert_header(format!("{OWNED_PREFIX}scopes"), scopes)?;
-        req.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
-
-        // Append, never trust: the client's X-Forwarded-For is passed on but never decides anything.
-        if let Some(ip) = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip())
-        {
-            let xff = match session
-                .req_header()
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-                _ => ip.to_string(),
-            };
-            req.insert_header("x-forwarded-for", xff)?;
-        }
-        if let Some(c) = &up.credential {
-            req.insert_header(c.header.clone(), c.value.0.clone())?;
-        }
-        Ok(())
+        let forwarding = Forwarding {
+            upstream: &up,
+            agent: &agent,
+            route: ctx.route_name(),
+            scopes: &scopes,
+            request_id: &ctx.request_id,
+            client_ip: client_ip(session),
+            path: ctx.path.as_ref().expect("normalized in request_filter"),
+            query: session.req_header().uri.query(),
+        };
+        prepare_upstream_request(req, &forwarding)
     }
 
     async fn response_filter(
@@ -413,7 +387,7 @@ impl ProxyHttp for Gateway {
         m.requests
             .with_label_values(&[agent_label, &route, ctx.decision, status_label(status)])
             .inc();
-        if let Some(r) = ctx.reason {
+        if let (Some(r), "deny") = (ctx.reason, ctx.decision) {
             m.denials.with_label_values(&[r]).inc();
         }
         m.request_duration
@@ -469,8 +443,17 @@ impl ProxyHttp for Gateway {
             duration_ms: millis(total),
             upstream_ms: upstream_time.map(millis),
             config_version: snap.version,
+            approval_id: ctx.approval_id.as_deref(),
         });
     }
+}
+
+/// The agent's IP address.
+fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
 }
 
 /// Milliseconds with microsecond precision (no float noise in the log).

@@ -23,6 +23,40 @@ pub enum Refusal {
     Policy(Denial),
     /// The upstream could not be reached or failed.
     Upstream(UpstreamFailure),
+    /// The call needs approval and its body is above the buffering cap.
+    BodyTooLarge {
+        /// The cap in bytes.
+        limit: u64,
+    },
+    /// The call waits for a human decision (async mode): 202.
+    ApprovalPending {
+        /// Approval id.
+        id: String,
+        /// RFC 3339 expiry.
+        expires_at: String,
+        /// Seconds until a retry makes sense.
+        retry_after: u64,
+        /// Approvals so far / needed.
+        votes: usize,
+        /// Distinct approvals needed.
+        quorum: u32,
+    },
+    /// A human refused the call.
+    ApprovalDenied {
+        /// Approval id.
+        id: String,
+        /// Who denied.
+        by: Vec<String>,
+        /// Their reason.
+        reason: String,
+    },
+    /// Nobody decided in time (or the approval expired).
+    ApprovalTimeout {
+        /// Approval id.
+        id: String,
+    },
+    /// The approval store cannot be used: fail closed.
+    ApprovalUnavailable(String),
     /// An unexpected failure inside the gateway.
     Internal,
 }
@@ -207,6 +241,49 @@ impl Refusal {
                     UpstreamFailure::Timeout => (504, "upstream_timeout", "the upstream tool did not answer in time; retry later, and check whether the call took effect before repeating a write".into()),
                     UpstreamFailure::Protocol => (502, "upstream_error", "the upstream tool failed while answering; retry later, and check whether the call took effect before repeating a write".into()),
                 }
+            }
+            Refusal::BodyTooLarge { limit } => {
+                extra.insert("limit_bytes".into(), json!(limit));
+                (413, "body_too_large", format!(
+                    "this call needs human approval, and its body is larger than the {limit}-byte limit an approver can review; send a smaller body"
+                ))
+            }
+            Refusal::ApprovalPending {
+                id,
+                expires_at,
+                retry_after: ra,
+                votes,
+                quorum,
+            } => {
+                retry_after = Some(*ra);
+                extra.insert("approval_id".into(), json!(id));
+                extra.insert("expires_at".into(), json!(expires_at));
+                extra.insert("approvals".into(), json!(votes));
+                extra.insert("quorum".into(), json!(quorum));
+                (202, "approval_pending", format!(
+                    "held for human approval, id {id}; nothing was sent to the tool. Retry the identical request (same method, path, query and body) after {ra}s; it passes once after approval. The approval expires at {expires_at}"
+                ))
+            }
+            Refusal::ApprovalDenied { id, by, reason } => {
+                extra.insert("approval_id".into(), json!(id));
+                extra.insert("denied_by".into(), json!(by));
+                extra.insert("reason".into(), json!(reason));
+                (403, "approval_denied", format!(
+                    "a human approver ({}) denied this call (approval {id}): {reason}. Do not retry it unchanged",
+                    by.join(", ")
+                ))
+            }
+            Refusal::ApprovalTimeout { id } => {
+                extra.insert("approval_id".into(), json!(id));
+                (403, "approval_timeout", format!(
+                    "no approver decided on this call in time (approval {id}); nothing was sent to the tool. Ask the agent's owner before retrying"
+                ))
+            }
+            Refusal::ApprovalUnavailable(why) => {
+                retry_after = Some(30);
+                (503, "approval_unavailable", format!(
+                    "this call needs human approval, but approvals cannot be recorded right now ({why}); it was refused and nothing was sent to the tool. Retry later"
+                ))
             }
             Refusal::Internal => (
                 500,

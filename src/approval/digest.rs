@@ -1,0 +1,166 @@
+//! What an approval is bound to, computed identically when it is created and when an agent
+//! retries: the request digest, the body hash, a body preview and redacted headers.
+
+use sha2::{Digest, Sha256};
+
+/// The facts an approval binds together.
+#[derive(Debug, Clone, Copy)]
+pub struct Binding<'a> {
+    /// Agent id.
+    pub agent: &'a str,
+    /// Route name.
+    pub route: &'a str,
+    /// Method.
+    pub method: &'a str,
+    /// Normalized path.
+    pub path: &'a str,
+    /// Raw query string, if any.
+    pub query: Option<&'a str>,
+    /// Hex SHA-256 of the body.
+    pub body_sha256: &'a str,
+    /// Digest of the config file the decision was made under.
+    pub config_digest: &'a str,
+}
+
+/// Hex SHA-256 of `body`.
+pub fn body_sha256(body: &[u8]) -> String {
+    hex::encode(Sha256::digest(body))
+}
+
+/// Hex SHA-256 over every bound field, each length-prefixed so that no two different requests
+/// can produce the same byte string (`/a` + `b` vs `/ab` + ``).
+pub fn request_digest(b: &Binding<'_>) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        b.agent,
+        b.route,
+        b.method,
+        b.path,
+        b.query.unwrap_or("\u{0}none"),
+        b.body_sha256,
+        b.config_digest,
+    ] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+/// Bytes of body shown to approvers.
+pub const PREVIEW_BYTES: usize = 4096;
+
+/// The first [`PREVIEW_BYTES`] of the body as text (lossy), marked when cut.
+pub fn body_preview(body: &[u8]) -> String {
+    let cut = body.len().min(PREVIEW_BYTES);
+    let mut s = String::from_utf8_lossy(&body[..cut]).into_owned();
+    if body.len() > cut {
+        s.push_str(&format!("… ({} more bytes)", body.len() - cut));
+    }
+    s
+}
+
+/// Header names whose values approvers must never see.
+fn is_secret_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    matches!(
+        n.as_str(),
+        "authorization" | "proxy-authorization" | "cookie" | "set-cookie"
+    ) || n.contains("token")
+        || n.contains("secret")
+        || n.contains("password")
+        || n.contains("api-key")
+        || n.contains("apikey")
+}
+
+/// Headers as shown to approvers, secrets replaced by `<redacted>`.
+pub fn redacted_headers<'a>(
+    headers: impl Iterator<Item = (&'a str, &'a [u8])>,
+    extra_secret: Option<&str>,
+) -> Vec<(String, String)> {
+    headers
+        .map(|(k, v)| {
+            let secret =
+                is_secret_header(k) || extra_secret.is_some_and(|e| e.eq_ignore_ascii_case(k));
+            let v = if secret {
+                "<redacted>".to_string()
+            } else {
+                String::from_utf8_lossy(v).into_owned()
+            };
+            (k.to_string(), v)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b<'a>(path: &'a str, query: Option<&'a str>, body: &'a str) -> Binding<'a> {
+        Binding {
+            agent: "bot",
+            route: "r",
+            method: "DELETE",
+            path,
+            query,
+            body_sha256: body,
+            config_digest: "c",
+        }
+    }
+
+    #[test]
+    fn digest_changes_with_every_bound_field() {
+        let base = request_digest(&b("/t/1", None, "aa"));
+        assert_eq!(base, request_digest(&b("/t/1", None, "aa")));
+        assert_ne!(base, request_digest(&b("/t/2", None, "aa")));
+        assert_ne!(base, request_digest(&b("/t/1", Some(""), "aa")));
+        assert_ne!(base, request_digest(&b("/t/1", Some("x=1"), "aa")));
+        assert_ne!(base, request_digest(&b("/t/1", None, "ab")));
+        let mut other_agent = b("/t/1", None, "aa");
+        other_agent.agent = "bot2";
+        assert_ne!(base, request_digest(&other_agent));
+        let mut other_cfg = b("/t/1", None, "aa");
+        other_cfg.config_digest = "d";
+        assert_ne!(base, request_digest(&other_cfg));
+        // Length prefixes: moving a byte between fields changes the digest.
+        let mut x = b("/t/1", None, "aa");
+        x.route = "rD";
+        x.method = "ELETE";
+        assert_ne!(base, request_digest(&x));
+    }
+
+    #[test]
+    fn body_hash_and_preview() {
+        assert_eq!(
+            body_sha256(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(body_preview(b"{\"a\":1}"), "{\"a\":1}");
+        let big = vec![b'x'; PREVIEW_BYTES + 10];
+        assert!(body_preview(&big).ends_with("… (10 more bytes)"));
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let h = [
+            ("authorization", b"Bearer t".as_slice()),
+            ("x-api-key", b"k".as_slice()),
+            ("X-Auth-Token", b"k".as_slice()),
+            ("cookie", b"c".as_slice()),
+            ("x-vendor", b"v".as_slice()),
+            ("content-type", b"application/json".as_slice()),
+        ];
+        let r = redacted_headers(h.iter().map(|(k, v)| (*k, *v)), Some("X-Vendor"));
+        let shown: Vec<&str> = r.iter().map(|(_, v)| v.as_str()).collect();
+        assert_eq!(
+            shown,
+            [
+                "<redacted>",
+                "<redacted>",
+                "<redacted>",
+                "<redacted>",
+                "<redacted>",
+                "application/json"
+            ]
+        );
+    }
+}

@@ -1,0 +1,428 @@
+//! Tiered trust: calls that need a human decision.
+//!
+//! - [`store`]: the durable record of every approval (trait) and [`sqlite`] its embedded backend;
+//! - [`digest`]: what an approval is bound to;
+//! - [`notify`]: webhook notices, off the request path;
+//! - [`executor`]: forwards an approved call, exactly as approved, once;
+//! - this file: [`ApprovalService`], which ties them together for the proxy and the admin API,
+//!   and wakes held requests when a decision lands.
+
+pub mod digest;
+pub mod executor;
+pub mod notify;
+pub mod sqlite;
+pub mod store;
+
+use crate::observe::{AccessLog, Metrics};
+use crate::policy::ApprovalSettings;
+use notify::{ApprovalNotice, Notifier, WebhookConfig};
+use serde::Serialize;
+use sqlite::SqliteStore;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use store::{Approval, ApprovalStore, ListFilter, NewApproval, Status, StoreError};
+use tokio::sync::oneshot;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// RFC 3339 (UTC, milliseconds) of a Unix-ms timestamp.
+pub fn rfc3339_ms(ms: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+/// An audit line in the access log for every approval event.
+#[derive(Serialize)]
+struct AuditEvent<'a> {
+    time: String,
+    event: &'static str,
+    approval_id: &'a str,
+    status: &'a str,
+    mode: &'a str,
+    agent: &'a str,
+    owner: &'a str,
+    route: &'a str,
+    method: &'a str,
+    path: &'a str,
+    request_digest: &'a str,
+    approver: Option<&'a str>,
+    reason: Option<&'a str>,
+    votes: usize,
+    quorum: u32,
+}
+
+/// How a hold ended.
+#[derive(Debug)]
+pub enum HoldOutcome {
+    /// A decision (Approved or Denied), or another final state set meanwhile.
+    Decided(Approval),
+    /// Nobody decided in time; the approval is now TimedOut.
+    TimedOut(Approval),
+}
+
+/// Approvals for the proxy and the admin API. Store calls run on tokio's blocking pool.
+pub struct ApprovalService {
+    store: Arc<dyn ApprovalStore>,
+    waiters: Mutex<HashMap<String, oneshot::Sender<Approval>>>,
+    notifier: Notifier,
+    metrics: Arc<Metrics>,
+    access_log: Arc<AccessLog>,
+    console_url: String,
+    store_path: std::path::PathBuf,
+}
+
+impl ApprovalService {
+    /// Open the store (creating it on first start), close out holds orphaned by a previous
+    /// process, start the notifier.
+    pub fn open(
+        settings: &ApprovalSettings,
+        metrics: Arc<Metrics>,
+        access_log: Arc<AccessLog>,
+    ) -> Result<ApprovalService, StoreError> {
+        let store = SqliteStore::open(&settings.store_path)?;
+        let orphaned = store.abandon_orphaned_holds(now_ms())?;
+        if orphaned > 0 {
+            tracing::warn!(
+                orphaned,
+                "held approvals of a previous process were marked abandoned (their connections are gone)"
+            );
+            metrics
+                .approval_decisions
+                .with_label_values(&["abandoned"])
+                .inc_by(orphaned as u64);
+        }
+        let webhook = settings.webhook.as_ref().map(|w| {
+            let mut c = WebhookConfig::new(w.url.clone());
+            c.timeout = w.timeout;
+            c.max_attempts = w.max_attempts;
+            c.headers = w.headers.clone();
+            c
+        });
+        let notifier = Notifier::start(
+            webhook,
+            metrics.approval_notifications_sent.clone(),
+            metrics.approval_notification_failures.clone(),
+        );
+        let svc = ApprovalService {
+            store: Arc::new(store),
+            waiters: Mutex::new(HashMap::new()),
+            notifier,
+            metrics,
+            access_log,
+            console_url: settings.console_url.clone(),
+            store_path: settings.store_path.clone(),
+        };
+        svc.refresh_pending_gauge();
+        Ok(svc)
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn ApprovalStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(store.as_ref()))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+
+    fn refresh_pending_gauge(&self) {
+        if let Ok(n) = self.store.count_pending() {
+            self.metrics.approvals_pending.set(n as i64);
+        }
+    }
+
+    fn audit(
+        &self,
+        event: &'static str,
+        a: &Approval,
+        approver: Option<&str>,
+        reason: Option<&str>,
+    ) {
+        self.access_log.log(&AuditEvent {
+            time: rfc3339_ms(now_ms()),
+            event,
+            approval_id: &a.id,
+            status: a.status.as_str(),
+            mode: a.mode.as_str(),
+            agent: &a.agent,
+            owner: &a.owner,
+            route: &a.route,
+            method: &a.method,
+            path: &a.path,
+            request_digest: &a.request_digest,
+            approver,
+            reason,
+            votes: a.votes.len(),
+            quorum: a.quorum,
+        });
+    }
+
+    /// The SQLite file behind this service.
+    pub fn store_path(&self) -> &std::path::Path {
+        &self.store_path
+    }
+
+    /// Console link of an approval.
+    pub fn link(&self, id: &str) -> String {
+        format!("{}#/approvals/{id}", self.console_url)
+    }
+
+    fn notice(&self, event: &'static str, a: &Approval) -> ApprovalNotice {
+        let target = match &a.query {
+            Some(q) => format!("{}?{q}", a.path),
+            None => a.path.clone(),
+        };
+        ApprovalNotice {
+            event,
+            approval_id: a.id.clone(),
+            agent: a.agent.clone(),
+            owner: a.owner.clone(),
+            route: a.route.clone(),
+            method: a.method.clone(),
+            path: a.path.clone(),
+            summary: format!(
+                "{} wants {} {} ({} body bytes, sha256 {}…)",
+                a.agent,
+                a.method,
+                target,
+                a.body_bytes,
+                &a.body_sha256[..12.min(a.body_sha256.len())]
+            ),
+            approvers: a.approvers.clone(),
+            link: self.link(&a.id),
+            expires_at: rfc3339_ms(a.expires_at_ms),
+            status: a.status.as_str().to_string(),
+        }
+    }
+
+    /// Record a new approval (and, for holds, register the waiter first so no decision is
+    /// missed), notify the humans, audit it.
+    pub async fn create(
+        &self,
+        new: NewApproval,
+        wait: bool,
+    ) -> Result<(Approval, Option<oneshot::Receiver<Approval>>), StoreError> {
+        let rx = if wait {
+            let (tx, rx) = oneshot::channel();
+            self.lock_waiters().insert(new.id.clone(), tx);
+            Some(rx)
+        } else {
+            None
+        };
+        let id = new.id.clone();
+        let created = self.blocking(move |s| s.create(&new)).await;
+        let a = match created {
+            Ok(a) => a,
+            Err(e) => {
+                self.lock_waiters().remove(&id);
+                return Err(e);
+            }
+        };
+        self.refresh_pending_gauge();
+        self.audit("approval_requested", &a, None, None);
+        self.notifier.notify(self.notice("approval_requested", &a));
+        Ok((a, rx))
+    }
+
+    fn lock_waiters(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Approval>>> {
+        self.waiters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wait for the decision on a held approval, at most `timeout`.
+    pub async fn wait(
+        &self,
+        id: &str,
+        rx: oneshot::Receiver<Approval>,
+        timeout: Duration,
+    ) -> Result<HoldOutcome, StoreError> {
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(a)) => Ok(HoldOutcome::Decided(a)),
+            // Sender dropped without a decision (should not happen) or timed out: settle it.
+            Ok(Err(_)) | Err(_) => {
+                self.lock_waiters().remove(id);
+                let now = now_ms();
+                let i = id.to_string();
+                let moved = self
+                    .blocking(move |s| s.transition(&i, Status::Pending, Status::TimedOut, now))
+                    .await?;
+                let i = id.to_string();
+                let a = self.blocking(move |s| s.get(&i)).await?;
+                if moved {
+                    self.refresh_pending_gauge();
+                    self.metrics
+                        .approval_decisions
+                        .with_label_values(&["timeout"])
+                        .inc();
+                    self.audit("approval_timeout", &a, None, None);
+                    Ok(HoldOutcome::TimedOut(a))
+                } else {
+                    // A decision landed in the same instant: honour it.
+                    Ok(HoldOutcome::Decided(a))
+                }
+            }
+        }
+    }
+
+    /// The agent hung up while its call was held.
+    pub async fn abandon(&self, id: &str) {
+        self.lock_waiters().remove(id);
+        let now = now_ms();
+        let i = id.to_string();
+        if let Ok(true) = self
+            .blocking(move |s| s.transition(&i, Status::Pending, Status::Abandoned, now))
+            .await
+        {
+            self.refresh_pending_gauge();
+            self.metrics
+                .approval_decisions
+                .with_label_values(&["abandoned"])
+                .inc();
+            let i = id.to_string();
+            if let Ok(a) = self.blocking(move |s| s.get(&i)).await {
+                self.audit("approval_abandoned", &a, None, None);
+            }
+        }
+    }
+
+    /// A human votes. Wakes the held request when the approval is decided.
+    pub async fn vote(
+        &self,
+        id: &str,
+        approver: &str,
+        approve: bool,
+        reason: &str,
+    ) -> Result<Approval, StoreError> {
+        let (i, who, why) = (id.to_string(), approver.to_string(), reason.to_string());
+        let now = now_ms();
+        let res = self
+            .blocking(move |s| s.vote(&i, &who, approve, &why, now))
+            .await;
+        let a = match res {
+            Ok(a) => a,
+            Err(StoreError::Expired) => {
+                self.refresh_pending_gauge();
+                return Err(StoreError::Expired);
+            }
+            Err(e) => return Err(e),
+        };
+        self.audit(
+            if approve {
+                "approval_vote_approve"
+            } else {
+                "approval_vote_deny"
+            },
+            &a,
+            Some(approver),
+            Some(reason),
+        );
+        if a.status != Status::Pending {
+            self.refresh_pending_gauge();
+            let outcome = if a.status == Status::Approved {
+                "approved"
+            } else {
+                "denied"
+            };
+            self.metrics
+                .approval_decisions
+                .with_label_values(&[outcome])
+                .inc();
+            let waited = (now - a.created_at_ms).max(0) as f64 / 1000.0;
+            self.metrics.approval_time_to_decision.observe(waited);
+            self.audit(
+                if a.status == Status::Approved {
+                    "approval_approved"
+                } else {
+                    "approval_denied"
+                },
+                &a,
+                Some(approver),
+                a.decision_reason.as_deref(),
+            );
+            self.notifier.notify(self.notice("approval_decided", &a));
+            if let Some(tx) = self.lock_waiters().remove(&a.id) {
+                let _ = tx.send(a.clone());
+            }
+        }
+        Ok(a)
+    }
+
+    /// The open (pending or approved, unexpired) approval of this agent for this exact request.
+    pub async fn find_open(
+        &self,
+        agent: &str,
+        digest: &str,
+    ) -> Result<Option<Approval>, StoreError> {
+        let (a, d) = (agent.to_string(), digest.to_string());
+        let now = now_ms();
+        self.blocking(move |s| s.find_open(&a, &d, now)).await
+    }
+
+    /// Use an approved approval, at most once.
+    pub async fn consume(&self, a: &Approval) -> Result<bool, StoreError> {
+        let i = a.id.clone();
+        let now = now_ms();
+        let used = self.blocking(move |s| s.consume(&i, now)).await?;
+        if used {
+            self.metrics
+                .approval_decisions
+                .with_label_values(&["used"])
+                .inc();
+            let mut a = a.clone();
+            a.status = Status::Used;
+            self.audit("approval_used", &a, None, None);
+        }
+        Ok(used)
+    }
+
+    /// One approval.
+    pub async fn get(&self, id: &str) -> Result<Approval, StoreError> {
+        let i = id.to_string();
+        self.blocking(move |s| s.get(&i)).await
+    }
+
+    /// Approvals matching `f`, newest first.
+    pub async fn list(&self, f: ListFilter) -> Result<Vec<Approval>, StoreError> {
+        self.blocking(move |s| s.list(&f)).await
+    }
+
+    /// Expire what is past its deadline (run periodically).
+    pub async fn sweep(&self) {
+        let now = now_ms();
+        match self.blocking(move |s| s.expire_due(now)).await {
+            Ok(ids) if !ids.is_empty() => {
+                self.metrics
+                    .approval_decisions
+                    .with_label_values(&["expired"])
+                    .inc_by(ids.len() as u64);
+                self.refresh_pending_gauge();
+                for id in ids {
+                    // A hold whose approval expired can no longer be decided.
+                    let waiter = self.lock_waiters().remove(&id);
+                    if let Some(tx) = waiter {
+                        if let Ok(a) = self.get(&id).await {
+                            let _ = tx.send(a);
+                        }
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "approval expiry sweep failed"),
+        }
+    }
+
+    /// Wait until queued notifications are delivered (shutdown, tests).
+    pub fn flush_notifications(&self, timeout: Duration) -> bool {
+        self.notifier.flush(timeout)
+    }
+}

@@ -1,0 +1,376 @@
+//! The proxy side of tiered trust: a call whose route (or agent tier) needs approval is
+//! buffered, bound to a digest, and either held (`hold`) or answered 202 (`async`); only an
+//! approved call reaches the upstream, through the executor, exactly as approved, once.
+
+use super::headers::{prepare_upstream_request, Forwarding, REQUEST_ID};
+use super::refusal::{Refusal, UpstreamFailure};
+use super::{client_ip, Gateway, RequestCtx};
+use crate::approval::digest::{
+    body_preview, body_sha256, redacted_headers, request_digest, Binding,
+};
+use crate::approval::executor::{is_hop_by_hop, ExecError};
+use crate::approval::store::{Approval, Mode, NewApproval, Status};
+use crate::approval::{now_ms, rfc3339_ms, HoldOutcome};
+use crate::policy::{effective_scopes, ApprovalMode, ApprovalPolicy};
+use bytes::{Bytes, BytesMut};
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Read the whole request body, refusing (without reading on) once it passes `cap`.
+async fn read_body_capped(session: &mut Session, cap: u64) -> Result<Option<Bytes>> {
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > cap) {
+        return Ok(None);
+    }
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+    while let Some(chunk) = session.read_request_body().await? {
+        if (buf.len() + chunk.len()) as u64 > cap {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Some(buf.freeze()))
+}
+
+impl Gateway {
+    /// Handle an allowed call that needs approval. Always answers the agent itself (returns
+    /// `Ok(true)`), or fails with the downstream error when the agent hung up while held.
+    pub(super) async fn approval_gate(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        policy: Arc<ApprovalPolicy>,
+    ) -> Result<bool> {
+        let snap = ctx.snap.clone().expect("snapshot loaded");
+        let (Some(settings), Some(svc)) =
+            (snap.approvals.as_ref(), self.state.approvals.load_full())
+        else {
+            return self
+                .refuse(
+                    session,
+                    ctx,
+                    Refusal::ApprovalUnavailable(
+                        "approvals are not configured on this gateway".into(),
+                    ),
+                )
+                .await;
+        };
+        // The body must be complete before anything is decided: the approval is bound to it.
+        let body = match read_body_capped(session, settings.max_body_bytes).await? {
+            Some(b) => b,
+            None => {
+                session.set_keepalive(None);
+                return self
+                    .refuse(
+                        session,
+                        ctx,
+                        Refusal::BodyTooLarge {
+                            limit: settings.max_body_bytes,
+                        },
+                    )
+                    .await;
+            }
+        };
+        let agent = ctx.agent.clone().expect("allowed call has an agent");
+        let route = ctx.route_name().to_string();
+        let path = ctx.path.clone().expect("normalized");
+        let query = session.req_header().uri.query().map(str::to_string);
+        let method = session.req_header().method.as_str().to_string();
+        let body_hash = body_sha256(&body);
+        let digest = request_digest(&Binding {
+            agent: &agent.id,
+            route: &route,
+            method: &method,
+            path: path.as_str(),
+            query: query.as_deref(),
+            body_sha256: &body_hash,
+            config_digest: &snap.digest,
+        });
+
+        let approval = match policy.mode {
+            ApprovalMode::Async => match svc.find_open(&agent.id, &digest).await {
+                Err(e) => {
+                    return self
+                        .refuse(session, ctx, Refusal::ApprovalUnavailable(e.to_string()))
+                        .await
+                }
+                Ok(Some(a)) if a.status == Status::Approved => a,
+                Ok(Some(a)) => return self.pending(session, ctx, &a).await,
+                Ok(None) => {
+                    let new = self.new_approval(
+                        session,
+                        ctx,
+                        &policy,
+                        &body,
+                        &body_hash,
+                        &digest,
+                        Mode::Async,
+                        &query,
+                    );
+                    match svc.create(new, false).await {
+                        Ok((a, _)) => return self.pending(session, ctx, &a).await,
+                        Err(e) => {
+                            return self
+                                .refuse(session, ctx, Refusal::ApprovalUnavailable(e.to_string()))
+                                .await
+                        }
+                    }
+                }
+            },
+            ApprovalMode::Hold => {
+                let new = self.new_approval(
+                    session,
+                    ctx,
+                    &policy,
+                    &body,
+                    &body_hash,
+                    &digest,
+                    Mode::Hold,
+                    &query,
+                );
+                let (a, rx) = match svc.create(new, true).await {
+                    Ok((a, Some(rx))) => (a, rx),
+                    Ok((_, None)) => unreachable!("create(wait=true) returns a receiver"),
+                    Err(e) => {
+                        return self
+                            .refuse(session, ctx, Refusal::ApprovalUnavailable(e.to_string()))
+                            .await
+                    }
+                };
+                ctx.approval_id = Some(a.id.clone());
+                tracing::info!(request_id = %ctx.request_id, approval_id = %a.id, agent = %agent.id, route = %route, "call held for approval");
+                let outcome = tokio::select! {
+                    o = svc.wait(&a.id, rx, policy.timeout) => o,
+                    // Completes only if the agent closes the connection while we wait.
+                    _ = session.read_body_or_idle(true) => {
+                        svc.abandon(&a.id).await;
+                        ctx.decision = "error";
+                        ctx.reason = Some("approval_abandoned");
+                        return Error::e_explain(ErrorType::ConnectionClosed, "agent disconnected while its call was held for approval");
+                    }
+                };
+                match outcome {
+                    Err(e) => {
+                        return self
+                            .refuse(session, ctx, Refusal::ApprovalUnavailable(e.to_string()))
+                            .await
+                    }
+                    Ok(HoldOutcome::TimedOut(a)) => {
+                        return self
+                            .refuse(session, ctx, Refusal::ApprovalTimeout { id: a.id })
+                            .await
+                    }
+                    Ok(HoldOutcome::Decided(a)) => match a.status {
+                        Status::Approved => a,
+                        Status::Denied => return self.denied(session, ctx, a).await,
+                        Status::Pending
+                        | Status::TimedOut
+                        | Status::Abandoned
+                        | Status::Expired
+                        | Status::Used => {
+                            return self
+                                .refuse(session, ctx, Refusal::ApprovalTimeout { id: a.id })
+                                .await
+                        }
+                    },
+                }
+            }
+        };
+        ctx.approval_id = Some(approval.id.clone());
+        // At most once: two identical retries racing for one approval cannot both pass.
+        match svc.consume(&approval).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let fresh = svc.get(&approval.id).await.unwrap_or(approval);
+                return self
+                    .refuse(session, ctx, Refusal::ApprovalTimeout { id: fresh.id })
+                    .await;
+            }
+            Err(e) => {
+                return self
+                    .refuse(session, ctx, Refusal::ApprovalUnavailable(e.to_string()))
+                    .await
+            }
+        }
+        self.execute(session, ctx, body).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new_approval(
+        &self,
+        session: &Session,
+        ctx: &RequestCtx,
+        policy: &ApprovalPolicy,
+        body: &[u8],
+        body_hash: &str,
+        digest: &str,
+        mode: Mode,
+        query: &Option<String>,
+    ) -> NewApproval {
+        let agent = ctx.agent.as_ref().expect("agent");
+        let snap = ctx.snap.as_ref().expect("snapshot");
+        let credential = ctx
+            .upstream()
+            .and_then(|u| u.credential.as_ref())
+            .map(|c| c.header.as_str().to_string());
+        let req = session.req_header();
+        let now = now_ms();
+        NewApproval {
+            id: uuid::Uuid::now_v7().simple().to_string(),
+            mode,
+            agent: agent.id.to_string(),
+            owner: agent.owner.to_string(),
+            route: ctx.route_name().to_string(),
+            method: req.method.as_str().to_string(),
+            path: ctx.path.as_ref().expect("path").as_str().to_string(),
+            query: query.clone(),
+            body_sha256: body_hash.to_string(),
+            body_bytes: body.len() as u64,
+            body_preview: body_preview(body),
+            headers: redacted_headers(
+                req.headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())),
+                credential.as_deref(),
+            ),
+            request_digest: digest.to_string(),
+            config_version: snap.version,
+            approvers: policy.approvers.clone(),
+            quorum: policy.quorum,
+            created_at_ms: now,
+            expires_at_ms: now + policy.timeout.as_millis() as i64,
+        }
+    }
+
+    async fn pending(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        a: &Approval,
+    ) -> Result<bool> {
+        ctx.approval_id = Some(a.id.clone());
+        let approving = a.votes.iter().filter(|v| v.approve).count();
+        let r = Refusal::ApprovalPending {
+            id: a.id.clone(),
+            expires_at: rfc3339_ms(a.expires_at_ms),
+            retry_after: 5,
+            votes: approving,
+            quorum: a.quorum,
+        };
+        self.refuse(session, ctx, r).await?;
+        // Not a refusal: the call is parked, the agent did nothing wrong.
+        ctx.decision = "held";
+        Ok(true)
+    }
+
+    async fn denied(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        a: Approval,
+    ) -> Result<bool> {
+        let r = Refusal::ApprovalDenied {
+            id: a.id.clone(),
+            by: a.decided_by.clone(),
+            reason: a.decision_reason.clone().unwrap_or_default(),
+        };
+        self.refuse(session, ctx, r).await
+    }
+
+    /// Send the approved call upstream and stream the answer back.
+    async fn execute(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        body: Bytes,
+    ) -> Result<bool> {
+        let up = ctx
+            .upstream()
+            .expect("allowed call has an upstream")
+            .clone();
+        let agent = ctx.agent.clone().expect("agent");
+        let scopes = ctx
+            .token
+            .as_ref()
+            .map(|t| effective_scopes(&agent, t).join(" "))
+            .unwrap_or_default();
+        let mut req = session.req_header().clone();
+        let forwarding = Forwarding {
+            upstream: &up,
+            agent: &agent,
+            route: ctx.route_name(),
+            scopes: &scopes,
+            request_id: &ctx.request_id,
+            client_ip: client_ip(session),
+            path: ctx.path.as_ref().expect("path"),
+            query: session.req_header().uri.query(),
+        };
+        prepare_upstream_request(&mut req, &forwarding)?;
+        let target = req
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        ctx.upstream_started = Some(Instant::now());
+        let sent = self
+            .state
+            .executor
+            .send(&up, req.method.clone(), &target, &req.headers, body)
+            .await;
+        let mut resp = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                let f = match e {
+                    ExecError::Connect => UpstreamFailure::Unavailable,
+                    ExecError::Timeout => UpstreamFailure::Timeout,
+                    ExecError::Protocol => UpstreamFailure::Protocol,
+                };
+                ctx.upstream_failure = Some(f);
+                self.state
+                    .metrics
+                    .upstream_errors
+                    .with_label_values(&[&up.name, f.kind()])
+                    .inc();
+                return self.refuse(session, ctx, Refusal::Upstream(f)).await;
+            }
+        };
+        let mut h = ResponseHeader::build(resp.status().as_u16(), Some(resp.headers().len() + 2))?;
+        for (k, v) in resp.headers() {
+            let credential = up.credential.as_ref().is_some_and(|c| c.header == *k);
+            if !is_hop_by_hop(k.as_str()) && !credential {
+                h.append_header(k.clone(), v.clone())?;
+            }
+        }
+        if let Some(len) = resp.content_length() {
+            h.insert_header(http::header::CONTENT_LENGTH, len.to_string())?;
+        }
+        h.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+        ctx.decision = "allow";
+        session.write_response_header(Box::new(h), false).await?;
+        loop {
+            match resp.chunk().await {
+                Ok(Some(c)) => session.write_response_body(Some(c), false).await?,
+                Ok(None) => break,
+                Err(e) => {
+                    // Headers are out: all we can do is cut the connection.
+                    ctx.decision = "error";
+                    ctx.reason = Some("upstream_error");
+                    ctx.upstream_failure = Some(UpstreamFailure::Protocol);
+                    return Error::e_because(
+                        ErrorType::ReadError,
+                        "upstream body of an approved call",
+                        e,
+                    );
+                }
+            }
+        }
+        session.write_response_body(None, true).await?;
+        Ok(true)
+    }
+}
