@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ensure_build_deps
-cargo build --release --bin portcullis --example demo_tools_api
+cargo build --release --bin portcullis --bin portcullis-demo-tools
 export TICKETS_API_KEY="${TICKETS_API_KEY:-demo-tickets-key}"
 if [ ! -f .portcullis/signing-key.pem ]; then
   ./target/release/portcullis keygen --out .portcullis/signing-key.pem
@@ -14,7 +14,7 @@ fi
 if [ ! -f .portcullis/approver-alice.token ]; then
   ./target/release/portcullis approver-token --out .portcullis/approver-alice
 fi
-./target/release/examples/demo_tools_api 127.0.0.1:9090 &
+./target/release/portcullis-demo-tools 127.0.0.1:9090 &
 demo=$!
 trap 'kill "$demo" 2>/dev/null || true' EXIT INT TERM
 ./target/release/portcullis run -c gateway.yaml

@@ -301,13 +301,21 @@ impl Drop for JwksEntry {
     }
 }
 
-/// Fetch, record, sleep until the refresh period or a wake-up; until the entry is dropped.
+/// First retry delay after a failed fetch.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+
+/// Fetch, record, sleep until the refresh period (or the retry delay after a failure) or a
+/// wake-up; until the entry is dropped.
 async fn run_fetcher(
     entry: Weak<JwksEntry>,
     wake: Arc<Notify>,
     client: reqwest::Client,
     events: JwksEventSink,
 ) {
+    // After a failure, retry sooner than the refresh period: 1s, doubling, capped at it. A
+    // gateway that started while the IdP was down must become ready soon after the IdP is back,
+    // not a whole refresh period later.
+    let mut retry = FIRST_RETRY;
     loop {
         let (event, refresh) = {
             let Some(entry) = entry.upgrade() else { return };
@@ -316,11 +324,22 @@ async fn run_fetcher(
             let result = fetch(&client, &entry.url, timing.timeout).await;
             (entry.record(result), timing.refresh)
         };
+        let pause = match event.outcome {
+            JwksOutcome::Ok => {
+                retry = FIRST_RETRY;
+                refresh
+            }
+            JwksOutcome::Error => {
+                let p = retry.min(refresh);
+                retry = (retry * 2).min(refresh);
+                p
+            }
+        };
         // The strong reference has ended: a sleeping fetcher keeps no entry alive, and whoever
         // reacts to the event sees the entry's true owners.
         events(event);
         tokio::select! {
-            _ = tokio::time::sleep(refresh) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = wake.notified() => {}
         }
     }

@@ -2,22 +2,30 @@
 //! buffered, bound to a digest, and either held (`hold`) or answered 202 (`async`); only an
 //! approved call reaches the upstream, through the executor, exactly as approved, once.
 
-use super::headers::{prepare_upstream_request, Forwarding, REQUEST_ID};
+use super::headers::REQUEST_ID;
 use super::refusal::{Refusal, UpstreamFailure};
-use super::{client_ip, Gateway, RequestCtx};
+use super::{Gateway, RequestCtx};
 use crate::approval::digest::{
     body_preview, body_sha256, redacted_headers, request_digest, Binding,
 };
 use crate::approval::executor::{is_hop_by_hop, ExecError};
 use crate::approval::store::{Approval, Mode, NewApproval, Status};
 use crate::approval::{now_ms, rfc3339_ms, HoldOutcome};
-use crate::policy::{effective_scopes, ApprovalMode, ApprovalPolicy};
+use crate::policy::{ApprovalMode, ApprovalPolicy};
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use std::sync::Arc;
 use std::time::Instant;
+
+/// A buffered call and what binds an approval to it.
+struct Bound {
+    body: Bytes,
+    body_hash: String,
+    digest: String,
+    query: Option<String>,
+}
 
 /// Read the whole request body, refusing (without reading on) once it passes `cap`.
 async fn read_body_capped(session: &mut Session, cap: u64) -> Result<Option<Bytes>> {
@@ -94,9 +102,15 @@ impl Gateway {
             body_sha256: &body_hash,
             config_digest: &snap.digest,
         });
+        let bound = Bound {
+            body,
+            body_hash,
+            digest,
+            query,
+        };
 
         let approval = match policy.mode {
-            ApprovalMode::Async => match svc.find_open(&agent.id, &digest).await {
+            ApprovalMode::Async => match svc.find_open(&agent.id, &bound.digest).await {
                 Err(e) => {
                     return self
                         .refuse(session, ctx, Refusal::ApprovalUnavailable(e.to_string()))
@@ -105,16 +119,7 @@ impl Gateway {
                 Ok(Some(a)) if a.status == Status::Approved => a,
                 Ok(Some(a)) => return self.pending(session, ctx, &a).await,
                 Ok(None) => {
-                    let new = self.new_approval(
-                        session,
-                        ctx,
-                        &policy,
-                        &body,
-                        &body_hash,
-                        &digest,
-                        Mode::Async,
-                        &query,
-                    );
+                    let new = self.new_approval(session, ctx, &policy, &bound, Mode::Async);
                     match svc.create(new, false).await {
                         Ok((a, _)) => return self.pending(session, ctx, &a).await,
                         Err(e) => {
@@ -126,16 +131,7 @@ impl Gateway {
                 }
             },
             ApprovalMode::Hold => {
-                let new = self.new_approval(
-                    session,
-                    ctx,
-                    &policy,
-                    &body,
-                    &body_hash,
-                    &digest,
-                    Mode::Hold,
-                    &query,
-                );
+                let new = self.new_approval(session, ctx, &policy, &bound, Mode::Hold);
                 let (a, rx) = match svc.create(new, true).await {
                     Ok((a, Some(rx))) => (a, rx),
                     Ok((_, None)) => unreachable!("create(wait=true) returns a receiver"),
@@ -200,20 +196,16 @@ impl Gateway {
                     .await
             }
         }
-        self.execute(session, ctx, body).await
+        self.execute(session, ctx, bound.body).await
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn new_approval(
         &self,
         session: &Session,
         ctx: &RequestCtx,
         policy: &ApprovalPolicy,
-        body: &[u8],
-        body_hash: &str,
-        digest: &str,
+        bound: &Bound,
         mode: Mode,
-        query: &Option<String>,
     ) -> NewApproval {
         let agent = ctx.agent.as_ref().expect("agent");
         let snap = ctx.snap.as_ref().expect("snapshot");
@@ -231,15 +223,15 @@ impl Gateway {
             route: ctx.route_name().to_string(),
             method: req.method.as_str().to_string(),
             path: ctx.path.as_ref().expect("path").as_str().to_string(),
-            query: query.clone(),
-            body_sha256: body_hash.to_string(),
-            body_bytes: body.len() as u64,
-            body_preview: body_preview(body),
+            query: bound.query.clone(),
+            body_sha256: bound.body_hash.clone(),
+            body_bytes: bound.body.len() as u64,
+            body_preview: body_preview(&bound.body),
             headers: redacted_headers(
                 req.headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())),
                 credential.as_deref(),
             ),
-            request_digest: digest.to_string(),
+            request_digest: bound.digest.clone(),
             config_version: snap.version,
             approvers: policy.approvers.clone(),
             quorum: policy.quorum,
@@ -294,24 +286,8 @@ impl Gateway {
             .upstream()
             .expect("allowed call has an upstream")
             .clone();
-        let agent = ctx.agent.clone().expect("agent");
-        let scopes = ctx
-            .token
-            .as_ref()
-            .map(|t| effective_scopes(&agent, t).join(" "))
-            .unwrap_or_default();
         let mut req = session.req_header().clone();
-        let forwarding = Forwarding {
-            upstream: &up,
-            agent: &agent,
-            route: ctx.route_name(),
-            scopes: &scopes,
-            request_id: &ctx.request_id,
-            client_ip: client_ip(session),
-            path: ctx.path.as_ref().expect("path"),
-            query: session.req_header().uri.query(),
-        };
-        prepare_upstream_request(&mut req, &forwarding)?;
+        super::prepare_upstream(session, ctx, &mut req)?;
         let target = req
             .uri
             .path_and_query()

@@ -70,10 +70,124 @@ pub struct RequestCtx {
     upstream_started: Option<Instant>,
     upstream_failure: Option<UpstreamFailure>,
     approval_id: Option<String>,
+    /// Method, kept for the line written if the request is cut off before `logging`.
+    method: Option<http::Method>,
+    logged: bool,
     _in_flight: Option<InFlight>,
 }
 
+impl Drop for RequestCtx {
+    /// pingora runs `logging` for every request it finishes; a request still running when the
+    /// grace period ends is dropped instead. Its line is written here, so that a call that may
+    /// already have reached an upstream is never missing from the audit trail.
+    fn drop(&mut self) {
+        if self.logged {
+            return;
+        }
+        let Some(state) = self._in_flight.as_ref().map(|g| g.0.clone()) else {
+            return;
+        };
+        self.decision = "error";
+        self.reason = Some("aborted");
+        let method = self.method.clone();
+        let seen = Seen {
+            method: method.as_ref().map_or("", |m| m.as_str()),
+            raw_path: "",
+            query: None,
+            client: None,
+            status: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+        };
+        self.record(&state, &seen);
+    }
+}
+
+/// What the session says about a finished request.
+struct Seen<'a> {
+    method: &'a str,
+    raw_path: &'a str,
+    query: Option<&'a str>,
+    client: Option<String>,
+    status: u16,
+    bytes_in: usize,
+    bytes_out: usize,
+}
+
 impl RequestCtx {
+    /// Metrics and the access-log line of this request; only once.
+    fn record(&mut self, state: &GatewayState, seen: &Seen<'_>) {
+        if self.logged {
+            return;
+        }
+        self.logged = true;
+        let Some(snap) = self.snap.clone() else {
+            return;
+        };
+        let total = self.started.elapsed();
+        let upstream_time = self.upstream_started.map(|t| t.elapsed());
+        let route = self.route_name().to_string();
+        // Only configured agent ids become label values.
+        let agent_label = self.agent.as_ref().map(|a| &*a.id).unwrap_or("unknown");
+        let m = &state.metrics;
+        m.requests
+            .with_label_values(&[
+                agent_label,
+                &route,
+                self.decision,
+                status_label(seen.status),
+            ])
+            .inc();
+        if let (Some(r), "deny") = (self.reason, self.decision) {
+            m.denials.with_label_values(&[r]).inc();
+        }
+        m.request_duration
+            .with_label_values(&[&route])
+            .observe(total.as_secs_f64());
+        let gateway_only = total.saturating_sub(upstream_time.unwrap_or_default());
+        m.gateway_duration
+            .with_label_values(&[&route])
+            .observe(gateway_only.as_secs_f64());
+        if let (Some(u), Some(t)) = (self.upstream(), upstream_time) {
+            m.upstream_duration
+                .with_label_values(&[&u.name])
+                .observe(t.as_secs_f64());
+        }
+        let token = self.token.as_deref();
+        state.access_log.log(&AccessRecord {
+            time: chrono::DateTime::<chrono::Utc>::from(self.started_wall)
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            request_id: &self.request_id,
+            agent: self
+                .agent
+                .as_ref()
+                .map(|a| &*a.id)
+                .or(token.map(|t| t.subject.as_str())),
+            owner: self.agent.as_ref().map(|a| &*a.owner),
+            jti: token.and_then(|t| t.jti.as_deref()),
+            issuer: token.map(|t| &*t.issuer),
+            route: self.route.map(|_| route.as_str()),
+            method: seen.method,
+            path: self.path.as_ref().map_or(seen.raw_path, |p| p.as_str()),
+            query: seen.query,
+            client: seen.client.clone(),
+            status: seen.status,
+            decision: self.decision,
+            reason: self.reason,
+            upstream: if self.decision == "allow" || self.upstream_failure.is_some() {
+                self.upstream().map(|u| &*u.name)
+            } else {
+                None
+            },
+            bytes_in: seen.bytes_in,
+            bytes_out: seen.bytes_out,
+            duration_ms: millis(total),
+            upstream_ms: upstream_time.map(millis),
+            config_version: snap.version,
+            approval_id: self.approval_id.as_deref(),
+        });
+    }
+
     fn route_name(&self) -> &str {
         match (&self.snap, self.route) {
             (Some(s), Some(r)) => &s.routes.routes[r].name,
@@ -155,6 +269,8 @@ impl ProxyHttp for Gateway {
             upstream_started: None,
             upstream_failure: None,
             approval_id: None,
+            method: None,
+            logged: false,
             _in_flight: None,
         }
     }
@@ -166,6 +282,7 @@ impl ProxyHttp for Gateway {
         ctx.started = Instant::now();
         ctx.started_wall = SystemTime::now();
         ctx.request_id = uuid::Uuid::now_v7().simple().to_string();
+        ctx.method = Some(session.req_header().method.clone());
         if self.state.draining.load(Ordering::Relaxed) {
             // Finish this request but tell the client to reconnect (elsewhere).
             session.set_keepalive(None);
@@ -258,26 +375,7 @@ impl ProxyHttp for Gateway {
         req: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let up = ctx
-            .upstream()
-            .expect("allowed request has an upstream")
-            .clone();
-        let agent = ctx.agent.clone().expect("allowed request has an agent");
-        let scopes = match &ctx.token {
-            Some(t) => effective_scopes(&agent, t).join(" "),
-            None => String::new(),
-        };
-        let forwarding = Forwarding {
-            upstream: &up,
-            agent: &agent,
-            route: ctx.route_name(),
-            scopes: &scopes,
-            request_id: &ctx.request_id,
-            client_ip: client_ip(session),
-            path: ctx.path.as_ref().expect("normalized in request_filter"),
-            query: session.req_header().uri.query(),
-        };
-        prepare_upstream_request(req, &forwarding)
+        prepare_upstream(session, ctx, req)
     }
 
     async fn response_filter(
@@ -373,79 +471,44 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        let Some(snap) = ctx.snap.clone() else { return };
-        let total = ctx.started.elapsed();
-        let upstream_time = ctx.upstream_started.map(|t| t.elapsed());
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
-        let route = ctx.route_name().to_string();
-        // Only configured agent ids become label values.
-        let agent_label = ctx.agent.as_ref().map(|a| &*a.id).unwrap_or("unknown");
-        let m = &self.state.metrics;
-        m.requests
-            .with_label_values(&[agent_label, &route, ctx.decision, status_label(status)])
-            .inc();
-        if let (Some(r), "deny") = (ctx.reason, ctx.decision) {
-            m.denials.with_label_values(&[r]).inc();
-        }
-        m.request_duration
-            .with_label_values(&[&route])
-            .observe(total.as_secs_f64());
-        let gateway_only = total.saturating_sub(upstream_time.unwrap_or_default());
-        m.gateway_duration
-            .with_label_values(&[&route])
-            .observe(gateway_only.as_secs_f64());
-        if let (Some(u), Some(t)) = (ctx.upstream(), upstream_time) {
-            m.upstream_duration
-                .with_label_values(&[&u.name])
-                .observe(t.as_secs_f64());
-        }
-
         let req = session.req_header();
-        let raw_path;
-        let path = match &ctx.path {
-            Some(p) => p.as_str(),
-            None => {
-                raw_path = req.uri.path().to_string();
-                &raw_path
-            }
-        };
-        let token = ctx.token.as_deref();
-        self.state.access_log.log(&AccessRecord {
-            time: chrono::DateTime::<chrono::Utc>::from(ctx.started_wall)
-                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            request_id: &ctx.request_id,
-            agent: ctx
-                .agent
-                .as_ref()
-                .map(|a| &*a.id)
-                .or(token.map(|t| t.subject.as_str())),
-            owner: ctx.agent.as_ref().map(|a| &*a.owner),
-            jti: token.and_then(|t| t.jti.as_deref()),
-            issuer: token.map(|t| &*t.issuer),
-            route: ctx.route.map(|_| route.as_str()),
+        let seen = Seen {
             method: req.method.as_str(),
-            path,
+            raw_path: req.uri.path(),
             query: req.uri.query(),
             client: session.client_addr().map(|a| a.to_string()),
             status,
-            decision: ctx.decision,
-            reason: ctx.reason,
-            upstream: if ctx.decision == "allow" || ctx.upstream_failure.is_some() {
-                ctx.upstream().map(|u| &*u.name)
-            } else {
-                None
-            },
             bytes_in: session.body_bytes_read(),
             bytes_out: session.body_bytes_sent(),
-            duration_ms: millis(total),
-            upstream_ms: upstream_time.map(millis),
-            config_version: snap.version,
-            approval_id: ctx.approval_id.as_deref(),
-        });
+        };
+        ctx.record(&self.state, &seen);
     }
+}
+
+/// Rewrite the agent's request header into the upstream's for an allowed call (shared by the
+/// streaming path and the approval executor).
+fn prepare_upstream(session: &Session, ctx: &RequestCtx, req: &mut RequestHeader) -> Result<()> {
+    let up = ctx.upstream().expect("allowed call has an upstream");
+    let agent = ctx.agent.as_ref().expect("allowed call has an agent");
+    let scopes = match &ctx.token {
+        Some(t) => effective_scopes(agent, t).join(" "),
+        None => String::new(),
+    };
+    let forwarding = Forwarding {
+        upstream: up,
+        agent,
+        route: ctx.route_name(),
+        scopes: &scopes,
+        request_id: &ctx.request_id,
+        client_ip: client_ip(session),
+        path: ctx.path.as_ref().expect("normalized in request_filter"),
+        query: session.req_header().uri.query(),
+    };
+    prepare_upstream_request(req, &forwarding)
 }
 
 /// The agent's IP address.

@@ -3,7 +3,7 @@
 //! It trusts nothing but the credential the gateway injects (`TICKETS_API_KEY`), so it shows
 //! that agents never need that secret, and it echoes the identity headers the gateway asserts.
 //!
-//! `cargo run --example demo_tools_api -- 127.0.0.1:9090`
+//! `portcullis-demo-tools 127.0.0.1:9090` (scripts/run.sh starts it for the quickstart).
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
