@@ -1,23 +1,36 @@
 # Shared helpers for the scripts. Sourced, not run.
 
-# pingora's zlib-ng build needs cmake and a C compiler. Install them when we can (root or
-# passwordless sudo, Debian), otherwise stop with one line saying what to install, instead of
-# letting a build script panic half-way through a build.
-ensure_build_deps() {
+# Install Debian packages that provide the given commands, when we can (root or passwordless
+# sudo, apt-get); otherwise stop with one line saying what to install, instead of letting a
+# build script panic half-way through a build or a test fail obscurely.
+#   ensure_packages "why" command:package [command:package ...]
+ensure_packages() {
+  local why=$1; shift
   local missing=()
-  command -v cmake >/dev/null 2>&1 || missing+=(cmake)
-  command -v cc >/dev/null 2>&1 || missing+=(gcc)
+  for pair in "$@"; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair##*:}")
+  done
   [ ${#missing[@]} -eq 0 ] && return 0
   local sudo=""
   if [ "$(id -u)" -ne 0 ]; then
     if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo"; else sudo="none"; fi
   fi
   if [ "$sudo" != "none" ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing build dependencies: ${missing[*]}" >&2
+    echo "installing ${missing[*]} ($why)" >&2
     $sudo apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "portcullis needs ${missing[*]} to build (Debian/Ubuntu: apt-get install -y ${missing[*]}); install it and run this again" >&2
+    echo "portcullis needs ${missing[*]} ($why): apt-get install -y ${missing[*]}; then run this again" >&2
     exit 1
   fi
+}
+
+# pingora's zlib-ng build needs cmake and a C compiler.
+ensure_build_deps() {
+  ensure_packages "to build pingora" cmake:cmake cc:gcc
+}
+
+# The console test drives Debian's Chromium through ChromeDriver.
+ensure_test_deps() {
+  ensure_packages "for the console's browser test" chromium:chromium chromedriver:chromium-driver
 }

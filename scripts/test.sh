@@ -4,9 +4,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ensure_build_deps
+ensure_test_deps
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --all-targets --no-fail-fast
+  cargo nextest run --lib --bins --tests --no-fail-fast
   cargo test --doc
 else
-  cargo test --all-targets
+  cargo test --lib --bins --tests
 fi
