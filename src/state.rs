@@ -7,6 +7,7 @@ use crate::config::{load_file, ConfigError, LoadContext};
 use crate::identity::{JwksEvent, JwksOutcome, KeyStore};
 use crate::observe::{AccessLog, Metrics};
 use crate::policy::Snapshot;
+use crate::util::lock;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -88,7 +89,7 @@ impl GatewayState {
     /// Blocking (file I/O, DNS): call from a blocking context.
     pub fn reload(&self, trigger: &str) -> Result<Arc<Snapshot>, ConfigError> {
         // One reload at a time, so versions are assigned and swapped in order.
-        let _g = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _g = lock(&self.reload_lock);
         let ctx = LoadContext::new(
             self.key_store.clone(),
             self.next_version.load(Ordering::SeqCst),
@@ -112,10 +113,7 @@ impl GatewayState {
                         .inc();
                     self.metrics.config_last_reload_ok.set(0);
                     let msg = format!("cannot open the approval store: {e}");
-                    *self
-                        .last_reload_error
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner()) = Some(msg.clone());
+                    *lock(&self.last_reload_error) = Some(msg.clone());
                     tracing::error!(trigger, error = %msg, "configuration reload refused; the previous configuration keeps serving");
                     return Err(ConfigError::Invalid {
                         file: self.config_path.display().to_string(),
@@ -135,10 +133,7 @@ impl GatewayState {
                     .with_label_values(&["success"])
                     .inc();
                 self.metrics.config_last_reload_ok.set(1);
-                *self
-                    .last_reload_error
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = None;
+                *lock(&self.last_reload_error) = None;
                 tracing::info!(trigger, version = new.version, digest = %new.digest, "configuration reloaded");
                 Ok(new)
             }
@@ -148,10 +143,7 @@ impl GatewayState {
                     .with_label_values(&["failure"])
                     .inc();
                 self.metrics.config_last_reload_ok.set(0);
-                *self
-                    .last_reload_error
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                *lock(&self.last_reload_error) = Some(e.to_string());
                 tracing::error!(trigger, error = %e, "configuration reload refused; the previous configuration keeps serving");
                 Err(e)
             }
@@ -179,10 +171,7 @@ impl GatewayState {
 
     /// The error of the last failed reload, if the last attempt failed.
     pub fn last_reload_error(&self) -> Option<String> {
-        self.last_reload_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.last_reload_error).clone()
     }
 
     /// Update scrape-time gauges (JWKS key age).

@@ -8,6 +8,7 @@
 //! proxy streams the answer back to the agent.
 
 use crate::policy::Upstream;
+use crate::util::lock;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -53,7 +54,7 @@ impl Executor {
 
     fn client(&self, up: &Upstream) -> Result<reqwest::Client, ExecError> {
         let key = (up.name.to_string(), up.addr, up.sni.clone());
-        let mut map = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = lock(&self.clients);
         if let Some(c) = map.get(&key) {
             return Ok(c.clone());
         }

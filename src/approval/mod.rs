@@ -15,6 +15,7 @@ pub mod store;
 
 use crate::observe::{AccessLog, Metrics};
 use crate::policy::ApprovalSettings;
+use crate::util::lock;
 use notify::{ApprovalNotice, Notifier, WebhookConfig};
 use serde::Serialize;
 use sqlite::SqliteStore;
@@ -236,7 +237,7 @@ impl ApprovalService {
     fn lock_waiters(
         &self,
     ) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Approval>>> {
-        self.waiters.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.waiters)
     }
 
     /// Wait for the decision on a held approval, at most `timeout`.

@@ -5,8 +5,10 @@
 //! threads only read the last good key set; a failed fetch never replaces it.
 
 use std::collections::HashMap;
+
+use crate::util::{error_chain, lock};
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{oneshot, watch, Notify};
@@ -373,22 +375,4 @@ async fn fetch(
         return Err("the JWKS holds no usable signing key".into());
     }
     Ok(keys)
-}
-
-/// `error: cause: cause`, since reqwest's top-level message hides the reason.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic elsewhere must not take JWKS handling down with it; the data stays consistent
-    // because every critical section here is a plain assignment.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

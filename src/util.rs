@@ -1,0 +1,23 @@
+//! Small helpers shared across modules.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// Lock a mutex even if a panic elsewhere poisoned it. Every critical section in this crate is
+/// a short, self-consistent update (a map insert, an assignment), so the data behind a
+/// poisoned lock is still valid, and one panicked task must not take the gateway down with it.
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `error: cause: cause`, since many errors (reqwest's among them) hide the reason in their
+/// source chain.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
