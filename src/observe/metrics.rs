@@ -130,25 +130,23 @@ impl Metrics {
             "JWKS fetches by URL and outcome.",
             &["url", "outcome"],
         );
-        let jwks_key_age = prometheus::GaugeVec::new(
-            Opts::new(
-                "portcullis_jwks_key_age_seconds",
-                "Seconds since the keys of a JWKS URL were last fetched successfully.",
+        let jwks_key_age = register(
+            &registry,
+            prometheus::GaugeVec::new(
+                Opts::new(
+                    "portcullis_jwks_key_age_seconds",
+                    "Seconds since the keys of a JWKS URL were last fetched successfully.",
+                ),
+                &["url"],
             ),
-            &["url"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(jwks_key_age.clone()))
-            .expect("unique metric");
-        let jwks_keys = IntGaugeVec::new(
-            Opts::new("portcullis_jwks_keys", "Keys held per JWKS URL."),
-            &["url"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(jwks_keys.clone()))
-            .expect("unique metric");
+        );
+        let jwks_keys = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new("portcullis_jwks_keys", "Keys held per JWKS URL."),
+                &["url"],
+            ),
+        );
         let config_reloads = counter(
             "portcullis_config_reloads_total",
             "Config reload attempts by outcome.",
@@ -163,33 +161,30 @@ impl Metrics {
             "1 if the last reload attempt succeeded, 0 if the file was refused.",
         );
         let in_flight = gauge("portcullis_in_flight_requests", "Requests in flight.");
-        let access_log_backpressure = IntCounter::new(
-            "portcullis_access_log_backpressure_total",
-            "Access-log lines that waited because the writer was behind.",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(access_log_backpressure.clone()))
-            .expect("unique metric");
-        let access_log_errors = IntCounter::new(
-            "portcullis_access_log_write_errors_total",
-            "Access-log write failures.",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(access_log_errors.clone()))
-            .expect("unique metric");
-        let token_verify_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "portcullis_token_verify_duration_seconds",
-                "Signature verification time of tokens not found in the cache.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(token_verify_duration.clone()))
-            .expect("unique metric");
+        let access_log_backpressure = register(
+            &registry,
+            IntCounter::new(
+                "portcullis_access_log_backpressure_total",
+                "Access-log lines that waited because the writer was behind.",
+            ),
+        );
+        let access_log_errors = register(
+            &registry,
+            IntCounter::new(
+                "portcullis_access_log_write_errors_total",
+                "Access-log write failures.",
+            ),
+        );
+        let token_verify_duration = register(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "portcullis_token_verify_duration_seconds",
+                    "Signature verification time of tokens not found in the cache.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            ),
+        );
         let approvals_pending = gauge(
             "portcullis_approvals_pending",
             "Held or async approvals waiting for a human decision.",
@@ -199,35 +194,32 @@ impl Metrics {
             "Approval outcomes: approved, denied, timeout, abandoned, expired, used.",
             &["outcome"],
         );
-        let approval_time_to_decision = Histogram::with_opts(
-            HistogramOpts::new(
-                "portcullis_approval_time_to_decision_seconds",
-                "Time from an agent's request to the human decision (approve or deny).",
-            )
-            .buckets(vec![
-                1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
-            ]),
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(approval_time_to_decision.clone()))
-            .expect("unique metric");
-        let approval_notifications_sent = IntCounter::new(
-            "portcullis_approval_notifications_sent_total",
-            "Approval webhook notifications delivered.",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(approval_notifications_sent.clone()))
-            .expect("unique metric");
-        let approval_notification_failures = IntCounter::new(
-            "portcullis_approval_notification_failures_total",
-            "Approval webhook notifications that failed after every retry.",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(approval_notification_failures.clone()))
-            .expect("unique metric");
+        let approval_time_to_decision = register(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "portcullis_approval_time_to_decision_seconds",
+                    "Time from an agent's request to the human decision (approve or deny).",
+                )
+                .buckets(vec![
+                    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+                ]),
+            ),
+        );
+        let approval_notifications_sent = register(
+            &registry,
+            IntCounter::new(
+                "portcullis_approval_notifications_sent_total",
+                "Approval webhook notifications delivered.",
+            ),
+        );
+        let approval_notification_failures = register(
+            &registry,
+            IntCounter::new(
+                "portcullis_approval_notification_failures_total",
+                "Approval webhook notifications that failed after every retry.",
+            ),
+        );
         config_last_reload_ok.set(1);
         Metrics {
             approvals_pending,
@@ -266,8 +258,46 @@ impl Metrics {
     }
 }
 
+/// Register a freshly built metric; both steps only fail on programming errors (bad names,
+/// duplicates), which the unit test below would catch.
+fn register<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let m = metric.expect("valid metric");
+    registry
+        .register(Box::new(m.clone()))
+        .expect("unique metric");
+    m
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_registers_and_renders() {
+        let m = Metrics::new();
+        m.requests
+            .with_label_values(&["a", "r", "allow", "200"])
+            .inc();
+        m.approval_decisions.with_label_values(&["approved"]).inc();
+        let text = m.render();
+        for name in [
+            "portcullis_requests_total",
+            "portcullis_config_version",
+            "portcullis_approvals_pending",
+            "portcullis_approval_decisions_total",
+            "portcullis_access_log_backpressure_total",
+            "portcullis_token_verify_duration_seconds",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
     }
 }
