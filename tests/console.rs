@@ -211,19 +211,18 @@ impl Browser {
         pingora::tls::install_default_crypto_provider();
         let mut builder = ClientBuilder::rustls().expect("rustls connector");
         builder.capabilities(caps);
-        let client = match tokio::time::timeout(Duration::from_secs(90), builder.connect(&url))
-            .await
-        {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => panic!(
-                "cannot start a Chromium session: {e}\nchromedriver log:\n{}",
-                b.driver_log()
-            ),
-            Err(_) => panic!(
-                "Chromium did not start within 90 s\nchromedriver log:\n{}",
-                b.driver_log()
-            ),
-        };
+        let client =
+            match tokio::time::timeout(Duration::from_secs(90), builder.connect(&url)).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => panic!(
+                    "cannot start a Chromium session: {e}\nchromedriver log:\n{}",
+                    b.driver_log()
+                ),
+                Err(_) => panic!(
+                    "Chromium did not start within 90 s\nchromedriver log:\n{}",
+                    b.driver_log()
+                ),
+            };
         b.client = Some(client);
         b
     }
@@ -679,7 +678,10 @@ async fn deny_flow() {
     // Open it through its link (what notifications carry), not by clicking.
     let view = env.api(&format!("/api/approvals/{id}")).await;
     let link = view["link"].as_str().expect("link").to_string();
-    assert!(link.ends_with(&format!("/console#/approvals/{id}")), "{link}");
+    assert!(
+        link.ends_with(&format!("/console#/approvals/{id}")),
+        "{link}"
+    );
     b.c().goto(&link).await.expect("open the link");
     b.wait_ui("details opened by link", UI_TIMEOUT, |ui| {
         (ui.detail.contains(xss) && ui.decision_form_shown).then_some(())
@@ -717,7 +719,12 @@ async fn deny_flow() {
     let answer = answer_of(call).await;
     answer.assert_refusal(403, "approval_denied");
     assert_eq!(answer.body["reason"], json!(reason), "{}", answer.body);
-    assert_eq!(answer.body["denied_by"], json!(["alice"]), "{}", answer.body);
+    assert_eq!(
+        answer.body["denied_by"],
+        json!(["alice"]),
+        "{}",
+        answer.body
+    );
     assert!(env.refunds_seen().is_empty(), "{:#?}", env.refunds_seen());
 
     b.wait_ui("the denial in recent decisions", UI_TIMEOUT, |ui| {
@@ -734,7 +741,10 @@ async fn deny_flow() {
     assert!(!ui.decision_form_shown);
     assert!(ui.detail.contains(reason), "{}", ui.detail);
     assert_eq!(ui.imgs, 0);
-    assert!(b.c().get_alert_text().await.is_err(), "a script alert opened");
+    assert!(
+        b.c().get_alert_text().await.is_err(),
+        "a script alert opened"
+    );
     let stored = env.api(&format!("/api/approvals/{id}")).await;
     assert_eq!(stored["status"], "denied", "{stored}");
     assert_eq!(stored["decision_reason"], json!(reason), "{stored}");
@@ -746,7 +756,10 @@ async fn deny_flow() {
     })
     .await;
     let stored = b
-        .js("return sessionStorage.getItem('portcullis.approverToken')", vec![])
+        .js(
+            "return sessionStorage.getItem('portcullis.approverToken')",
+            vec![],
+        )
         .await
         .unwrap();
     assert_eq!(stored, Value::Null);

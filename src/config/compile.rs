@@ -827,7 +827,7 @@ impl Compiler<'_> {
             console_url: r
                 .console_url
                 .clone()
-                .unwrap_or_else(|| format!("http://{admin_listen}/console"))
+                .unwrap_or_else(|| default_console_url(admin_listen))
                 .trim_end_matches('/')
                 .to_string(),
             approvers,
@@ -1032,6 +1032,23 @@ impl Compiler<'_> {
     }
 }
 
+/// `http://<admin>/console`; a wildcard bind (0.0.0.0, [::]) is no address a person can open,
+/// so links then point at loopback (set `approvals.console_url` for links that work elsewhere).
+fn default_console_url(admin_listen: &str) -> String {
+    let addr = match admin_listen.parse::<SocketAddr>() {
+        Ok(a) if a.ip().is_unspecified() => {
+            let lo: std::net::IpAddr = if a.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            };
+            SocketAddr::new(lo, a.port()).to_string()
+        }
+        _ => admin_listen.to_string(),
+    };
+    format!("http://{addr}/console")
+}
+
 fn valid_scope(s: &str) -> bool {
     !s.is_empty() && !s.chars().any(|c| c.is_whitespace() || c.is_control())
 }
@@ -1041,5 +1058,26 @@ fn hint(names: &[&str]) -> String {
         " (none are defined)".into()
     } else {
         format!("; defined: {}", names.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_console_url;
+
+    #[test]
+    fn console_links_never_point_at_a_wildcard_address() {
+        assert_eq!(
+            default_console_url("10.1.2.3:9901"),
+            "http://10.1.2.3:9901/console"
+        );
+        assert_eq!(
+            default_console_url("0.0.0.0:9901"),
+            "http://127.0.0.1:9901/console"
+        );
+        assert_eq!(
+            default_console_url("[::]:9901"),
+            "http://[::1]:9901/console"
+        );
     }
 }
