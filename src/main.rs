@@ -8,6 +8,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// mimalloc instead of glibc malloc: the proxy allocates and frees many small buffers per request,
+/// and glibc's allocator showed up as ~10% of the proxy thread's samples under load.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "portcullis",
