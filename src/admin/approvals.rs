@@ -103,6 +103,14 @@ fn store_error(e: StoreError) -> Response {
             "not_found",
             "no approval with this id",
         ),
+        // Expired by the sweep before the vote: "gone", like an expiry found by the vote itself.
+        StoreError::AlreadyDecided {
+            status: Status::Expired,
+        } => error(
+            StatusCode::GONE,
+            "expired",
+            "this approval expired before it was decided",
+        ),
         StoreError::AlreadyDecided { status } => error(
             StatusCode::CONFLICT,
             "already_decided",

@@ -266,6 +266,7 @@ impl ApprovalService {
                         .with_label_values(&["timeout"])
                         .inc();
                     self.audit("approval_timeout", &a, None, None);
+                    self.notifier.notify(self.notice("approval_decided", &a));
                     Ok(HoldOutcome::TimedOut(a))
                 } else {
                     // A decision landed in the same instant: honour it.
@@ -348,7 +349,8 @@ impl ApprovalService {
                 },
                 &a,
                 Some(approver),
-                a.decision_reason.as_deref(),
+                // The deciding vote's reason (for a denial it is also the decision_reason).
+                Some(reason),
             );
             self.notifier.notify(self.notice("approval_decided", &a));
             if let Some(tx) = self.lock_waiters().remove(&a.id) {
@@ -367,6 +369,17 @@ impl ApprovalService {
         let (a, d) = (agent.to_string(), digest.to_string());
         let now = now_ms();
         self.blocking(move |s| s.find_open(&a, &d, now)).await
+    }
+
+    /// The newest unexpired denial of this agent's exact request, if any.
+    pub async fn find_denied(
+        &self,
+        agent: &str,
+        digest: &str,
+    ) -> Result<Option<Approval>, StoreError> {
+        let (a, d) = (agent.to_string(), digest.to_string());
+        let now = now_ms();
+        self.blocking(move |s| s.find_denied(&a, &d, now)).await
     }
 
     /// Use an approved approval, at most once.
@@ -408,12 +421,13 @@ impl ApprovalService {
                     .inc_by(ids.len() as u64);
                 self.refresh_pending_gauge();
                 for id in ids {
+                    let Ok(a) = self.get(&id).await else { continue };
+                    self.audit("approval_expired", &a, None, None);
+                    self.notifier.notify(self.notice("approval_decided", &a));
                     // A hold whose approval expired can no longer be decided.
                     let waiter = self.lock_waiters().remove(&id);
                     if let Some(tx) = waiter {
-                        if let Ok(a) = self.get(&id).await {
-                            let _ = tx.send(a);
-                        }
+                        let _ = tx.send(a);
                     }
                 }
             }

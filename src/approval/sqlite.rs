@@ -161,6 +161,34 @@ impl Fail {
 }
 
 impl SqliteStore {
+    /// The newest approval selected by `sql` (one of the constant queries above, binding
+    /// `:agent`, `:digest`, `:now`), with its votes.
+    fn find_newest(
+        &self,
+        op: &'static str,
+        sql: &'static str,
+        agent: &str,
+        request_digest: &str,
+        now_ms: i64,
+    ) -> Result<Option<Approval>, StoreError> {
+        self.run(op, |conn| {
+            let tx = conn.transaction()?;
+            let found = {
+                let mut stmt = tx.prepare_cached(sql)?;
+                stmt.query_row(
+                    named_params! { ":agent": agent, ":digest": request_digest, ":now": now_ms },
+                    approval_from_row,
+                )
+                .optional()?
+            };
+            let Some(mut a) = found else {
+                return Ok(None);
+            };
+            a.votes = load_votes(&tx, &a.id)?;
+            Ok(Some(a))
+        })
+    }
+
     /// Opens (creating on first start, with parent directories) the database at `path`, sets
     /// WAL journaling, `synchronous=NORMAL`, a 5 s busy timeout and foreign keys, and creates or
     /// migrates the schema in one transaction.
@@ -595,29 +623,42 @@ impl ApprovalStore for SqliteStore {
         request_digest: &str,
         now_ms: i64,
     ) -> Result<Option<Approval>, StoreError> {
-        self.run("find_open", |conn| {
-            let tx = conn.transaction()?;
-            let found = {
-                let mut stmt = tx.prepare_cached(concat!(
-                    "SELECT ",
-                    approval_columns!(),
-                    " FROM approvals
-                     WHERE agent = :agent AND request_digest = :digest
-                       AND status IN ('pending', 'approved') AND expires_at_ms > :now
-                     ORDER BY created_at_ms DESC, rowid DESC LIMIT 1"
-                ))?;
-                stmt.query_row(
-                    named_params! { ":agent": agent, ":digest": request_digest, ":now": now_ms },
-                    approval_from_row,
-                )
-                .optional()?
-            };
-            let Some(mut a) = found else {
-                return Ok(None);
-            };
-            a.votes = load_votes(&tx, &a.id)?;
-            Ok(Some(a))
-        })
+        self.find_newest(
+            "find_open",
+            concat!(
+                "SELECT ",
+                approval_columns!(),
+                " FROM approvals
+                 WHERE agent = :agent AND request_digest = :digest
+                   AND status IN ('pending', 'approved') AND expires_at_ms > :now
+                 ORDER BY created_at_ms DESC, rowid DESC LIMIT 1"
+            ),
+            agent,
+            request_digest,
+            now_ms,
+        )
+    }
+
+    fn find_denied(
+        &self,
+        agent: &str,
+        request_digest: &str,
+        now_ms: i64,
+    ) -> Result<Option<Approval>, StoreError> {
+        self.find_newest(
+            "find_denied",
+            concat!(
+                "SELECT ",
+                approval_columns!(),
+                " FROM approvals
+                 WHERE agent = :agent AND request_digest = :digest
+                   AND status = 'denied' AND expires_at_ms > :now
+                 ORDER BY created_at_ms DESC, rowid DESC LIMIT 1"
+            ),
+            agent,
+            request_digest,
+            now_ms,
+        )
     }
 
     fn consume(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {

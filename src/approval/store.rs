@@ -360,6 +360,15 @@ pub trait ApprovalStore: Send + Sync + 'static {
         now_ms: i64,
     ) -> Result<Option<Approval>, StoreError>;
 
+    /// The newest `Denied` approval of this agent for this exact request that has not reached
+    /// its `expires_at`: an async retry of a denied call is told so instead of asking again.
+    fn find_denied(
+        &self,
+        agent: &str,
+        request_digest: &str,
+        now_ms: i64,
+    ) -> Result<Option<Approval>, StoreError>;
+
     /// `Approved → Used`, atomically and at most once (compare-and-set).
     ///
     /// `Ok(false)` if it was not `Approved` or has expired (an expired one is marked `Expired`);

@@ -61,14 +61,11 @@ impl Gateway {
         let (Some(settings), Some(svc)) =
             (snap.approvals.as_ref(), self.state.approvals.load_full())
         else {
+            // Cannot happen with a validated config (a route with `approval:` needs the section
+            // and start-up opens the store), but if it does, fail closed.
+            tracing::error!(request_id = %ctx.request_id, "a call needs approval but no approval service is running");
             return self
-                .refuse(
-                    session,
-                    ctx,
-                    Refusal::ApprovalUnavailable(
-                        "approvals are not configured on this gateway".into(),
-                    ),
-                )
+                .refuse(session, ctx, Refusal::ApprovalUnavailable)
                 .await;
         };
         // The body must be complete before anything is decided: the approval is bound to it.
@@ -112,20 +109,22 @@ impl Gateway {
         let approval = match policy.mode {
             ApprovalMode::Async => match svc.find_open(&agent.id, &bound.digest).await {
                 Err(e) => {
-                    return self
-                        .refuse(session, ctx, Refusal::ApprovalUnavailable(e.to_string()))
-                        .await
+                    return self.store_down(session, ctx, e).await;
                 }
                 Ok(Some(a)) if a.status == Status::Approved => a,
                 Ok(Some(a)) => return self.pending(session, ctx, &a).await,
                 Ok(None) => {
+                    // A retry of a call a person denied is told so, not queued for them again.
+                    match svc.find_denied(&agent.id, &bound.digest).await {
+                        Ok(Some(a)) => return self.denied(session, ctx, a).await,
+                        Ok(None) => {}
+                        Err(e) => return self.store_down(session, ctx, e).await,
+                    }
                     let new = self.new_approval(session, ctx, &policy, &bound, Mode::Async);
                     match svc.create(new, false).await {
                         Ok((a, _)) => return self.pending(session, ctx, &a).await,
                         Err(e) => {
-                            return self
-                                .refuse(session, ctx, Refusal::ApprovalUnavailable(e.to_string()))
-                                .await
+                            return self.store_down(session, ctx, e).await;
                         }
                     }
                 }
@@ -136,9 +135,7 @@ impl Gateway {
                     Ok((a, Some(rx))) => (a, rx),
                     Ok((_, None)) => unreachable!("create(wait=true) returns a receiver"),
                     Err(e) => {
-                        return self
-                            .refuse(session, ctx, Refusal::ApprovalUnavailable(e.to_string()))
-                            .await
+                        return self.store_down(session, ctx, e).await;
                     }
                 };
                 ctx.approval_id = Some(a.id.clone());
@@ -150,14 +147,13 @@ impl Gateway {
                         svc.abandon(&a.id).await;
                         ctx.decision = "error";
                         ctx.reason = Some("approval_abandoned");
-                        return Error::e_explain(ErrorType::ConnectionClosed, "agent disconnected while its call was held for approval");
+                        // The agent's side ended the call: a downstream error, nothing to answer.
+                        return Err(Error::explain(ErrorType::ConnectionClosed, "agent disconnected while its call was held for approval").into_down());
                     }
                 };
                 match outcome {
                     Err(e) => {
-                        return self
-                            .refuse(session, ctx, Refusal::ApprovalUnavailable(e.to_string()))
-                            .await
+                        return self.store_down(session, ctx, e).await;
                     }
                     Ok(HoldOutcome::TimedOut(a)) => {
                         return self
@@ -185,18 +181,32 @@ impl Gateway {
         match svc.consume(&approval).await {
             Ok(true) => {}
             Ok(false) => {
+                // Lost the race to an identical call, or expired in the meantime.
                 let fresh = svc.get(&approval.id).await.unwrap_or(approval);
-                return self
-                    .refuse(session, ctx, Refusal::ApprovalTimeout { id: fresh.id })
-                    .await;
+                let r = if fresh.status == Status::Used {
+                    Refusal::ApprovalUsed { id: fresh.id }
+                } else {
+                    Refusal::ApprovalTimeout { id: fresh.id }
+                };
+                return self.refuse(session, ctx, r).await;
             }
             Err(e) => {
-                return self
-                    .refuse(session, ctx, Refusal::ApprovalUnavailable(e.to_string()))
-                    .await
+                return self.store_down(session, ctx, e).await;
             }
         }
         self.execute(session, ctx, bound.body).await
+    }
+
+    /// The store failed: log why (it names files), refuse without forwarding (fail closed).
+    async fn store_down(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        e: crate::approval::store::StoreError,
+    ) -> Result<bool> {
+        tracing::error!(request_id = %ctx.request_id, error = %e, "approval store unavailable; refusing the call");
+        self.refuse(session, ctx, Refusal::ApprovalUnavailable)
+            .await
     }
 
     fn new_approval(

@@ -430,7 +430,8 @@ impl ProxyHttp for Gateway {
             (None, ErrorSource::Downstream) => {
                 // The agent went away or sent garbage: nobody to answer, or a plain 400.
                 ctx.decision = "error";
-                ctx.reason = Some("client_error");
+                // Keep a more precise reason set before (e.g. approval_abandoned).
+                ctx.reason = ctx.reason.or(Some("client_error"));
                 let code = match e.etype() {
                     ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
                     _ => 400,

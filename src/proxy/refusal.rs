@@ -55,8 +55,13 @@ pub enum Refusal {
         /// Approval id.
         id: String,
     },
+    /// The approval was used by an identical call that got there first.
+    ApprovalUsed {
+        /// Approval id.
+        id: String,
+    },
     /// The approval store cannot be used: fail closed.
-    ApprovalUnavailable(String),
+    ApprovalUnavailable,
     /// An unexpected failure inside the gateway.
     Internal,
 }
@@ -279,11 +284,16 @@ impl Refusal {
                     "no approver decided on this call in time (approval {id}); nothing was sent to the tool. Ask the agent's owner before retrying"
                 ))
             }
-            Refusal::ApprovalUnavailable(why) => {
-                retry_after = Some(30);
-                (503, "approval_unavailable", format!(
-                    "this call needs human approval, but approvals cannot be recorded right now ({why}); it was refused and nothing was sent to the tool. Retry later"
+            Refusal::ApprovalUsed { id } => {
+                extra.insert("approval_id".into(), json!(id));
+                (409, "approval_used", format!(
+                    "approval {id} was already used by an identical call; each approval lets one call through. Send the request again to ask for a new approval"
                 ))
+            }
+            // The store's own error names files and paths: it goes to the log, never to agents.
+            Refusal::ApprovalUnavailable => {
+                retry_after = Some(30);
+                (503, "approval_unavailable", "this call needs human approval, but approvals cannot be recorded right now; it was refused and nothing was sent to the tool. Retry later".into())
             }
             Refusal::Internal => (
                 500,

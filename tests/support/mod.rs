@@ -1024,3 +1024,102 @@ pub fn cli(args: &[&str], cwd: &Path) -> std::process::Output {
         .output()
         .expect("run portcullis")
 }
+
+// ---------------------------------------------------------------------------------------------
+// Edited configurations, restarts and the CLI with extra environment (approvals tests)
+
+/// Start `portcullis run` in `layout` (config file already written); stdout/stderr are appended
+/// to, so that the output of a restarted process follows that of the previous one.
+fn spawn_in(layout: &Layout, setup: &Setup) -> Child {
+    let open = |name: &str| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(layout.dir.join(name))
+            .unwrap()
+    };
+    Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .arg("run")
+        .arg("-c")
+        .arg(layout.config_path())
+        .current_dir(&layout.dir)
+        .env("TEST_UPSTREAM_KEY", SECRET)
+        .env("RUST_LOG", setup.rust_log)
+        .env_remove("PORTCULLIS_CONFIG")
+        .env_remove("HTTP_PROXY")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("ALL_PROXY")
+        .env_remove("http_proxy")
+        .env_remove("https_proxy")
+        .env_remove("all_proxy")
+        .stdin(Stdio::null())
+        .stdout(open("stdout.txt"))
+        .stderr(open("stderr.txt"))
+        .spawn()
+        .expect("spawn portcullis")
+}
+
+impl Gateway {
+    /// Like [`Gateway::start`], with the rendered configuration passed through `edit` first (for
+    /// settings the template has no placeholder for, such as extra agents).
+    pub async fn start_edited(setup: Setup, edit: impl FnOnce(String) -> String) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout {
+            dir: dir.path().to_path_buf(),
+            proxy: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            closed_port: free_port(),
+        };
+        let key = portcullis::identity::generate_signing_key().unwrap();
+        std::fs::write(layout.signing_key_path(), key).unwrap();
+        std::fs::write(layout.config_path(), edit(render(&setup, &layout))).unwrap();
+        let child = spawn_in(&layout, &setup);
+        let mut gw = Gateway {
+            child,
+            exited: None,
+            layout,
+            setup,
+            _dir: dir,
+        };
+        gw.wait_ready().await;
+        gw
+    }
+
+    /// SIGTERM, then wait (within [`POLL_TIMEOUT`]) for the process to exit.
+    pub async fn stop(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        match self.wait_exit(POLL_TIMEOUT).await {
+            Some(st) => st,
+            None => panic!(
+                "portcullis still running {POLL_TIMEOUT:?} after SIGTERM; stderr:\n{}",
+                self.stderr()
+            ),
+        }
+    }
+
+    /// Start a new process on the same directory, ports and configuration file as the one that
+    /// exited (see [`Gateway::stop`]), and wait until it is ready.
+    pub async fn restart(&mut self) {
+        assert!(
+            self.exited.is_some() || !self.is_running(),
+            "restart() needs the previous process to have exited"
+        );
+        self.child = spawn_in(&self.layout, &self.setup);
+        self.exited = None;
+        self.wait_ready().await;
+    }
+}
+
+/// [`cli`] with extra environment variables.
+pub fn cli_env(args: &[&str], cwd: &Path, envs: &[(&str, &str)]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .current_dir(cwd)
+        .env("TEST_UPSTREAM_KEY", SECRET)
+        .env_remove("PORTCULLIS_CONFIG")
+        .env_remove("PORTCULLIS_APPROVER_TOKEN")
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run portcullis")
+}
