@@ -10,6 +10,16 @@ use std::net::IpAddr;
 pub const OWNED_PREFIX: &str = "x-portcullis-";
 /// Request id header, set by the gateway only.
 pub const REQUEST_ID: &str = "x-request-id";
+/// The calling agent's id.
+pub static AGENT: HeaderName = HeaderName::from_static("x-portcullis-agent");
+/// The agent's human owner.
+pub static OWNER: HeaderName = HeaderName::from_static("x-portcullis-owner");
+/// The route that allowed the call.
+pub static ROUTE: HeaderName = HeaderName::from_static("x-portcullis-route");
+/// Effective scopes, space-separated.
+pub static SCOPES: HeaderName = HeaderName::from_static("x-portcullis-scopes");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID);
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// The bearer token, if the request carries exactly one well-formed `Authorization: Bearer`.
 ///
@@ -126,11 +136,12 @@ pub fn prepare_upstream_request(
     req.set_uri(uri);
     req.insert_header(HOST, up.authority.as_str())?;
 
-    req.insert_header(format!("{OWNED_PREFIX}agent"), &*f.agent.id)?;
-    req.insert_header(format!("{OWNED_PREFIX}owner"), &*f.agent.owner)?;
-    req.insert_header(format!("{OWNED_PREFIX}route"), f.route)?;
-    req.insert_header(format!("{OWNED_PREFIX}scopes"), f.scopes)?;
-    req.insert_header(REQUEST_ID, f.request_id)?;
+    // Static names: this runs on every forwarded call.
+    req.insert_header(AGENT.clone(), &*f.agent.id)?;
+    req.insert_header(OWNER.clone(), &*f.agent.owner)?;
+    req.insert_header(ROUTE.clone(), f.route)?;
+    req.insert_header(SCOPES.clone(), f.scopes)?;
+    req.insert_header(X_REQUEST_ID.clone(), f.request_id)?;
 
     // Append, never trust: the client's X-Forwarded-For is passed on but decides nothing.
     if let Some(ip) = f.client_ip {
@@ -142,7 +153,7 @@ pub fn prepare_upstream_request(
             Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
             _ => ip.to_string(),
         };
-        req.insert_header("x-forwarded-for", xff)?;
+        req.insert_header(X_FORWARDED_FOR.clone(), xff)?;
     }
     if let Some(c) = &up.credential {
         req.insert_header(c.header.clone(), c.value.0.clone())?;
