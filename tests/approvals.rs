@@ -36,6 +36,8 @@ struct Opts {
     supervised_agent: bool,
     /// `server.grace_period`.
     grace: &'static str,
+    /// Accept fixture-IdP tokens carrying `portcullis_approver` as approvers.
+    jwt_approvers: bool,
 }
 
 impl Default for Opts {
@@ -46,6 +48,7 @@ impl Default for Opts {
             webhook: None,
             supervised_agent: false,
             grace: "5s",
+            jwt_approvers: false,
         }
     }
 }
@@ -146,7 +149,12 @@ approvals:
       token_sha256: "{b}"
     - name: carol
       token_sha256: "{c}"
-{webhook}"#,
+{jwt}{webhook}"#,
+        jwt = if opts.jwt_approvers {
+            "  jwt_approvers: {issuer: fixture-idp, claim: portcullis_approver}\n"
+        } else {
+            ""
+        },
         hold_timeout = opts.hold_timeout,
         max_body = opts.max_body_bytes,
         a = sha256_hex(alice),
@@ -771,6 +779,56 @@ async fn async_retry_of_a_denied_call_is_told_the_denial() {
     let changed = env.post(path, &agent, &refund_body(3000)).await;
     assert_ne!(assert_pending(&changed), id);
     assert_eq!(env.up.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idp_tokens_with_the_approver_claim_approve_and_agents_never_do() {
+    let env = start(Opts {
+        jwt_approvers: true,
+        ..Opts::default()
+    })
+    .await;
+    let path = "/api/payouts/41?currency=EUR";
+    let body = refund_body(4100);
+    let agent = token("support-bot", READ);
+    let id = assert_pending(&env.post(path, &agent, &body).await);
+
+    let with_claim = |sub: &str, scopes: &[&str], claim: Value| {
+        let mut c = claims_for(FIXTURE_ISS, sub, scopes);
+        c["portcullis_approver"] = claim;
+        token_with(c)
+    };
+    // A registered agent's token is refused even when it carries the claim.
+    let sneaky = with_claim("support-bot", READ, json!(true));
+    let r = env.vote(&id, &sneaky, "approve", "self-approval").await;
+    assert_eq!(
+        (r.status, r.body["error"].clone()),
+        (403, json!("agent_token_refused"))
+    );
+    // A person's token without the claim, or with `false`, is refused.
+    let plain = token_with(claims_for(FIXTURE_ISS, "erin@example.com", &[]));
+    let r = env.vote(&id, &plain, "approve", "no claim").await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let falsy = with_claim("erin@example.com", &[], json!(false));
+    assert_eq!(env.vote(&id, &falsy, "approve", "false").await.status, 403);
+    assert_eq!(env.approval(&id).await["status"], "pending");
+
+    // The claim may name the approver; `true` means the subject.
+    let dana = with_claim("dana@example.com", &[], json!(true));
+    let v = env
+        .vote_ok(&id, &dana, "approve", "checked the payout")
+        .await;
+    assert_eq!(v["status"], "approved");
+    assert_eq!(v["decided_by"], json!(["dana@example.com"]));
+    let named = with_claim("u-123", &[], json!("Frank Ops"));
+    let who = env
+        .admin(reqwest::Method::GET, "/api/whoami", Some(&named), None)
+        .await;
+    assert_eq!(who.body["approver"], "Frank Ops", "{}", who.body);
+
+    let done = env.post(path, &agent, &body).await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert_eq!(env.up.hits(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -50,7 +50,8 @@ impl FromRequestParts<Arc<GatewayState>> for ApproverName {
         parts: &mut Parts,
         state: &Arc<GatewayState>,
     ) -> Result<Self, Self::Rejection> {
-        let snap = state.snapshot.load();
+        // An owned snapshot: the IdP-token check below awaits.
+        let snap = state.snapshot.load_full();
         let Some(settings) = snap.approvals.as_ref() else {
             return Err(not_configured());
         };
@@ -74,10 +75,22 @@ impl FromRequestParts<Arc<GatewayState>> for ApproverName {
             return Ok(ApproverName(a.name.clone()));
         }
         if token.split('.').count() == 3 {
+            // A person's IdP token may approve if it is valid, from the configured issuer, and
+            // carries the approver claim. An agent never approves: a token whose subject is a
+            // registered agent is refused even if it (wrongly) carries the claim.
+            if let Some((issuer, _)) = &settings.jwt_approvers {
+                if let Ok(t) = snap.verifier.verify(token).await {
+                    if &*t.issuer == issuer.as_str() && !snap.agents.contains_key(&t.subject) {
+                        if let Some(name) = &t.approver {
+                            return Ok(ApproverName(name.clone()));
+                        }
+                    }
+                }
+            }
             return Err(error(
                 StatusCode::FORBIDDEN,
                 "agent_token_refused",
-                "this looks like an agent's JWT; agent tokens can never approve or view approvals. Sign in with an approver token",
+                "this JWT does not belong to an approver (agent tokens can never approve or view approvals); sign in with an approver token or an IdP token carrying the approver claim",
             ));
         }
         Err(error(

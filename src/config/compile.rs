@@ -163,7 +163,7 @@ impl Compiler<'_> {
 
     fn compile(&mut self, raw: RawConfig, text: &str, ctx: &LoadContext) -> Option<Snapshot> {
         let settings = self.settings(&raw);
-        let identity = self.identity(&raw.identity);
+        let mut identity = self.identity(&raw.identity);
         let issuers = self.issuers(&raw.issuers);
         let token_service = self.token_service(&raw, &identity);
         let upstreams = self.upstreams(&raw.upstreams);
@@ -175,8 +175,12 @@ impl Compiler<'_> {
         let approvals = raw
             .approvals
             .as_ref()
-            .map(|a| self.approvals(a, &settings.admin_listen));
+            .map(|a| self.approvals(a, &settings.admin_listen, &raw.issuers));
         let routes = self.routes(&raw.routes, &upstream_index, approvals.as_ref());
+        identity.approver_claim = approvals
+            .as_ref()
+            .and_then(|a| a.jwt_approvers.as_ref())
+            .map(|(_, claim)| claim.clone());
         let agents = self.agents(&raw.agents, &raw.routes, approvals.is_some());
 
         let verifier = if self.issues.is_empty() {
@@ -297,6 +301,7 @@ impl Compiler<'_> {
             subject_claim,
             scope_claims,
             cache_capacity: r.cache_capacity.unwrap_or(d.cache_capacity),
+            approver_claim: None,
         }
     }
 
@@ -720,8 +725,10 @@ impl Compiler<'_> {
         };
         let timeout = self.duration(&format!("{p}.timeout"), &r.timeout, default_timeout);
         let known: Vec<&str> = settings.approvers.iter().map(|a| a.name.as_str()).collect();
+        // With IdP approvers, names come from tokens and cannot be checked here.
+        let open_set = settings.jwt_approvers.is_some();
         for (j, a) in r.approvers.iter().enumerate() {
-            if !known.contains(&a.as_str()) {
+            if !open_set && !known.contains(&a.as_str()) {
                 self.err(
                     format!("{p}.approvers[{j}]"),
                     IssueKind::UnknownReference {
@@ -733,10 +740,10 @@ impl Compiler<'_> {
             }
         }
         let quorum = r.quorum.unwrap_or(1);
-        let eligible = if r.approvers.is_empty() {
-            known.len()
-        } else {
-            r.approvers.len()
+        let eligible = match (r.approvers.is_empty(), open_set) {
+            (true, true) => usize::MAX,
+            (true, false) => known.len(),
+            (false, _) => r.approvers.len(),
         };
         if quorum == 0 {
             self.invalid(format!("{p}.quorum"), "must be at least 1");
@@ -754,7 +761,12 @@ impl Compiler<'_> {
         })
     }
 
-    fn approvals(&mut self, r: &RawApprovals, admin_listen: &str) -> ApprovalSettings {
+    fn approvals(
+        &mut self,
+        r: &RawApprovals,
+        admin_listen: &str,
+        issuers: &[(usize, RawIssuer)],
+    ) -> ApprovalSettings {
         let p = "approvals";
         self.unique(
             "approver",
@@ -784,10 +796,29 @@ impl Compiler<'_> {
                 ),
             }
         }
-        if r.approvers.is_empty() {
+        let jwt_approvers = r.jwt_approvers.as_ref().and_then(|j| {
+            let names: Vec<&str> = issuers.iter().map(|(_, i)| i.name.as_str()).collect();
+            if !names.contains(&j.issuer.as_str()) {
+                self.err(
+                    format!("{p}.jwt_approvers.issuer"),
+                    IssueKind::UnknownReference {
+                        what: "issuer",
+                        name: j.issuer.clone(),
+                        hint: hint(&names),
+                    },
+                );
+                return None;
+            }
+            if j.claim.trim().is_empty() {
+                self.invalid(format!("{p}.jwt_approvers.claim"), "must not be empty");
+                return None;
+            }
+            Some((j.issuer.clone(), j.claim.trim().to_string()))
+        });
+        if r.approvers.is_empty() && r.jwt_approvers.is_none() {
             self.invalid(
                 format!("{p}.approvers"),
-                "list at least one approver: held calls could never be decided",
+                "list at least one approver (or set `jwt_approvers`): held calls could never be decided",
             );
         }
         let max_body_bytes = r.max_body_bytes.unwrap_or(1024 * 1024);
@@ -832,6 +863,7 @@ impl Compiler<'_> {
                 .to_string(),
             approvers,
             webhook,
+            jwt_approvers,
             supervised: Arc::new(ApprovalPolicy {
                 mode: ApprovalMode::Async,
                 timeout: Duration::from_secs(1800),

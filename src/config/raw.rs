@@ -178,6 +178,9 @@ pub struct RawUpstream {
     pub idle_timeout: Option<String>,
     /// SNI / certificate name override for https (default: the URL host).
     pub tls_server_name: Option<String>,
+    /// PEM file of the CA certificates the upstream's certificate must chain to, instead of
+    /// the system roots (https only; relative to the config file).
+    pub tls_ca_file: Option<String>,
     /// Secret the gateway injects.
     pub credential: Option<RawCredential>,
 }
@@ -266,6 +269,18 @@ pub struct RawApprovals {
     pub webhook: Option<RawWebhook>,
     /// Policy for writes of `tier: supervised` agents (default: async, 30m, quorum 1).
     pub supervised: Option<RawApprovalPolicy>,
+    /// Also accept people's JWTs from an IdP that carry an approver claim.
+    pub jwt_approvers: Option<RawJwtApprovers>,
+}
+
+/// People approving with IdP tokens instead of approver tokens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwtApprovers {
+    /// Name of an issuer in `issuers`.
+    pub issuer: String,
+    /// Claim that marks an approver: `true` (the subject approves) or the approver's name.
+    pub claim: String,
 }
 
 /// Access log settings.

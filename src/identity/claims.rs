@@ -24,6 +24,9 @@ pub struct VerifiedToken {
     pub iat: u64,
     /// Expiry, seconds since the epoch.
     pub exp: u64,
+    /// Approver name, when `IdentitySettings::approver_claim` is set and the token carries it
+    /// (`true` → the subject, a non-empty string → that name). Only the admin API reads it.
+    pub approver: Option<String>,
 }
 
 /// What the claim checks need to know about the issuer.
@@ -76,6 +79,14 @@ pub(crate) fn check(
         Some(Value::String(j)) => Some(j.clone()),
         Some(_) => return Err(TokenError::invalid("jti", "it is not a string")),
     };
+    let approver = settings
+        .approver_claim
+        .as_deref()
+        .and_then(|c| match claims.get(c) {
+            Some(Value::Bool(true)) => Some(subject.clone()),
+            Some(Value::String(name)) if !name.trim().is_empty() => Some(name.trim().to_string()),
+            _ => None,
+        });
     Ok(VerifiedToken {
         issuer: expect.issuer_name.clone(),
         subject,
@@ -83,6 +94,7 @@ pub(crate) fn check(
         jti,
         iat,
         exp,
+        approver,
     })
 }
 

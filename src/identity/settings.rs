@@ -32,6 +32,8 @@ pub struct IdentitySettings {
     pub scope_claims: Vec<String>,
     /// How many verified tokens the cache holds.
     pub cache_capacity: u64,
+    /// Claim marking a person allowed to approve held calls (`approvals.jwt_approvers.claim`).
+    pub approver_claim: Option<String>,
 }
 
 impl Default for IdentitySettings {
@@ -43,6 +45,7 @@ impl Default for IdentitySettings {
             subject_claim: "sub".to_owned(),
             scope_claims: vec!["scope".to_owned(), "scp".to_owned()],
             cache_capacity: 10_000,
+            approver_claim: None,
         }
     }
 }

@@ -210,6 +210,7 @@ routes:
             jti: None,
             iat: 0,
             exp: u64::MAX,
+            approver: None,
         }
     }
 

@@ -3,6 +3,7 @@
 use super::route::RouteTable;
 use crate::identity::Verifier;
 use http::{HeaderName, HeaderValue};
+use pingora::protocols::tls::CaType;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
@@ -86,6 +87,8 @@ pub struct ApprovalSettings {
     pub webhook: Option<WebhookSettings>,
     /// Policy for supervised agents' writes.
     pub supervised: Arc<ApprovalPolicy>,
+    /// People approving with IdP JWTs: (issuer config name, claim).
+    pub jwt_approvers: Option<(String, String)>,
 }
 
 impl ApprovalSettings {
@@ -139,6 +142,31 @@ pub struct Upstream {
     pub idle_timeout: Duration,
     /// Injected credential.
     pub credential: Option<Credential>,
+    /// Private trust anchors (`tls_ca_file`); `None` = the system roots.
+    pub tls_ca: Option<UpstreamCa>,
+}
+
+/// The CA certificates of an upstream's `tls_ca_file`, parsed once per load into what each
+/// TLS client needs.
+#[derive(Clone)]
+pub struct UpstreamCa {
+    /// For pingora's per-peer root store (`PeerOptions::ca`).
+    pub pingora: Arc<CaType>,
+    /// The same certificates for the approval executor's reqwest client.
+    pub reqwest: Vec<reqwest::Certificate>,
+    /// Digest of the certificates. Pingora's connection pool and the executor's client cache
+    /// are keyed without the roots; this keeps connections verified against different roots
+    /// (another upstream, or the same one after the file changed) apart.
+    pub id: u64,
+}
+
+impl fmt::Debug for UpstreamCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamCa")
+            .field("certificates", &self.pingora.len())
+            .field("id", &format_args!("{:016x}", self.id))
+            .finish()
+    }
 }
 
 /// Where access-log lines go.
