@@ -8,6 +8,8 @@ use crate::policy::AccessLogTarget;
 use crate::proxy::Gateway;
 use crate::state::{new_key_store, GatewayState};
 use async_trait::async_trait;
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
@@ -16,6 +18,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Read buffer per agent connection (see `run`).
+const DOWNSTREAM_READ_BUFFER: usize = 8 * 1024;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +66,6 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: settings.upstream_keepalive_pool,
-        work_stealing: false,
         pid_file: std::env::temp_dir()
             .join(format!("portcullis-{}.pid", std::process::id()))
             .display()
@@ -77,7 +81,15 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
         "portcullis proxy",
     );
     for addr in &settings.proxy_listen {
-        proxy.add_tcp(addr);
+        // pingora's default 64 KiB read buffer is allocated (zeroed) per connection; with keepalive
+        // agents and thousands of calls held for approval that dominated memory (~116 KiB per held
+        // call). Agent calls are small; 8 KiB read-ahead costs nothing measurable for them.
+        proxy.add_listener(
+            ListenerConfig::tcp(addr.as_str()).l4_buffer(L4BufferSettings::new(
+                DOWNSTREAM_READ_BUFFER,
+                pingora::protocols::l4::stream::DEFAULT_L4_WRITE_BUFFER_SIZE,
+            )),
+        );
     }
     let admin = background_service(
         "portcullis admin",

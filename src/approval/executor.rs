@@ -40,10 +40,14 @@ pub fn is_hop_by_hop(name: &str) -> bool {
     )
 }
 
+/// Upstream name, pinned address, TLS name and CA digest: a reload that changes any of them
+/// gets a new client.
+type ClientKey = (String, SocketAddr, String, Option<u64>);
+
 /// One HTTP client per upstream definition, reused across calls (keepalive).
 #[derive(Default)]
 pub struct Executor {
-    clients: Mutex<HashMap<(String, SocketAddr, String), reqwest::Client>>,
+    clients: Mutex<HashMap<ClientKey, reqwest::Client>>,
 }
 
 impl Executor {
@@ -53,12 +57,25 @@ impl Executor {
     }
 
     fn client(&self, up: &Upstream) -> Result<reqwest::Client, ExecError> {
-        let key = (up.name.to_string(), up.addr, up.sni.clone());
+        let key = (
+            up.name.to_string(),
+            up.addr,
+            up.sni.clone(),
+            up.tls_ca.as_ref().map(|ca| ca.id),
+        );
         let mut map = lock(&self.clients);
         if let Some(c) = map.get(&key) {
             return Ok(c.clone());
         }
-        let c = reqwest::Client::builder()
+        let mut b = reqwest::Client::builder();
+        if let Some(ca) = &up.tls_ca {
+            // Like the proxy path: these CAs instead of the built-in roots, not in addition.
+            b = b.tls_built_in_root_certs(false);
+            for cert in &ca.reqwest {
+                b = b.add_root_certificate(cert.clone());
+            }
+        }
+        let c = b
             // The address was resolved when the config was loaded, like the proxy path.
             .resolve(&up.sni, up.addr)
             .connect_timeout(up.connect_timeout)

@@ -8,12 +8,17 @@ use super::parse::parse;
 use super::raw::*;
 use super::secret;
 use crate::identity::{IdentitySettings, IssuerConfig, KeySource, KeyStore, Verifier};
+use crate::policy::snapshot::UpstreamCa;
 use crate::policy::{
     AccessLogTarget, Agent, ApprovalMode, ApprovalPolicy, ApprovalSettings, Approver, Credential,
     HostPattern, PathPattern, Route, RouteTable, Secret, Settings, Snapshot, TokenService,
     Upstream, WebhookSettings,
 };
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
 use http::{HeaderName, HeaderValue, Method, Uri};
+use pingora::tls::{CertificateDer, RootCertStore};
+use pingora::utils::tls::{parse_x509, WrappedX509};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashMap};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -606,6 +611,17 @@ impl Compiler<'_> {
                 return None;
             }
         };
+        let tls_ca = match &r.tls_ca_file {
+            None => None,
+            Some(_) if !tls => {
+                self.invalid(
+                    format!("{p}.tls_ca_file"),
+                    "only valid with an https:// URL",
+                );
+                None
+            }
+            Some(f) => self.ca_file(&format!("{p}.tls_ca_file"), f),
+        };
         let Some(auth) = uri.authority() else {
             self.invalid(&up, "the URL has no host");
             return None;
@@ -633,12 +649,17 @@ impl Compiler<'_> {
                 return None;
             }
         };
+        let sni = r.tls_server_name.clone().unwrap_or_else(|| host.clone());
+        if tls && sni.is_empty() {
+            // Pingora skips certificate verification altogether for an empty SNI.
+            self.invalid(format!("{p}.tls_server_name"), "must not be empty");
+        }
         let base_path = uri.path().trim_end_matches('/').to_string();
         Some(Upstream {
             name: r.name.as_str().into(),
             addr,
             tls,
-            sni: r.tls_server_name.clone().unwrap_or_else(|| host.clone()),
+            sni,
             authority: auth.as_str().to_string(),
             base_path,
             connect_timeout,
@@ -646,6 +667,67 @@ impl Compiler<'_> {
             write_timeout,
             idle_timeout,
             credential,
+            tls_ca,
+        })
+    }
+
+    /// Read, check and convert the certificates of a `tls_ca_file` (`p` is its field path).
+    fn ca_file(&mut self, p: &str, f: &str) -> Option<UpstreamCa> {
+        // Bytes, not a string: a DER or binary file gets "no PEM certificate", not a UTF-8 error.
+        let text = match std::fs::read(self.file_path(f)) {
+            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+            Err(e) => {
+                self.invalid(p, format!("cannot read `{f}`: {e}"));
+                return None;
+            }
+        };
+        let ders = match pem_certificates(&text) {
+            Ok(d) if d.is_empty() => {
+                self.invalid(p, format!("`{f}` contains no PEM certificate"));
+                return None;
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.invalid(p, format!("`{f}`: {e}"));
+                return None;
+            }
+        };
+        // Parse each one now as rustls will at connect time, so that a bad certificate is a
+        // config error rather than a failed call (and pingora's own parser, which panics on
+        // bad DER, only ever sees certificates that parse).
+        let mut roots = RootCertStore::empty();
+        for (n, der) in ders.iter().enumerate() {
+            if let Err(e) = roots.add(CertificateDer::from(der.as_slice())) {
+                self.invalid(
+                    p,
+                    format!("certificate {} in `{f}` is not usable: {e}", n + 1),
+                );
+                return None;
+            }
+        }
+        let mut digest = Sha256::new();
+        for der in &ders {
+            digest.update(der);
+        }
+        let digest = digest.finalize();
+        let reqwest = match ders
+            .iter()
+            .map(|d| reqwest::Certificate::from_der(d))
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                self.invalid(p, format!("`{f}`: {e}"));
+                return None;
+            }
+        };
+        Some(UpstreamCa {
+            pingora: ders
+                .into_iter()
+                .map(|d| WrappedX509::new(d, parse_x509))
+                .collect(),
+            reqwest,
+            id: u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")),
         })
     }
 
@@ -1091,6 +1173,29 @@ fn hint(names: &[&str]) -> String {
     } else {
         format!("; defined: {}", names.join(", "))
     }
+}
+
+/// DER bytes of every `CERTIFICATE` block of a PEM text, in order. Text between blocks (as in
+/// `openssl` bundles) and other blocks are skipped. (`identity::pem` reads one block only.)
+fn pem_certificates(text: &str) -> Result<Vec<Vec<u8>>, String> {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(BEGIN) {
+        let n = out.len() + 1;
+        let block = &rest[start + BEGIN.len()..];
+        let Some(end) = block.find(END) else {
+            return Err(format!("certificate {n} has no `{END}` line"));
+        };
+        let b64: String = block[..end].split_whitespace().collect();
+        let der = STANDARD
+            .decode(b64)
+            .map_err(|e| format!("certificate {n} is not valid base64: {e}"))?;
+        out.push(der);
+        rest = &block[end + END.len()..];
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

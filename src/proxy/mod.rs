@@ -369,6 +369,14 @@ impl ProxyHttp for Gateway {
         peer.options.read_timeout = Some(up.read_timeout);
         peer.options.write_timeout = Some(up.write_timeout);
         peer.options.idle_timeout = Some(up.idle_timeout);
+        // verify_cert and verify_hostname stay at their default (on): a private CA replaces
+        // the roots, never the checks.
+        if let Some(ca) = &up.tls_ca {
+            peer.options.ca = Some(ca.pingora.clone());
+            // The pool key ignores `ca`: without this, a connection verified against other
+            // roots (another upstream, or a previous CA file) could be reused.
+            peer.group_key = ca.id;
+        }
         ctx.upstream_started = Some(Instant::now());
         Ok(Box::new(peer))
     }

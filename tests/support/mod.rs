@@ -1123,3 +1123,23 @@ pub fn cli_env(args: &[&str], cwd: &Path, envs: &[(&str, &str)]) -> std::process
         .output()
         .expect("run portcullis")
 }
+
+// ---------------------------------------------------------------------------------------------
+// Upstreams on other listeners (TLS tests)
+
+impl Upstream {
+    /// Like [`Upstream::start`], serving the same echo app on `listener` (e.g. one that speaks
+    /// TLS).
+    pub async fn start_on<L>(listener: L) -> Upstream
+    where
+        L: axum::serve::Listener<Addr = SocketAddr>,
+    {
+        let state = Arc::new(UpstreamState::default());
+        let app = Router::new().fallback(echo).with_state(state.clone());
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Upstream { addr, state }
+    }
+}
