@@ -20,6 +20,7 @@ use notify::{ApprovalNotice, Notifier, WebhookConfig};
 use serde::Serialize;
 use sqlite::SqliteStore;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use store::{Approval, ApprovalStore, ListFilter, NewApproval, Status, StoreError};
@@ -69,9 +70,43 @@ pub enum HoldOutcome {
     TimedOut(Approval),
 }
 
-/// Approvals for the proxy and the admin API. Store calls run on tokio's blocking pool.
+/// A job for the store thread.
+type StoreJob = Box<dyn FnOnce(&dyn ApprovalStore) + Send>;
+
+/// One thread that owns every store call, in order.
+///
+/// Why not tokio's blocking pool: the store serializes on one SQLite connection anyway, so a
+/// burst of 10,000 held calls became hundreds of pool threads (tokio's cap is 512) parked on
+/// the same mutex, each with its own stack and allocator arenas.
+struct StoreWorker {
+    tx: std::sync::mpsc::Sender<StoreJob>,
+}
+
+impl StoreWorker {
+    fn start(store: Arc<dyn ApprovalStore>) -> Result<StoreWorker, StoreError> {
+        let (tx, rx) = std::sync::mpsc::channel::<StoreJob>();
+        std::thread::Builder::new()
+            .name("approval-store".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    job(store.as_ref());
+                }
+            })
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the store thread: {e}")))?;
+        Ok(StoreWorker { tx })
+    }
+
+    fn submit(&self, job: StoreJob) -> Result<(), StoreError> {
+        self.tx
+            .send(job)
+            .map_err(|_| StoreError::Unavailable("the approval store thread stopped".into()))
+    }
+}
+
+/// Approvals for the proxy and the admin API. Store calls run on one dedicated thread.
 pub struct ApprovalService {
-    store: Arc<dyn ApprovalStore>,
+    worker: StoreWorker,
+    recount_queued: Arc<AtomicBool>,
     waiters: Mutex<HashMap<String, oneshot::Sender<Approval>>>,
     notifier: Notifier,
     metrics: Arc<Metrics>,
@@ -113,7 +148,8 @@ impl ApprovalService {
             metrics.approval_notification_failures.clone(),
         );
         let svc = ApprovalService {
-            store: Arc::new(store),
+            worker: StoreWorker::start(Arc::new(store))?,
+            recount_queued: Arc::new(AtomicBool::new(false)),
             waiters: Mutex::new(HashMap::new()),
             notifier,
             metrics,
@@ -125,19 +161,37 @@ impl ApprovalService {
         Ok(svc)
     }
 
+    /// Run `f` on the store thread and wait for its answer without blocking the caller's
+    /// runtime.
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&dyn ApprovalStore) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(store.as_ref()))
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+        let (tx, rx) = oneshot::channel();
+        self.worker.submit(Box::new(move |s| {
+            let _ = tx.send(f(s));
+        }))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the approval store thread stopped".into()))?
     }
 
+    /// Recount pending approvals on the store thread. A burst of calls queues at most one
+    /// recount: COUNT(*) grows with the number pending, and thousands of them would starve
+    /// the store thread.
     fn refresh_pending_gauge(&self) {
-        if let Ok(n) = self.store.count_pending() {
-            self.metrics.approvals_pending.set(n as i64);
+        if self.recount_queued.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let gauge = self.metrics.approvals_pending.clone();
+        let flag = self.recount_queued.clone();
+        let queued = self.worker.submit(Box::new(move |s| {
+            flag.store(false, Ordering::Release);
+            if let Ok(n) = s.count_pending() {
+                gauge.set(n as i64);
+            }
+        }));
+        if queued.is_err() {
+            self.recount_queued.store(false, Ordering::Release);
         }
     }
 
