@@ -420,9 +420,8 @@ impl ApprovalService {
         agent: &str,
         digest: &str,
     ) -> Result<Option<Approval>, StoreError> {
-        let (a, d) = (agent.to_string(), digest.to_string());
-        let now = now_ms();
-        self.blocking(move |s| s.find_open(&a, &d, now)).await
+        self.find_by_digest(agent, digest, |s, a, d, now| s.find_open(a, d, now))
+            .await
     }
 
     /// The newest unexpired denial of this agent's exact request, if any.
@@ -431,9 +430,19 @@ impl ApprovalService {
         agent: &str,
         digest: &str,
     ) -> Result<Option<Approval>, StoreError> {
+        self.find_by_digest(agent, digest, |s, a, d, now| s.find_denied(a, d, now))
+            .await
+    }
+
+    async fn find_by_digest(
+        &self,
+        agent: &str,
+        digest: &str,
+        find: fn(&dyn ApprovalStore, &str, &str, i64) -> Result<Option<Approval>, StoreError>,
+    ) -> Result<Option<Approval>, StoreError> {
         let (a, d) = (agent.to_string(), digest.to_string());
         let now = now_ms();
-        self.blocking(move |s| s.find_denied(&a, &d, now)).await
+        self.blocking(move |s| find(s, &a, &d, now)).await
     }
 
     /// Use an approved approval, at most once.

@@ -120,30 +120,38 @@ mod tests {
         s.iter().map(|s| s.to_string()).collect()
     }
 
-    #[tokio::test]
-    async fn issued_tokens_verify_against_the_signing_key_file() {
-        let key_file = fixture_path("es256.key.pem");
-        let verifier = verifier_for(
+    /// A verifier trusting the ES256 fixture key as a signing-key file (kid `gw-1`).
+    fn signing_file_verifier() -> crate::identity::Verifier {
+        verifier_for(
             vec![KeySource::SigningKeyFile {
-                path: key_file,
+                path: fixture_path("es256.key.pem"),
                 kid: "gw-1".into(),
             }],
             vec![Algorithm::ES256],
             IdentitySettings::default(),
-        );
-        let pem = fixture("es256.key.pem");
-        let token = issue_token(
-            pem.as_bytes(),
+        )
+    }
+
+    /// A token for `agent-7` signed with the fixture key.
+    fn fixture_token(scope: &[&str], ttl: u64, backdate: u64, jti: Option<&str>) -> String {
+        issue_token(
+            fixture("es256.key.pem").as_bytes(),
             "gw-1",
             ISS,
             "gw",
             "agent-7",
-            &scopes(&["read", "write"]),
-            Duration::from_secs(600),
-            Duration::from_secs(5),
-            Some("fixed-jti".into()),
+            &scopes(scope),
+            Duration::from_secs(ttl),
+            Duration::from_secs(backdate),
+            jti.map(str::to_string),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn issued_tokens_verify_against_the_signing_key_file() {
+        let verifier = signing_file_verifier();
+        let token = fixture_token(&["read", "write"], 600, 5, Some("fixed-jti"));
         let t = verifier.verify(&token).await.unwrap();
         assert_eq!(t.subject, "agent-7");
         assert_eq!(t.scopes, ["read", "write"]);
@@ -166,27 +174,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_token_backdated_past_its_lifetime_is_refused_as_expired() {
-        let verifier = verifier_for(
-            vec![KeySource::SigningKeyFile {
-                path: fixture_path("es256.key.pem"),
-                kid: "gw-1".into(),
-            }],
-            vec![Algorithm::ES256],
-            IdentitySettings::default(),
-        );
-        let pem = fixture("es256.key.pem");
-        let token = issue_token(
-            pem.as_bytes(),
-            "gw-1",
-            ISS,
-            "gw",
-            "agent-7",
-            &scopes(&["read"]),
-            Duration::from_secs(300),
-            Duration::from_secs(3600),
-            None,
-        )
-        .unwrap();
+        let verifier = signing_file_verifier();
+        let token = fixture_token(&["read"], 300, 3600, None);
         let err = verifier.verify(&token).await.unwrap_err();
         assert_eq!(err.code(), "expired", "{err}");
     }
