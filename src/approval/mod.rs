@@ -70,6 +70,9 @@ pub enum HoldOutcome {
     TimedOut(Approval),
 }
 
+/// A store lookup by (agent, request digest, now).
+type FindByDigest = fn(&dyn ApprovalStore, &str, &str, i64) -> Result<Option<Approval>, StoreError>;
+
 /// A job for the store thread.
 type StoreJob = Box<dyn FnOnce(&dyn ApprovalStore) + Send>;
 
@@ -438,7 +441,7 @@ impl ApprovalService {
         &self,
         agent: &str,
         digest: &str,
-        find: fn(&dyn ApprovalStore, &str, &str, i64) -> Result<Option<Approval>, StoreError>,
+        find: FindByDigest,
     ) -> Result<Option<Approval>, StoreError> {
         let (a, d) = (agent.to_string(), digest.to_string());
         let now = now_ms();
