@@ -66,6 +66,7 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: settings.upstream_keepalive_pool,
+        work_stealing: settings.work_stealing,
         pid_file: std::env::temp_dir()
             .join(format!("portcullis-{}.pid", std::process::id()))
             .display()

@@ -100,10 +100,11 @@ impl GatewayState {
                 if new.settings.proxy_listen != old.settings.proxy_listen
                     || new.settings.admin_listen != old.settings.admin_listen
                     || new.settings.threads != old.settings.threads
+                    || new.settings.work_stealing != old.settings.work_stealing
                     || new.settings.access_log != old.settings.access_log
                 {
                     tracing::warn!(
-                        "listeners, threads and access_log changed in the file; they take effect at the next restart"
+                        "listeners, threads, work_stealing and access_log changed in the file; they take effect at the next restart"
                     );
                 }
                 if let Err(e) = self.ensure_approvals(&new) {

@@ -274,6 +274,7 @@ impl Compiler<'_> {
             max_path_length,
             watch_config: s.watch_config.unwrap_or(true),
             upstream_keepalive_pool: s.upstream_keepalive_pool.unwrap_or(128),
+            work_stealing: s.work_stealing.unwrap_or(true),
             access_log,
         }
     }

@@ -195,6 +195,8 @@ pub struct Settings {
     pub watch_config: bool,
     /// Idle upstream connections kept.
     pub upstream_keepalive_pool: usize,
+    /// pingora work-stealing runtime (see README: `server.work_stealing`).
+    pub work_stealing: bool,
     /// Access log destination.
     pub access_log: AccessLogTarget,
 }
