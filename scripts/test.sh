@@ -7,7 +7,6 @@ ensure_build_deps
 ensure_test_deps
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --lib --bins --tests --no-fail-fast
-  cargo test --doc
 else
   cargo test --lib --bins --tests
 fi
