@@ -539,27 +539,8 @@ impl Gateway {
         let key = portcullis::identity::generate_signing_key().unwrap();
         std::fs::write(layout.signing_key_path(), key).unwrap();
         std::fs::write(layout.config_path(), render(&setup, &layout)).unwrap();
-        let stdout = std::fs::File::create(layout.dir.join("stdout.txt")).unwrap();
-        let stderr = std::fs::File::create(layout.dir.join("stderr.txt")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .arg("run")
-            .arg("-c")
-            .arg(layout.config_path())
-            .current_dir(&layout.dir)
-            .env("TEST_UPSTREAM_KEY", SECRET)
-            .env("RUST_LOG", setup.rust_log)
-            .env_remove("PORTCULLIS_CONFIG")
-            .env_remove("HTTP_PROXY")
-            .env_remove("HTTPS_PROXY")
-            .env_remove("ALL_PROXY")
-            .env_remove("http_proxy")
-            .env_remove("https_proxy")
-            .env_remove("all_proxy")
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn portcullis");
+        // A fresh directory: appending creates the output files.
+        let child = spawn_in(&layout, &setup);
         Gateway {
             child,
             exited: None,
