@@ -9,10 +9,11 @@ use crate::observe::{AccessLog, Metrics};
 use crate::policy::Snapshot;
 use crate::util::lock;
 use arc_swap::{ArcSwap, ArcSwapOption};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 /// Everything the gateway's parts share.
 pub struct GatewayState {
@@ -30,6 +31,11 @@ pub struct GatewayState {
     pub in_flight: AtomicUsize,
     /// Set on SIGTERM: readiness fails and connections are not kept alive.
     pub draining: AtomicBool,
+    /// The proxy addresses bound at start (a reload cannot rebind them).
+    proxy_listen: Vec<SocketAddr>,
+    /// Set once every proxy listener has accepted a probe connection; see
+    /// [`GatewayState::probe_proxy_listeners`].
+    proxy_accepting: AtomicBool,
     /// Human approvals, when configured.
     pub approvals: ArcSwapOption<ApprovalService>,
     /// Forwards approved calls.
@@ -67,6 +73,13 @@ impl GatewayState {
     ) -> GatewayState {
         metrics.config_version.set(first.version as i64);
         let next = first.version + 1;
+        // Validated as `ip:port` by the config compiler.
+        let proxy_listen = first
+            .settings
+            .proxy_listen
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect();
         GatewayState {
             snapshot: ArcSwap::from_pointee(first),
             metrics,
@@ -75,6 +88,8 @@ impl GatewayState {
             config_path: config_path.to_path_buf(),
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
+            proxy_listen,
+            proxy_accepting: AtomicBool::new(false),
             approvals: ArcSwapOption::empty(),
             executor: Executor::new(),
             next_version: AtomicU64::new(next),
@@ -192,15 +207,107 @@ impl GatewayState {
         }
     }
 
-    /// Ready = keys loaded for every issuer and not draining; `Err` says what is missing.
+    /// Ready = every proxy listener accepting, keys loaded for every issuer, and not draining;
+    /// `Err` says what is missing. Call [`GatewayState::probe_proxy_listeners`] first.
     pub fn readiness(&self) -> Result<(), String> {
         if self.draining.load(Ordering::SeqCst) {
             return Err("draining: the gateway is shutting down".into());
+        }
+        if !self.proxy_accepting.load(Ordering::Acquire) {
+            return Err("the proxy listener is not accepting connections yet".into());
         }
         let snap = self.snapshot.load();
         if !snap.verifier.is_ready() {
             return Err("signing keys are not loaded yet for every issuer".into());
         }
         Ok(())
+    }
+
+    /// Connect once to every proxy listener until all have answered, then remember it.
+    ///
+    /// pingora reports its listening service started before the service's task has bound the
+    /// socket, so "process up" does not mean "proxy port open": a readiness probe (or an agent)
+    /// arriving in that gap would be refused. The probe connection closes without sending a
+    /// byte, which pingora treats as a quiet client hang-up. A wildcard address is probed on the
+    /// loopback address of its family.
+    pub async fn probe_proxy_listeners(&self) {
+        if self.proxy_accepting.load(Ordering::Acquire) {
+            return;
+        }
+        for addr in &self.proxy_listen {
+            let mut target = *addr;
+            if target.ip().is_unspecified() {
+                target.set_ip(match target {
+                    SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+                    SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            let connect = tokio::net::TcpStream::connect(target);
+            if !matches!(
+                tokio::time::timeout(Duration::from_millis(500), connect).await,
+                Ok(Ok(_))
+            ) {
+                return;
+            }
+        }
+        self.proxy_accepting.store(true, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load_str;
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    fn state_listening_on(proxy: &[String]) -> GatewayState {
+        let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys/jwks.json");
+        let yaml = format!(
+            "listen:\n  proxy: {proxy:?}\n  admin: 127.0.0.1:{admin}\n\
+             issuers:\n  - name: idp\n    issuer: https://idp.example.test\n    audiences: [tools]\n    algorithms: [ES256]\n    jwks_file: {keys}\n\
+             agents:\n  - id: bot\n    owner: alice@example.com\n    scopes: [t:read]\n\
+             upstreams:\n  - name: up\n    url: http://127.0.0.1:9/\n\
+             routes:\n  - name: all\n    path: /**\n    upstream: up\n    scopes: [t:read]\n",
+            admin = free_port(),
+        );
+        let metrics = Arc::new(Metrics::new());
+        let key_store = new_key_store(&metrics);
+        let ctx = LoadContext::new(key_store.clone(), 1);
+        let first = load_str(&yaml, Path::new("."), "<test>", &ctx).expect("valid config");
+        let log = Arc::new(AccessLog::start(None, metrics.clone()).unwrap());
+        GatewayState::load(Path::new("gateway.yaml"), metrics, key_store, log, first)
+    }
+
+    #[tokio::test]
+    async fn not_ready_until_every_proxy_listener_accepts() {
+        let (p1, p2) = (free_port(), free_port());
+        let state = state_listening_on(&[format!("127.0.0.1:{p1}"), format!("0.0.0.0:{p2}")]);
+
+        state.probe_proxy_listeners().await;
+        let err = state.readiness().unwrap_err();
+        assert!(err.contains("proxy listener"), "{err}");
+
+        let _first = tokio::net::TcpListener::bind(("127.0.0.1", p1))
+            .await
+            .unwrap();
+        state.probe_proxy_listeners().await;
+        assert!(
+            state.readiness().is_err(),
+            "one of two listeners is not enough"
+        );
+
+        // The wildcard listener is probed on loopback.
+        let _second = tokio::net::TcpListener::bind(("0.0.0.0", p2))
+            .await
+            .unwrap();
+        state.probe_proxy_listeners().await;
+        assert_eq!(state.readiness(), Ok(()));
     }
 }

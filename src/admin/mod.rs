@@ -48,6 +48,7 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(s): State<Arc<GatewayState>>) -> Response {
+    s.probe_proxy_listeners().await;
     let snap = s.snapshot.load();
     match s.readiness() {
         Ok(()) => Json(json!({"status": "ready", "config_version": snap.version, "config_digest": snap.digest})).into_response(),
