@@ -144,6 +144,25 @@ fn good_file_compiles_to_the_expected_snapshot() {
 }
 
 #[test]
+fn work_stealing_defaults_to_on_only_with_more_than_one_thread() {
+    let with = |threads: &str, extra: &str| {
+        let yaml = good_yaml().replace("  threads: 3\n", &format!("  threads: {threads}\n{extra}"));
+        load_str(&yaml, Path::new("."), "<test>", &ctx())
+            .expect("valid config")
+            .settings
+    };
+    let one = with("1", "");
+    assert_eq!((one.threads, one.work_stealing), (1, false));
+    let three = with("3", "");
+    assert_eq!((three.threads, three.work_stealing), (3, true));
+    let forced = with("1", "server:\n  work_stealing: true\n");
+    assert!(
+        forced.work_stealing,
+        "an explicit setting wins over the default"
+    );
+}
+
+#[test]
 fn bundled_gateway_yaml_is_valid() {
     let dir = tempfile::tempdir().unwrap();
     let key = portcullis::identity::generate_signing_key().unwrap();

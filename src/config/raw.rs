@@ -31,7 +31,8 @@ pub struct RawServer {
     pub watch_config: Option<bool>,
     /// Pool of idle upstream connections kept per worker thread (default 128).
     pub upstream_keepalive_pool: Option<usize>,
-    /// One shared work-stealing runtime (default true) or one runtime per thread.
+    /// One shared work-stealing runtime or one runtime per thread (default: work stealing
+    /// when there is more than one worker thread).
     pub work_stealing: Option<bool>,
 }
 
