@@ -45,6 +45,9 @@ fn main() {
         threads: 1,
         work_stealing: false,
         upstream_keepalive_pool_size: 128,
+        // Exit promptly on SIGTERM (pingora's default waits minutes) so the bench can rerun.
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..Default::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
