@@ -1022,7 +1022,13 @@ struct AfterRelease {
     settled_in: Duration,
     wrk: Wrk,
     mem: Mem,
+    /// The same wrk run again after [`IDLE_AFTER_RELEASE`] of quiet: tells a transient
+    /// after-effect of the hang-ups from a lasting one.
+    wrk_later: Wrk,
 }
+
+/// Quiet time before the second after-release wrk run.
+const IDLE_AFTER_RELEASE: Duration = Duration::from_secs(10);
 
 /// Raise the soft open-file limit to the hard one if it is below what holding `held` needs.
 fn raise_nofile(held: usize) -> (u64, u64) {
@@ -1248,10 +1254,17 @@ async fn run(p: &Params, nofile: u64) -> bool {
                 w.cpu.gateway_us_per_req,
                 mib(mem.rss_kib)
             );
+            tokio::time::sleep(IDLE_AFTER_RELEASE).await;
+            let later = wrk(&url, &read_token, p.secs, p.wrk_connections, gw.pid()).await;
+            eprintln!(
+                "  {:.0} req/s {IDLE_AFTER_RELEASE:?} later ({:.1} µs gateway CPU/req)",
+                later.rps, later.cpu.gateway_us_per_req
+            );
             after = Some(AfterRelease {
                 settled_in,
                 wrk: w,
                 mem,
+                wrk_later: later,
             });
         }
         for l in gw
@@ -1490,6 +1503,13 @@ fn report(
             "| … gateway RSS (vs nothing held) | {} ({}) |",
             mib(a.mem.rss_kib),
             mib(last.mem_base.rss_kib)
+        );
+        println!(
+            "| … {} s later: ordinary req/s; gateway CPU per request | {:.0} ({:.3}); {:.1} µs |",
+            IDLE_AFTER_RELEASE.as_secs(),
+            a.wrk_later.rps,
+            a.wrk_later.rps / last.baseline.rps,
+            a.wrk_later.cpu.gateway_us_per_req
         );
     }
     println!("| access-log lines | {} |", thousands(log_lines));
