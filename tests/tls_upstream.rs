@@ -427,12 +427,7 @@ async fn tls_ca_file_problems_are_config_errors_naming_the_field() {
     for (name, text) in files {
         std::fs::write(conf.join(name), text).unwrap();
     }
-    let layout = Layout {
-        dir: conf.clone(),
-        proxy: SocketAddr::from(([127, 0, 0, 1], free_port())),
-        admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
-        closed_port: free_port(),
-    };
+    let layout = Layout::with_free_ports(conf.clone());
     let key = portcullis::identity::generate_signing_key().unwrap();
     std::fs::write(layout.signing_key_path(), key).unwrap();
     let base = render(&Setup::new(&up), &layout);

@@ -58,6 +58,15 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `N` distinct loopback ports nothing listens on right now: all are bound at once before any is
+/// released, so two of them cannot be the same port (as two [`free_port`] calls can be).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
+}
+
 pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -363,6 +372,17 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// Files in `dir`; proxy, admin and the closed upstream on three distinct free ports.
+    pub fn with_free_ports(dir: PathBuf) -> Layout {
+        let [proxy, admin, closed_port] = free_ports();
+        Layout {
+            dir,
+            proxy: SocketAddr::from(([127, 0, 0, 1], proxy)),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin)),
+            closed_port,
+        }
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.join("gateway.yaml")
     }
@@ -529,16 +549,17 @@ impl Gateway {
     }
 
     fn spawn(setup: Setup) -> Gateway {
+        Gateway::spawn_edited(setup, |text| text)
+    }
+
+    /// Write the configuration (through `edit`) and a signing key into a fresh directory, and
+    /// start the process there.
+    fn spawn_edited(setup: Setup, edit: impl FnOnce(String) -> String) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
-        let layout = Layout {
-            dir: dir.path().to_path_buf(),
-            proxy: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            closed_port: free_port(),
-        };
+        let layout = Layout::with_free_ports(dir.path().to_path_buf());
         let key = portcullis::identity::generate_signing_key().unwrap();
         std::fs::write(layout.signing_key_path(), key).unwrap();
-        std::fs::write(layout.config_path(), render(&setup, &layout)).unwrap();
+        std::fs::write(layout.config_path(), edit(render(&setup, &layout))).unwrap();
         // A fresh directory: appending creates the output files.
         let child = spawn_in(&layout, &setup);
         Gateway {
@@ -1044,24 +1065,7 @@ impl Gateway {
     /// Like [`Gateway::start`], with the rendered configuration passed through `edit` first (for
     /// settings the template has no placeholder for, such as extra agents).
     pub async fn start_edited(setup: Setup, edit: impl FnOnce(String) -> String) -> Gateway {
-        let dir = tempfile::tempdir().unwrap();
-        let layout = Layout {
-            dir: dir.path().to_path_buf(),
-            proxy: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            closed_port: free_port(),
-        };
-        let key = portcullis::identity::generate_signing_key().unwrap();
-        std::fs::write(layout.signing_key_path(), key).unwrap();
-        std::fs::write(layout.config_path(), edit(render(&setup, &layout))).unwrap();
-        let child = spawn_in(&layout, &setup);
-        let mut gw = Gateway {
-            child,
-            exited: None,
-            layout,
-            setup,
-            _dir: dir,
-        };
+        let mut gw = Gateway::spawn_edited(setup, edit);
         gw.wait_ready().await;
         gw
     }
