@@ -1,23 +1,27 @@
 //! JSON access log, written off the request path.
 //!
-//! Request tasks hand a finished line to a channel; one writer thread owns the file, drains the
-//! channel every 20 ms and flushes what it wrote, so a burst is written in one go and no request
-//! ever pays for waking the writer. On shutdown the sender side is closed and [`AccessLog::close`] waits
-//! until every queued line is on disk: no line is lost on SIGTERM.
+//! A request task encodes its line into a buffer of its own thread, then appends it to one shared
+//! pending buffer under a mutex held only for that copy. One writer thread owns the file: every
+//! 20 ms it swaps the pending buffer for an empty one and writes what it took in one call, so no
+//! request ever pays for waking the writer, and in steady state no line allocates. On shutdown
+//! [`AccessLog::close`] stops new lines and waits until everything pending is on disk: no line
+//! is lost on SIGTERM.
 
 use crate::observe::Metrics;
-use serde::Serialize;
-use std::io::{BufWriter, Write};
+use crate::util::lock;
+use serde::{Serialize, Serializer};
+use std::cell::RefCell;
+use std::io::Write;
 use std::path::Path;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// One request, as logged. Field names are the log format (see README "Access log").
 #[derive(Debug, Serialize)]
 pub struct AccessRecord<'a> {
     /// RFC 3339 UTC time the request started.
-    pub time: String,
+    pub time: LogTime,
     /// `x-request-id` given to the upstream and the agent.
     pub request_id: &'a str,
     /// Agent id (`null` before authentication).
@@ -60,14 +64,79 @@ pub struct AccessRecord<'a> {
     pub approval_id: Option<&'a str>,
 }
 
+/// A wall-clock time that serializes as RFC 3339 UTC with milliseconds,
+/// `2026-11-28T16:19:37.124Z`.
+///
+/// The date-and-seconds part is formatted once per second on each thread and reused by every
+/// line of that second; only the milliseconds are written per line.
+#[derive(Debug, Clone, Copy)]
+pub struct LogTime(pub SystemTime);
+
+impl Serialize for LogTime {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        thread_local! {
+            static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+        }
+        let Ok(since_epoch) = self.0.duration_since(UNIX_EPOCH) else {
+            let t = chrono::DateTime::<chrono::Utc>::from(self.0);
+            return s.serialize_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        };
+        let secs = since_epoch.as_secs();
+        let mut text = [0u8; 48];
+        let len = SECOND.with(|cell| {
+            let mut second = cell.borrow_mut();
+            if second.0 != secs {
+                let whole = self.0 - Duration::from_nanos(u64::from(since_epoch.subsec_nanos()));
+                second.1 = chrono::DateTime::<chrono::Utc>::from(whole)
+                    .format("%Y-%m-%dT%H:%M:%S")
+                    .to_string();
+                second.0 = secs;
+            }
+            let mut cursor = &mut text[..];
+            let room = cursor.len();
+            // 48 bytes hold any year chrono prints; a failed write leaves a shorter, still valid
+            // prefix rather than garbage.
+            let _ = write!(cursor, "{}.{:03}Z", second.1, since_epoch.subsec_millis());
+            room - cursor.len()
+        });
+        s.serialize_str(std::str::from_utf8(&text[..len]).unwrap_or_default())
+    }
+}
+
 /// Handle to the writer.
 pub struct AccessLog {
-    tx: Mutex<Option<SyncSender<Vec<u8>>>>,
+    shared: Arc<Shared>,
     worker: Mutex<Option<JoinHandle<()>>>,
     metrics: Arc<Metrics>,
 }
 
-const QUEUE: usize = 65_536;
+/// What request tasks and the writer share.
+struct Shared {
+    pending: Mutex<Pending>,
+    /// Signalled when the writer has taken the pending bytes (wakes loggers waiting for room)
+    /// and when the log closes (wakes the writer).
+    changed: Condvar,
+}
+
+struct Pending {
+    bytes: Vec<u8>,
+    closed: bool,
+}
+
+/// Pending bytes beyond which a logger waits for the writer: about 70,000 typical lines.
+const PENDING_CAP: usize = 32 << 20;
+/// What the writer keeps allocated between drains after a burst.
+const KEEP_CAPACITY: usize = 1 << 20;
+
+/// How often the writer drains the pending buffer. Request tasks never wake the writer: waking
+/// a thread per line costs a context switch per request, which on a busy proxy is more than
+/// formatting the line. A line reaches the file at most this much later.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+
+thread_local! {
+    /// Each thread's line buffer, reused so that encoding a line does not allocate.
+    static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
+}
 
 impl AccessLog {
     /// Start a writer to stdout (`None`) or appending to `path`.
@@ -86,83 +155,234 @@ impl AccessLog {
                 )
             }
         };
-        let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE);
-        let m = metrics.clone();
+        Self::start_with(out, metrics)
+    }
+
+    /// Start a writer to any output.
+    fn start_with(out: Box<dyn Write + Send>, metrics: Arc<Metrics>) -> std::io::Result<AccessLog> {
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Pending {
+                bytes: Vec::with_capacity(64 * 1024),
+                closed: false,
+            }),
+            changed: Condvar::new(),
+        });
+        let (s, m) = (shared.clone(), metrics.clone());
         let worker = std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_loop(rx, out, m))?;
+            .spawn(move || write_loop(&s, out, &m))?;
         Ok(AccessLog {
-            tx: Mutex::new(Some(tx)),
+            shared,
             worker: Mutex::new(Some(worker)),
             metrics,
         })
     }
 
-    /// Queue one record (an [`AccessRecord`] or an audit event). Never drops a line: if the
-    /// writer is behind, this waits (an audit log that silently loses lines is worse than a
-    /// slower request), and counts it.
+    /// Queue one record (an [`AccessRecord`] or an audit event). Never drops a line while the
+    /// log is open: if the writer is behind, this waits (an audit log that silently loses lines
+    /// is worse than a slower request), and counts it.
     pub fn log<T: Serialize>(&self, rec: &T) {
-        let mut line = match serde_json::to_vec(rec) {
-            Ok(l) => l,
-            Err(_) => return,
-        };
+        LINE.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut line) => self.encode_and_queue(&mut line, rec),
+            // Only if a Serialize impl logged from inside a log call: use a fresh buffer.
+            Err(_) => self.encode_and_queue(&mut Vec::new(), rec),
+        });
+    }
+
+    fn encode_and_queue<T: Serialize>(&self, line: &mut Vec<u8>, rec: &T) {
+        line.clear();
+        if serde_json::to_writer(&mut *line, rec).is_err() {
+            return;
+        }
         line.push(b'\n');
-        let tx = match self.tx.lock() {
-            Ok(g) => g.clone(),
-            Err(_) => None,
-        };
-        let Some(tx) = tx else { return };
-        match tx.try_send(line) {
-            Ok(()) => {}
-            Err(TrySendError::Full(line)) => {
-                self.metrics.access_log_backpressure.inc();
-                let _ = tx.send(line);
+        let mut p = lock(&self.shared.pending);
+        if !p.closed && !p.bytes.is_empty() && p.bytes.len() + line.len() > PENDING_CAP {
+            self.metrics.access_log_backpressure.inc();
+            // Have the writer drain now rather than at its next tick.
+            self.shared.changed.notify_all();
+            while !p.closed && !p.bytes.is_empty() && p.bytes.len() + line.len() > PENDING_CAP {
+                p = self
+                    .shared
+                    .changed
+                    .wait(p)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
             }
-            Err(TrySendError::Disconnected(_)) => {}
+        }
+        if !p.closed {
+            p.bytes.extend_from_slice(line);
         }
     }
 
-    /// Stop accepting lines and wait until every queued line is written and flushed.
+    /// Stop accepting lines and wait until every pending line is written and flushed.
     pub fn close(&self) {
-        if let Ok(mut g) = self.tx.lock() {
-            g.take();
-        }
-        if let Some(w) = self.worker.lock().ok().and_then(|mut g| g.take()) {
+        lock(&self.shared.pending).closed = true;
+        self.shared.changed.notify_all();
+        if let Some(w) = lock(&self.worker).take() {
             let _ = w.join();
         }
     }
 }
 
-/// How often the writer drains the queue. Request tasks never wake the writer: waking a
-/// thread per line costs a context switch per request, which on a busy proxy is more than
-/// formatting the line. A line reaches the file at most this much later.
-const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
-
-fn write_loop(rx: Receiver<Vec<u8>>, out: Box<dyn Write + Send>, metrics: Arc<Metrics>) {
-    use std::sync::mpsc::TryRecvError;
-    let mut w = BufWriter::with_capacity(64 * 1024, out);
+fn write_loop(shared: &Shared, mut out: Box<dyn Write + Send>, metrics: &Metrics) {
+    let mut taken = Vec::with_capacity(64 * 1024);
     loop {
-        let mut wrote = false;
-        let closed = loop {
-            match rx.try_recv() {
-                Ok(line) => {
-                    if w.write_all(&line).is_err() {
-                        metrics.access_log_errors.inc();
-                    }
-                    wrote = true;
-                }
-                Err(TryRecvError::Empty) => break false,
-                // Every sender is gone and the queue is empty: shutdown.
-                Err(TryRecvError::Disconnected) => break true,
+        let closed = {
+            let mut p = lock(&shared.pending);
+            if !p.closed {
+                p = shared
+                    .changed
+                    .wait_timeout(p, DRAIN_INTERVAL)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .0;
             }
+            std::mem::swap(&mut p.bytes, &mut taken);
+            p.closed
         };
-        if wrote && w.flush().is_err() {
-            metrics.access_log_errors.inc();
+        // Loggers waiting for room can go on.
+        shared.changed.notify_all();
+        if !taken.is_empty() {
+            if out.write_all(&taken).and_then(|()| out.flush()).is_err() {
+                metrics.access_log_errors.inc();
+            }
+            taken.clear();
+            taken.shrink_to(KEEP_CAPACITY);
         }
+        // `closed` was read under the lock that loggers append under, so nothing can follow.
         if closed {
-            let _ = w.flush();
             return;
         }
-        std::thread::sleep(DRAIN_INTERVAL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[derive(Serialize)]
+    struct Line {
+        thread: usize,
+        seq: usize,
+        pad: &'static str,
+    }
+
+    #[test]
+    fn log_time_matches_chrono_rfc3339_millis() {
+        let base = UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+        // Several times within one second (the cached prefix), across second, minute, day and
+        // year boundaries, and before the epoch.
+        let offsets_ms: [i64; 9] = [0, 1, 999, 1_000, 59_999, 60_000, 86_399_999, 86_400_000, 3];
+        let mut times: Vec<SystemTime> = offsets_ms
+            .iter()
+            .map(|&ms| base + Duration::from_millis(ms as u64))
+            .collect();
+        times.push(UNIX_EPOCH + Duration::from_millis(1_798_761_599_999)); // 2026-12-31T23:59:59.999
+        times.push(UNIX_EPOCH + Duration::from_millis(1_798_761_600_000)); // 2027-01-01T00:00:00.000
+        times.push(UNIX_EPOCH - Duration::from_millis(1_500));
+        for t in times {
+            let want = chrono::DateTime::<chrono::Utc>::from(t)
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            let got = serde_json::to_string(&LogTime(t)).unwrap();
+            assert_eq!(got, format!("\"{want}\""), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn every_line_from_every_thread_is_written_in_order_by_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("logs/access.log");
+        let log = Arc::new(AccessLog::start(Some(&path), Arc::new(Metrics::new())).unwrap());
+        let (threads, per_thread) = (4, 5_000);
+        let workers: Vec<_> = (0..threads)
+            .map(|thread| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for seq in 0..per_thread {
+                        log.log(&Line {
+                            thread,
+                            seq,
+                            pad: "x",
+                        });
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+        log.close();
+        log.log(&Line {
+            thread: 99,
+            seq: 0,
+            pad: "after close",
+        });
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut next = vec![0; threads];
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).expect(line);
+            let t = v["thread"].as_u64().unwrap() as usize;
+            assert!(t < threads, "a line logged after close was written: {line}");
+            assert_eq!(
+                v["seq"].as_u64().unwrap() as usize,
+                next[t],
+                "thread {t} out of order"
+            );
+            next[t] += 1;
+        }
+        assert_eq!(next, vec![per_thread; threads]);
+    }
+
+    #[test]
+    fn a_stalled_output_makes_loggers_wait_and_loses_nothing() {
+        let (mut reader, writer) = std::io::pipe().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let log = Arc::new(AccessLog::start_with(Box::new(writer), metrics.clone()).unwrap());
+        // Nobody reads the pipe yet: the writer blocks once the pipe is full, then the pending
+        // buffer fills to its cap and the next logger has to wait.
+        let pad: &'static str = Box::leak("p".repeat(1000).into_boxed_str());
+        let lines = PENDING_CAP / 1000 + 2_000;
+        let producer = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for seq in 0..lines {
+                    log.log(&Line {
+                        thread: 0,
+                        seq,
+                        pad,
+                    });
+                }
+            })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while metrics.access_log_backpressure.get() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no logger ever waited"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!producer.is_finished(), "the producer should be waiting");
+
+        let drain = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            reader.read_to_end(&mut all).unwrap();
+            all
+        });
+        producer.join().unwrap();
+        // close() joins the writer thread, which drops the pipe's write end: the reader ends.
+        log.close();
+        let all = drain.join().unwrap();
+        let text = String::from_utf8(all).unwrap();
+        let seqs: Vec<u64> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(seqs.len(), lines);
+        assert!(seqs.iter().enumerate().all(|(i, &s)| s == i as u64));
     }
 }

@@ -3,5 +3,5 @@
 pub mod access_log;
 pub mod metrics;
 
-pub use access_log::{AccessLog, AccessRecord};
+pub use access_log::{AccessLog, AccessRecord, LogTime};
 pub use metrics::Metrics;

@@ -16,7 +16,7 @@ pub mod headers;
 pub mod refusal;
 
 use crate::identity::VerifiedToken;
-use crate::observe::AccessRecord;
+use crate::observe::{AccessRecord, LogTime};
 use crate::policy::{
     effective_scopes, evaluate, normalize, Agent, Decision, NormalizedPath, RequestFacts, Snapshot,
 };
@@ -155,8 +155,7 @@ impl RequestCtx {
         }
         let token = self.token.as_deref();
         state.access_log.log(&AccessRecord {
-            time: chrono::DateTime::<chrono::Utc>::from(self.started_wall)
-                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            time: LogTime(self.started_wall),
             request_id: &self.request_id,
             agent: self
                 .agent
