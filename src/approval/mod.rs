@@ -13,7 +13,7 @@ pub mod notify;
 pub mod sqlite;
 pub mod store;
 
-use crate::observe::{AccessLog, Metrics};
+use crate::observe::{AccessLog, LogTime, Metrics};
 use crate::policy::ApprovalSettings;
 use crate::util::lock;
 use notify::{ApprovalNotice, Notifier, WebhookConfig};
@@ -44,7 +44,7 @@ pub fn rfc3339_ms(ms: i64) -> String {
 /// An audit line in the access log for every approval event.
 #[derive(Serialize)]
 struct AuditEvent<'a> {
-    time: String,
+    time: LogTime,
     event: &'static str,
     approval_id: &'a str,
     status: &'a str,
@@ -206,7 +206,7 @@ impl ApprovalService {
         reason: Option<&str>,
     ) {
         self.access_log.log(&AuditEvent {
-            time: rfc3339_ms(now_ms()),
+            time: LogTime(SystemTime::now()),
             event,
             approval_id: &a.id,
             status: a.status.as_str(),
