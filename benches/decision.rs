@@ -119,6 +119,7 @@ fn benches(c: &mut Criterion) {
                 host: None,
                 path: &paths[i],
                 token: &verified,
+                upgrade: None,
             };
             black_box(evaluate(&snap, black_box(&facts)))
         })
@@ -147,6 +148,7 @@ fn benches(c: &mut Criterion) {
                 host: None,
                 path: &path,
                 token: &v,
+                upgrade: None,
             };
             let d = evaluate(&snap, &facts);
             assert!(matches!(d, Decision::Allow(_)));

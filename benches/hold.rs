@@ -201,6 +201,9 @@ listen:
 server:
   grace_period: 1s
   watch_config: false
+  # Every held call is its own connection from 127.0.0.1: above the per-client default.
+  max_connections: 30000
+  max_connections_per_client: 30000
 issuers:
   - name: local
     issuer: @ISS@

@@ -5,15 +5,17 @@ use crate::admin::AdminService;
 use crate::config::{load_file, LoadContext};
 use crate::observe::{AccessLog, Metrics};
 use crate::policy::AccessLogTarget;
+use crate::proxy::connections::ConnectionGuard;
 use crate::proxy::Gateway;
 use crate::state::{new_key_store, GatewayState};
 use async_trait::async_trait;
 use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;
-use pingora::proxy::http_proxy_service_with_name;
+use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
+use pingora::services::listening::Service;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -76,10 +78,12 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut proxy = http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(state.clone()),
-        "portcullis proxy",
+    // The proxy application behind connection limits and header/idle deadlines.
+    let mut app = HttpProxy::new(Gateway::new(state.clone()), server.configuration.clone());
+    app.handle_init_modules();
+    let mut proxy = Service::new(
+        "portcullis proxy".to_string(),
+        ConnectionGuard::new(app, state.clone()),
     );
     for addr in &settings.proxy_listen {
         // pingora's default 64 KiB read buffer is allocated (zeroed) per connection; with keepalive

@@ -45,7 +45,7 @@ fn bad_file_reports_every_error_with_path_and_line() {
         "line 40: routes[1].upstream: unknown upstream `ticket`; defined: tickets",
         "line 43: routes[2].path_regex: invalid regex: regex parse error:\n    ^(?:/api/([)$\n              ^\nerror: unclosed character class",
         "line 46: routes[3]: a route must require at least one scope (`scopes` or `any_of`): deny by default",
-        "line 53: routes[4].timeout: unknown field `timeout`, expected one of `name`, `methods`, `path`, `path_regex`, `host`, `upstream`, `scopes`, `any_of`, `approval`",
+        "line 53: routes[4].timeout: unknown field `timeout`, expected one of `name`, `methods`, `path`, `path_regex`, `host`, `upstream`, `scopes`, `any_of`, `approval`, `websocket`",
         "line 54: metrics: unknown section `metrics`, expected one of: listen, server, identity, issuers, token_service, agents, upstreams, routes, access_log, approvals",
     ];
     for (i, (g, e)) in got.iter().zip(expected.iter()).enumerate() {
@@ -202,4 +202,81 @@ fn syntax_error_has_a_line() {
     let i = &err.issues()[0];
     assert!(i.line.is_some(), "{i}");
     assert!(i.to_string().contains("YAML syntax"), "{i}");
+}
+
+#[test]
+fn request_meaning_and_connection_settings_compile_with_their_defaults() {
+    let yaml = good_yaml()
+        .replace(
+            "    url: http://127.0.0.1:9/base/\n",
+            "    url: http://127.0.0.1:9/base/\n    refuse_headers: [X-Action]\n    strip_headers: [x-tenant, x-real-ip]\n    path_parameters: allow\n    case_insensitive: true\n",
+        )
+        .replace(
+            "  threads: 3\n",
+            "  threads: 3\nserver:\n  request_header_timeout: 5s\n  max_connections_per_client: 50\n",
+        );
+    let snap = load_str(&yaml, Path::new("."), "<test>", &ctx()).expect("valid config");
+    let up = &snap.upstreams[0];
+    let names = |v: &[http::HeaderName]| v.iter().map(|h| h.to_string()).collect::<Vec<_>>();
+    let refused = names(&up.refused_headers);
+    assert!(refused.contains(&"x-http-method-override".to_string()));
+    assert_eq!(refused.last().map(String::as_str), Some("x-action"));
+    let stripped = names(&up.stripped_headers);
+    assert!(stripped.contains(&"x-forwarded-host".to_string()));
+    assert_eq!(
+        stripped.iter().filter(|h| *h == "x-real-ip").count(),
+        1,
+        "a default listed again is kept once: {stripped:?}"
+    );
+    assert!(stripped.contains(&"x-tenant".to_string()));
+    assert!(up.path_parameters && up.case_insensitive);
+    assert!(snap.routes.routes.iter().all(|r| r.case_insensitive));
+    let c = snap.settings.connections;
+    assert_eq!(c.request_header_timeout, std::time::Duration::from_secs(5));
+    assert_eq!(c.keepalive_timeout, std::time::Duration::from_secs(60));
+    assert_eq!(
+        (c.max_connections, c.max_connections_per_client),
+        (10_000, 50)
+    );
+
+    // And the defaults: parameters refused, case-sensitive, only the default header lists.
+    let snap = load_str(&good_yaml(), Path::new("."), "<test>", &ctx()).expect("valid config");
+    let up = &snap.upstreams[0];
+    assert!(!up.path_parameters && !up.case_insensitive);
+    assert_eq!(up.refused_headers.len(), 6);
+}
+
+#[test]
+fn bad_request_meaning_and_connection_settings_are_each_reported() {
+    let yaml = good_yaml()
+        .replace(
+            "    url: http://127.0.0.1:9/base/\n",
+            "    url: http://127.0.0.1:9/base/\n    refuse_headers: [authorization, \"bad header\"]\n    strip_headers: [Host]\n    path_parameters: strip\n",
+        )
+        .replace(
+            "  threads: 3\n",
+            "  threads: 3\nserver:\n  keepalive_timeout: 2m\n  request_header_timeout: 0s\n  max_connections: 0\n",
+        )
+        .replace(
+            "    any_of: [tickets:write]\n",
+            "    any_of: [tickets:write]\n    websocket: true\n    approval: {mode: hold}\n",
+        );
+    let err = load_str(&yaml, Path::new("."), "<test>", &ctx()).expect_err("must be refused");
+    let got: Vec<String> = err
+        .issues()
+        .iter()
+        .map(|i| format!("{}: {}", i.path, i.kind))
+        .collect();
+    for want in [
+        "server.request_header_timeout: duration must be greater than zero",
+        "server.keepalive_timeout: must be at most 60s (pingora closes idle connections after 60s)",
+        "server.max_connections: must be at least 1",
+        "upstreams[0].refuse_headers[0]: `authorization` is needed by every call and cannot be listed here",
+        "upstreams[0].refuse_headers[1]: `bad header` is not a header name",
+        "upstreams[0].strip_headers[0]: `host` is needed by every call and cannot be listed here",
+        "upstreams[0].path_parameters: `strip` is not `refuse` or `allow`",
+        "routes[1].websocket: a WebSocket route cannot need approval: an upgraded connection cannot be held or replayed",
+    ] {
+        assert!(got.iter().any(|g| g == want), "missing {want:?} in {got:#?}");
+    }
 }

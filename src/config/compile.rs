@@ -10,10 +10,11 @@ use super::secret;
 use crate::identity::{IdentitySettings, IssuerConfig, KeySource, KeyStore, Verifier};
 use crate::policy::snapshot::UpstreamCa;
 use crate::policy::{
-    AccessLogTarget, Agent, ApprovalMode, ApprovalPolicy, ApprovalSettings, Approver, Credential,
-    HostPattern, PathPattern, Route, RouteTable, Secret, Settings, Snapshot, TokenService,
-    Upstream, WebhookSettings,
+    AccessLogTarget, Agent, ApprovalMode, ApprovalPolicy, ApprovalSettings, Approver,
+    ConnectionLimits, Credential, HostPattern, PathPattern, Route, RouteTable, Secret, Settings,
+    Snapshot, TokenService, Upstream, WebhookSettings,
 };
+use crate::proxy::headers::{DEFAULT_REFUSED_HEADERS, DEFAULT_STRIPPED_HEADERS};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use http::{HeaderName, HeaderValue, Method, Uri};
@@ -181,7 +182,7 @@ impl Compiler<'_> {
             .approvals
             .as_ref()
             .map(|a| self.approvals(a, &settings.admin_listen, &raw.issuers));
-        let routes = self.routes(&raw.routes, &upstream_index, approvals.as_ref());
+        let routes = self.routes(&raw.routes, &upstream_index, &upstreams, approvals.as_ref());
         identity.approver_claim = approvals
             .as_ref()
             .and_then(|a| a.jwt_approvers.as_ref())
@@ -280,7 +281,41 @@ impl Compiler<'_> {
             // race across threads.
             work_stealing: s.work_stealing.unwrap_or(threads > 1),
             access_log,
+            connections: self.connection_limits(s),
         }
+    }
+
+    fn connection_limits(&mut self, s: &RawServer) -> ConnectionLimits {
+        let d = ConnectionLimits::default();
+        let limits = ConnectionLimits {
+            request_header_timeout: self.duration(
+                "server.request_header_timeout",
+                &s.request_header_timeout,
+                d.request_header_timeout,
+            ),
+            keepalive_timeout: self.duration(
+                "server.keepalive_timeout",
+                &s.keepalive_timeout,
+                d.keepalive_timeout,
+            ),
+            max_connections: s.max_connections.unwrap_or(d.max_connections),
+            max_connections_per_client: s
+                .max_connections_per_client
+                .unwrap_or(d.max_connections_per_client),
+        };
+        if limits.keepalive_timeout > crate::proxy::connections::PINGORA_KEEPALIVE {
+            self.invalid(
+                "server.keepalive_timeout",
+                "must be at most 60s (pingora closes idle connections after 60s)",
+            );
+        }
+        if limits.max_connections == 0 {
+            self.invalid("server.max_connections", "must be at least 1");
+        }
+        if limits.max_connections_per_client == 0 {
+            self.invalid("server.max_connections_per_client", "must be at least 1");
+        }
+        limits
     }
 
     fn identity(&mut self, r: &RawIdentity) -> IdentitySettings {
@@ -660,6 +695,27 @@ impl Compiler<'_> {
             self.invalid(format!("{p}.tls_server_name"), "must not be empty");
         }
         let base_path = uri.path().trim_end_matches('/').to_string();
+        let refused_headers = self.header_list(
+            &format!("{p}.refuse_headers"),
+            DEFAULT_REFUSED_HEADERS,
+            &r.refuse_headers,
+        );
+        let stripped_headers = self.header_list(
+            &format!("{p}.strip_headers"),
+            DEFAULT_STRIPPED_HEADERS,
+            &r.strip_headers,
+        );
+        let path_parameters = match r.path_parameters.as_deref() {
+            None | Some("refuse") => false,
+            Some("allow") => true,
+            Some(other) => {
+                self.invalid(
+                    format!("{p}.path_parameters"),
+                    format!("`{other}` is not `refuse` or `allow`"),
+                );
+                false
+            }
+        };
         Some(Upstream {
             name: r.name.as_str().into(),
             addr,
@@ -673,7 +729,48 @@ impl Compiler<'_> {
             idle_timeout,
             credential,
             tls_ca,
+            refused_headers,
+            stripped_headers,
+            path_parameters,
+            case_insensitive: r.case_insensitive,
         })
+    }
+
+    /// A default header list extended by an upstream's own names (`p` is the field path).
+    fn header_list(
+        &mut self,
+        p: &str,
+        defaults: &[&'static str],
+        extra: &[String],
+    ) -> Vec<HeaderName> {
+        // Headers every call needs: refusing or stripping them would break all calls or the
+        // gateway's own framing, never add safety.
+        const PROTECTED: [&str; 5] = [
+            "authorization",
+            "host",
+            "content-length",
+            "transfer-encoding",
+            "connection",
+        ];
+        let mut out: Vec<HeaderName> = defaults
+            .iter()
+            .map(|h| HeaderName::from_static(h))
+            .collect();
+        for (j, h) in extra.iter().enumerate() {
+            match HeaderName::from_bytes(h.trim().as_bytes()) {
+                Ok(n) if PROTECTED.contains(&n.as_str()) => self.invalid(
+                    format!("{p}[{j}]"),
+                    format!("`{n}` is needed by every call and cannot be listed here"),
+                ),
+                Ok(n) => {
+                    if !out.contains(&n) {
+                        out.push(n);
+                    }
+                }
+                Err(_) => self.invalid(format!("{p}[{j}]"), format!("`{h}` is not a header name")),
+            }
+        }
+        out
     }
 
     /// Read, check and convert the certificates of a `tls_ca_file` (`p` is its field path).
@@ -977,6 +1074,7 @@ impl Compiler<'_> {
         &mut self,
         raw: &[(usize, RawRoute)],
         upstreams: &HashMap<String, usize>,
+        compiled_upstreams: &[Arc<Upstream>],
         approvals: Option<&ApprovalSettings>,
     ) -> Vec<Route> {
         self.unique(
@@ -1003,10 +1101,17 @@ impl Compiler<'_> {
                     ok = false;
                 }
             }
+            let upstream = upstreams.get(&r.upstream).copied();
+            let case_insensitive = upstream.is_some_and(|u| compiled_upstreams[u].case_insensitive);
             let path = match (&r.path, &r.path_regex) {
                 (Some(t), None) => PathPattern::template(t)
                     .map_err(|e| {
                         self.invalid(format!("{p}.path"), format!("invalid template `{t}`: {e}"))
+                    })
+                    .ok(),
+                (None, Some(rx)) if case_insensitive => PathPattern::regex_case_insensitive(rx)
+                    .map_err(|e| {
+                        self.invalid(format!("{p}.path_regex"), format!("invalid regex: {e}"))
                     })
                     .ok(),
                 (None, Some(rx)) => PathPattern::regex(rx)
@@ -1022,7 +1127,6 @@ impl Compiler<'_> {
             let host = HostPattern::parse(r.host.as_deref())
                 .map_err(|e| self.invalid(format!("{p}.host"), e))
                 .ok();
-            let upstream = upstreams.get(&r.upstream).copied();
             if upstream.is_none() {
                 self.err(
                     format!("{p}.upstream"),
@@ -1048,6 +1152,13 @@ impl Compiler<'_> {
                     }
                 }
             }
+            if r.websocket && r.approval.is_some() {
+                self.invalid(
+                    format!("{p}.websocket"),
+                    "a WebSocket route cannot need approval: an upgraded connection cannot be held or replayed",
+                );
+                ok = false;
+            }
             let approval = r.approval.as_ref().map(|a| {
                 self.approval_policy(
                     &format!("{p}.approval"),
@@ -1067,6 +1178,8 @@ impl Compiler<'_> {
                     scopes_all: r.scopes.clone(),
                     scopes_any: r.any_of.clone(),
                     approval: approval.flatten().map(Arc::new),
+                    case_insensitive,
+                    websocket: r.websocket,
                 });
             }
         }

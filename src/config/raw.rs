@@ -34,6 +34,14 @@ pub struct RawServer {
     /// One shared work-stealing runtime or one runtime per thread (default: work stealing
     /// when there is more than one worker thread).
     pub work_stealing: Option<bool>,
+    /// Longest time from a request's first byte to the end of its headers (default 10s).
+    pub request_header_timeout: Option<String>,
+    /// How long an idle agent connection is kept open between requests (default 60s).
+    pub keepalive_timeout: Option<String>,
+    /// Most open agent connections in all (default 10000).
+    pub max_connections: Option<usize>,
+    /// Most open agent connections from one client address (default 1000).
+    pub max_connections_per_client: Option<usize>,
 }
 
 /// Token rules shared by all issuers.
@@ -186,6 +194,19 @@ pub struct RawUpstream {
     pub tls_ca_file: Option<String>,
     /// Secret the gateway injects.
     pub credential: Option<RawCredential>,
+    /// More request headers that get a call refused, besides the default method-override and
+    /// URL-rewrite families.
+    #[serde(default)]
+    pub refuse_headers: Vec<String>,
+    /// More request headers removed before forwarding, besides the default forwarding family.
+    #[serde(default)]
+    pub strip_headers: Vec<String>,
+    /// `refuse` (default): paths with `;` segment parameters are refused; `allow`: they are
+    /// forwarded and routes match the path without them.
+    pub path_parameters: Option<String>,
+    /// The upstream treats paths case-insensitively: its routes match ignoring ASCII case.
+    #[serde(default)]
+    pub case_insensitive: bool,
 }
 
 /// A route that allows some calls.
@@ -213,6 +234,9 @@ pub struct RawRoute {
     pub any_of: Vec<String>,
     /// Hold calls on this route until humans approve them.
     pub approval: Option<RawApprovalPolicy>,
+    /// Allow WebSocket upgrades on this route (any other `Upgrade` is always refused).
+    #[serde(default)]
+    pub websocket: bool,
 }
 
 /// How calls needing approval are handled.

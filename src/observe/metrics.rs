@@ -54,6 +54,12 @@ pub struct Metrics {
     pub approval_notifications_sent: IntCounter,
     /// Webhook notifications that failed for good.
     pub approval_notification_failures: IntCounter,
+    /// Agent connections open on the proxy listener.
+    pub connections_open: IntGauge,
+    /// Agent connections refused at accept, by limit (`per_client`, `total`).
+    pub connections_refused: IntCounterVec,
+    /// Agent connections closed by a deadline, by phase (`headers`, `idle`).
+    pub connections_timed_out: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -220,8 +226,25 @@ impl Metrics {
                 "Approval webhook notifications that failed after every retry.",
             ),
         );
+        let connections_open = gauge(
+            "portcullis_connections_open",
+            "Agent connections open on the proxy listener.",
+        );
+        let connections_refused = counter(
+            "portcullis_connections_refused_total",
+            "Agent connections refused at accept because a limit was reached (per_client, total).",
+            &["limit"],
+        );
+        let connections_timed_out = counter(
+            "portcullis_connections_timed_out_total",
+            "Agent connections closed by a deadline: headers not complete in time, or idle too long.",
+            &["phase"],
+        );
         config_last_reload_ok.set(1);
         Metrics {
+            connections_open,
+            connections_refused,
+            connections_timed_out,
             approvals_pending,
             approval_decisions,
             approval_time_to_decision,

@@ -21,6 +21,9 @@ pub struct RequestFacts<'a> {
     pub path: &'a NormalizedPath,
     /// The verified token.
     pub token: &'a VerifiedToken,
+    /// The protocol the request asks to switch to (`Upgrade` header, or `""` when only
+    /// `Connection: upgrade` is present); `None` for an ordinary request.
+    pub upgrade: Option<&'a str>,
 }
 
 /// The call may go ahead.
@@ -65,6 +68,57 @@ pub enum Denial {
         /// The `any_of` set, when none of it is held.
         missing_any_of: Vec<String>,
     },
+    /// The path carries `;` segment parameters and the upstream of the route it falls under
+    /// has not opted in (`path_parameters: allow`).
+    PathParameter {
+        /// The agent.
+        agent: Arc<Agent>,
+    },
+    /// A host-scoped route claims this method and path on the same upstream.
+    HostScoped {
+        /// The agent.
+        agent: Arc<Agent>,
+        /// Index of the host-scoped route.
+        claimed_by: usize,
+    },
+    /// The request asks for a protocol upgrade the route does not allow.
+    UpgradeNotAllowed {
+        /// The agent.
+        agent: Arc<Agent>,
+        /// Index of the route.
+        route: usize,
+        /// The requested protocol (may be empty).
+        protocol: String,
+    },
+}
+
+impl Denial {
+    /// The registered agent the denial concerns (none for an unknown subject).
+    pub fn agent(&self) -> Option<&Arc<Agent>> {
+        match self {
+            Denial::UnknownAgent { .. } => None,
+            Denial::AgentDisabled { agent }
+            | Denial::NoRoute { agent, .. }
+            | Denial::InsufficientScope { agent, .. }
+            | Denial::PathParameter { agent }
+            | Denial::HostScoped { agent, .. }
+            | Denial::UpgradeNotAllowed { agent, .. } => Some(agent),
+        }
+    }
+
+    /// The route the call fell under, when one matched.
+    pub fn route(&self) -> Option<usize> {
+        match self {
+            Denial::InsufficientScope { route, .. } | Denial::UpgradeNotAllowed { route, .. } => {
+                Some(*route)
+            }
+            Denial::HostScoped { claimed_by, .. } => Some(*claimed_by),
+            Denial::UnknownAgent { .. }
+            | Denial::AgentDisabled { .. }
+            | Denial::NoRoute { .. }
+            | Denial::PathParameter { .. } => None,
+        }
+    }
 }
 
 /// Allow or deny.
@@ -88,19 +142,54 @@ pub fn evaluate(snap: &Snapshot, facts: &RequestFacts<'_>) -> Decision {
             agent: agent.clone(),
         });
     }
-    let route = match snap.routes.lookup(facts.method, facts.host, facts.path) {
+    // `;` parameters: routes match the path as a parameter-stripping upstream reads it, and
+    // only upstreams that opted in (`path_parameters: allow`) may receive them at all.
+    let params = facts.path.has_parameters();
+    let stripped;
+    let route_path = if params {
+        stripped = facts.path.without_parameters();
+        &stripped
+    } else {
+        facts.path
+    };
+    let route = match snap.routes.lookup(facts.method, facts.host, route_path) {
         Lookup::Found(i) => i,
+        Lookup::NotFound { .. } if params => {
+            return Decision::Deny(Denial::PathParameter {
+                agent: agent.clone(),
+            })
+        }
         Lookup::NotFound { methods_on_path } => {
             return Decision::Deny(Denial::NoRoute {
                 agent: agent.clone(),
                 methods_on_path,
             })
         }
+        Lookup::HostScoped { claimed_by, .. } => {
+            return Decision::Deny(Denial::HostScoped {
+                agent: agent.clone(),
+                claimed_by,
+            })
+        }
     };
+    let r = &snap.routes.routes[route];
+    if params && !snap.upstreams[r.upstream].path_parameters {
+        return Decision::Deny(Denial::PathParameter {
+            agent: agent.clone(),
+        });
+    }
+    if let Some(protocol) = facts.upgrade {
+        if !(r.websocket && protocol.eq_ignore_ascii_case("websocket")) {
+            return Decision::Deny(Denial::UpgradeNotAllowed {
+                agent: agent.clone(),
+                route,
+                protocol: protocol.to_string(),
+            });
+        }
+    }
     // Least privilege: a scope counts only if the token carries it AND the registry grants it
     // to this agent; a token can narrow what the registry grants, never widen it. Only the
     // route's few required scopes are looked up, so a token with many scopes costs nothing more.
-    let r = &snap.routes.routes[route];
     let holds = |s: &String| agent.scopes.contains(s.as_str()) && facts.token.scopes.contains(s);
     let missing_all: Vec<String> = r.scopes_all.iter().filter(|s| !holds(s)).cloned().collect();
     let any_ok = r.scopes_any.is_empty() || r.scopes_any.iter().any(holds);
@@ -219,19 +308,29 @@ routes:
         let t = token(sub, scopes);
         let p = normalize(path, 999).unwrap();
         let m: Method = method.parse().unwrap();
-        match evaluate(
-            s,
-            &RequestFacts {
-                method: &m,
-                host: None,
-                path: &p,
-                token: &t,
-            },
-        ) {
+        let facts = RequestFacts {
+            method: &m,
+            host: None,
+            path: &p,
+            token: &t,
+            upgrade: None,
+        };
+        describe(s, evaluate(s, &facts))
+    }
+
+    fn describe(s: &Snapshot, d: Decision) -> String {
+        match d {
             Decision::Allow(a) => format!("allow {}", s.routes.routes[a.route].name),
             Decision::Deny(Denial::UnknownAgent { .. }) => "unknown_agent".into(),
             Decision::Deny(Denial::AgentDisabled { .. }) => "agent_disabled".into(),
             Decision::Deny(Denial::NoRoute { .. }) => "no_route".into(),
+            Decision::Deny(Denial::PathParameter { .. }) => "path_parameter".into(),
+            Decision::Deny(Denial::HostScoped { claimed_by, .. }) => {
+                format!("host_scoped {}", s.routes.routes[claimed_by].name)
+            }
+            Decision::Deny(Denial::UpgradeNotAllowed { protocol, .. }) => {
+                format!("upgrade_not_allowed {protocol}")
+            }
             Decision::Deny(Denial::InsufficientScope {
                 missing_all,
                 missing_any_of,
@@ -318,5 +417,130 @@ routes:
             effective_scopes(&s.agents["reader"], &t),
             vec!["read".to_string()]
         );
+    }
+
+    fn meaning_snap() -> Snapshot {
+        let yaml = format!(
+            r#"
+issuers:
+  - name: idp
+    issuer: https://idp.test
+    audiences: [t]
+    algorithms: [ES256]
+    jwks_file: {}/tests/fixtures/keys/jwks.json
+agents:
+  - id: bot
+    owner: alice@example.com
+    scopes: [read, admin]
+upstreams:
+  - name: plain
+    url: http://127.0.0.1:9
+  - name: matrix
+    url: http://127.0.0.1:9
+    path_parameters: allow
+  - name: iis
+    url: http://127.0.0.1:9
+    case_insensitive: true
+routes:
+  - name: plain-admin
+    path: /api/admin/**
+    upstream: plain
+    scopes: [admin]
+  - name: plain-any
+    path: /api/**
+    upstream: plain
+    scopes: [read]
+  - name: matrix-admin
+    path: /m/admin/**
+    upstream: matrix
+    scopes: [admin]
+  - name: matrix-any
+    path: /m/**
+    upstream: matrix
+    scopes: [read]
+  - name: iis-admin
+    path: /w/admin/**
+    upstream: iis
+    scopes: [admin]
+  - name: iis-any
+    path: /w/**
+    upstream: iis
+    scopes: [read]
+  - name: socket
+    methods: [GET]
+    path: /ws
+    upstream: plain
+    scopes: [read]
+    websocket: true
+"#,
+            env!("CARGO_MANIFEST_DIR")
+        );
+        load_str(
+            &yaml,
+            Path::new("."),
+            "<t>",
+            &LoadContext::new(KeyStore::new(std::sync::Arc::new(|_| {})), 1),
+        )
+        .unwrap()
+    }
+
+    /// Attacks on request meaning, decided by a token that holds only `read`.
+    #[test]
+    fn request_meaning_table() {
+        let s = meaning_snap();
+        let cases: &[(&str, &str, Option<&str>, &str)] = &[
+            // Matrix parameters must not let /api/** stand in for /api/admin/**.
+            ("GET", "/api/admin;x=1/users", None, "path_parameter"),
+            ("GET", "/api/admin%3Bx=1/users", None, "path_parameter"),
+            ("GET", "/api/;/admin/users", None, "path_parameter"),
+            ("GET", "/api/nothing;x", None, "path_parameter"),
+            ("GET", "/api/users", None, "allow plain-any"),
+            // Opted in: matched without the parameters, so the admin route decides.
+            (
+                "GET",
+                "/m/admin;x=1/users",
+                None,
+                "insufficient_scope all=admin any=",
+            ),
+            ("GET", "/m/items;v=2", None, "allow matrix-any"),
+            // Case-insensitive upstream: every spelling reaches the admin route.
+            (
+                "GET",
+                "/W/ADMIN/users",
+                None,
+                "insufficient_scope all=admin any=",
+            ),
+            ("GET", "/w/Admin", None, "insufficient_scope all=admin any="),
+            // Case-sensitive upstream: /API is simply not routed.
+            ("GET", "/API/admin/users", None, "no_route"),
+            // Upgrades only where a route says websocket, and only to websocket.
+            (
+                "GET",
+                "/api/users",
+                Some("websocket"),
+                "upgrade_not_allowed websocket",
+            ),
+            ("GET", "/api/users", Some(""), "upgrade_not_allowed "),
+            ("GET", "/ws", Some("h2c"), "upgrade_not_allowed h2c"),
+            ("GET", "/ws", Some("WebSocket"), "allow socket"),
+            ("GET", "/ws", None, "allow socket"),
+            // No `methods:` is not "any method".
+            ("TRACE", "/api/users", None, "no_route"),
+            ("CONNECT", "/api/users", None, "no_route"),
+            ("PROPFIND", "/api/users", None, "no_route"),
+        ];
+        for (m, p, up, want) in cases {
+            let t = token("bot", &["read"]);
+            let path = normalize(p, 999).unwrap();
+            let method: Method = m.parse().unwrap();
+            let facts = RequestFacts {
+                method: &method,
+                host: None,
+                path: &path,
+                token: &t,
+                upgrade: *up,
+            };
+            assert_eq!(describe(&s, evaluate(&s, &facts)), *want, "{m} {p} {up:?}");
+        }
     }
 }

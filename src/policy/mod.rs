@@ -9,6 +9,7 @@ pub use decision::{effective_scopes, evaluate, Allowed, Decision, Denial, Reques
 pub use path::{normalize, NormalizedPath, PathError};
 pub use route::{HostPattern, Lookup, PathPattern, Route, RouteTable, Segment};
 pub use snapshot::{
-    AccessLogTarget, Agent, ApprovalMode, ApprovalPolicy, ApprovalSettings, Approver, Credential,
-    Secret, Settings, Snapshot, TokenService, Upstream, WebhookSettings,
+    AccessLogTarget, Agent, ApprovalMode, ApprovalPolicy, ApprovalSettings, Approver,
+    ConnectionLimits, Credential, Secret, Settings, Snapshot, TokenService, Upstream,
+    WebhookSettings,
 };

@@ -73,6 +73,13 @@ pub enum PathError {
         "the request path has a '.' or '..' segment with ';' parameters (such as '..;'), which upstreams resolve differently; send the intended path without it"
     )]
     DotSegmentParameter,
+    /// A segment carries `;` parameters (`/api/admin;x=1/users`, or the encoded `%3B`) and the
+    /// upstream of the route has not opted in (`path_parameters: allow`). Servers that strip
+    /// matrix parameters would serve a different resource than the one the route matched.
+    #[error(
+        "the request path has ';' segment parameters (such as '/admin;x=1'), which upstreams resolve differently; send the path without them"
+    )]
+    PathParameter,
     /// The path contains a literal `#`.
     #[error(
         "the request path contains '#'; fragments are client-side only and must not be sent: remove '#' and what follows it, or encode it as %23 if it is data"
@@ -95,6 +102,7 @@ impl PathError {
             PathError::TooLong { .. } => "too_long",
             PathError::Fragment => "fragment",
             PathError::DotSegmentParameter => "dot_segment_parameter",
+            PathError::PathParameter => "path_parameter",
         }
     }
 }
@@ -119,6 +127,41 @@ impl NormalizedPath {
         // trailing '/', so filtering empties is exactly "drop those two".
         self.0.split('/').filter(|s| !s.is_empty())
     }
+
+    /// Whether some segment carries `;` parameters, literal or encoded (`%3B`). Servers that
+    /// strip matrix parameters (Tomcat, Jetty, Spring) read `/admin;x=1` as `/admin`.
+    pub fn has_parameters(&self) -> bool {
+        self.0.contains(';') || self.0.contains("%3B")
+    }
+
+    /// The path as a server that strips `;` parameters reads it: every segment cut at its
+    /// first `;` or `%3B`, then empty segments collapsed (a trailing slash is kept). Dot
+    /// segments cannot appear: [`normalize`] refuses `.`/`..` with parameters.
+    pub fn without_parameters(&self) -> NormalizedPath {
+        let mut out = String::with_capacity(self.0.len());
+        let mut trailing_slash = false;
+        for segment in self.0[1..].split('/') {
+            let kept = &segment[..parameter_start(segment)];
+            if kept.is_empty() {
+                trailing_slash = true;
+            } else {
+                out.push('/');
+                out.push_str(kept);
+                trailing_slash = false;
+            }
+        }
+        if out.is_empty() || trailing_slash {
+            out.push('/');
+        }
+        NormalizedPath(out)
+    }
+}
+
+/// Byte offset where a canonical segment's `;` parameters start (its length if none).
+fn parameter_start(segment: &str) -> usize {
+    let literal = segment.find(';').unwrap_or(segment.len());
+    let encoded = segment.find("%3B").unwrap_or(segment.len());
+    literal.min(encoded)
 }
 
 impl fmt::Display for NormalizedPath {
@@ -348,11 +391,17 @@ fn remove_dot_segments(path: &str) -> Result<String, PathError> {
                 let Some(cut) = out.rfind('/') else {
                     return Err(PathError::EscapesRoot);
                 };
+                // A segment that is nothing but parameters (`;x`) is empty to a server that
+                // strips them, so there this `..` would pop the segment before it instead
+                // (`/a/;x/..` is `/a` here and `/` there).
+                if parameter_start(&out[cut + 1..]) == 0 {
+                    return Err(PathError::DotSegmentParameter);
+                }
                 out.truncate(cut);
                 trailing_slash = true;
             }
-            // "..;x" / ".;": ambiguous between us and Tomcat-style upstreams (rule 6).
-            s if matches!(s.split(';').next(), Some(".") | Some("..")) => {
+            // "..;x" / ".;" / "..%3B": ambiguous between us and Tomcat-style upstreams (rule 6).
+            s if matches!(&s[..parameter_start(s)], "." | "..") => {
                 return Err(PathError::DotSegmentParameter);
             }
             _ => {
@@ -450,6 +499,11 @@ mod tests {
         ("/a/.;/b", Err(PathError::DotSegmentParameter)),
         ("/public/..;x=1/admin", Err(PathError::DotSegmentParameter)),
         ("/a/%2e%2e;/b", Err(PathError::DotSegmentParameter)),
+        ("/a/..%3b/b", Err(PathError::DotSegmentParameter)),
+        ("/a/%2E%3Bx/b", Err(PathError::DotSegmentParameter)),
+        ("/a/;x/../b", Err(PathError::DotSegmentParameter)),
+        ("/a/%3Bx/../b", Err(PathError::DotSegmentParameter)),
+        ("/a/b;x/../c", Ok("/a/c")),
         ("/a/x..;/b", Ok("/a/x..;/b")),
         ("/a/b/", Ok("/a/b/")),
         ("/a/b/.", Ok("/a/b/")),
@@ -548,6 +602,7 @@ mod tests {
             PathError::TooLong { max: 1 },
             PathError::Fragment,
             PathError::DotSegmentParameter,
+            PathError::PathParameter,
         ];
         assert_eq!(PathError::EncodedSlash.code(), "encoded_slash");
         for e in all {
@@ -558,5 +613,104 @@ mod tests {
         assert!(PathError::TooLong { max: 8192 }
             .to_string()
             .contains("8192"));
+    }
+
+    #[test]
+    fn parameters_are_found_literal_or_encoded_and_stripped_like_tomcat() {
+        let cases = [
+            ("/api/admin/users", false, "/api/admin/users"),
+            ("/api/admin;x=1/users", true, "/api/admin/users"),
+            ("/api/admin%3bx=1/users", true, "/api/admin/users"),
+            ("/api/;x/users", true, "/api/users"),
+            ("/api/admin;x/", true, "/api/admin/"),
+            ("/api/admin/;x", true, "/api/admin/"),
+            ("/;x", true, "/"),
+        ];
+        for (raw, has, stripped) in cases {
+            let p = normalize(raw, MAX).unwrap();
+            assert_eq!(p.has_parameters(), has, "{raw}");
+            assert_eq!(p.without_parameters().as_str(), stripped, "{raw}");
+        }
+    }
+
+    /// How a lenient upstream reads a raw path: decode every `%XX` once, fold `\` into `/`,
+    /// drop `;` parameters from each segment, resolve dot segments (clamping at the root, as
+    /// lenient servers do) and collapse `//`. Works on bytes, so invalid UTF-8 cannot hide.
+    fn lenient_reading(raw: &str) -> Vec<u8> {
+        let b = raw.as_bytes();
+        let mut decoded = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            let hi = b.get(i + 1).copied().and_then(hex_value);
+            let lo = b.get(i + 2).copied().and_then(hex_value);
+            match (b[i], hi, lo) {
+                (b'%', Some(h), Some(l)) => {
+                    decoded.push((h << 4) | l);
+                    i += 3;
+                }
+                (c, _, _) => {
+                    decoded.push(if c == b'\\' { b'/' } else { c });
+                    i += 1;
+                }
+            }
+        }
+        let mut out: Vec<&[u8]> = Vec::new();
+        let mut trailing = false;
+        for seg in decoded.split(|&c| c == b'/').skip(1) {
+            let seg = seg.split(|&c| c == b';').next().unwrap_or(seg);
+            match seg {
+                b"" | b"." => trailing = true,
+                b".." => {
+                    out.pop();
+                    trailing = true;
+                }
+                s => {
+                    out.push(s);
+                    trailing = false;
+                }
+            }
+        }
+        let mut path = Vec::new();
+        for s in &out {
+            path.push(b'/');
+            path.extend_from_slice(s);
+        }
+        if path.is_empty() || trailing {
+            path.push(b'/');
+        }
+        path
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+
+        /// Whatever the gateway accepts, a lenient server reads the raw path, the path the
+        /// route matched and the path forwarded as the same resource. With
+        /// `path_parameters: allow` the route matches the path without parameters and the
+        /// upstream receives it with them; by default a path with parameters is refused, and
+        /// the route matches exactly what is forwarded.
+        #[test]
+        fn a_lenient_server_reads_what_the_route_matched(
+            parts in proptest::collection::vec(proptest::sample::select(vec![
+                "/", "/", "a", "B", "admin", ".", "..", ";", ";x=1", "%2e", "%2E%2e", "%3b",
+                "%3B", "%2f", "%5c", "\\", "%41", "%61", "%25", "%", "//", "%C3%A9", "\u{e9}",
+                "~", "=", "%00", "?", " ", "%3F", "%C0%AF", "\u{202e}",
+            ]), 0..12)
+        ) {
+            let raw = format!("/{}", parts.concat());
+            if let Ok(p) = normalize(&raw, MAX) {
+                let lenient = lenient_reading(&raw);
+                let matched = p.without_parameters();
+                proptest::prop_assert_eq!(
+                    &lenient_reading(matched.as_str()), &lenient, "raw {:?} matched {:?}", raw, matched
+                );
+                proptest::prop_assert_eq!(
+                    &lenient_reading(p.as_str()), &lenient, "raw {:?} forwarded {:?}", raw, p
+                );
+                if !p.has_parameters() {
+                    proptest::prop_assert_eq!(matched.as_str(), p.as_str());
+                }
+            }
+        }
     }
 }

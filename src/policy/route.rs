@@ -13,6 +13,14 @@
 //!    beats a `/**` (so `/a/b` > `/a/{id}` > `/a/**`, and `/a` > `/a/**` for the path `/a`);
 //! 3. methods: a route listing methods beats one allowing any method;
 //! 4. file order: the earlier route wins a complete tie.
+//!
+//! # Host-scoped routes claim their paths on their upstream
+//!
+//! The upstream never sees the agent's `Host` (the gateway sends the upstream's own), so a
+//! route with a `host` would be pointless if a broader route (no host, or a wider wildcard) to
+//! the *same upstream* also matched the same method and path for any other host. Such a call is
+//! refused ([`Lookup::HostScoped`]): a host-scoped route decides its method and path on its
+//! upstream for every host, never a broader route beside it.
 
 use super::path::NormalizedPath;
 use http::Method;
@@ -111,8 +119,14 @@ impl PathPattern {
         Regex::new(&format!("^(?:{r})$")).map(PathPattern::Regex)
     }
 
-    /// Does `path` match?
-    pub fn matches(&self, path: &NormalizedPath) -> bool {
+    /// Compile `path_regex` case-insensitively (routes to `case_insensitive` upstreams).
+    pub fn regex_case_insensitive(r: &str) -> Result<PathPattern, regex::Error> {
+        Regex::new(&format!("(?i)^(?:{r})$")).map(PathPattern::Regex)
+    }
+
+    /// Does `path` match? `ignore_case` compares literal segments ignoring ASCII case (for
+    /// upstreams that serve `/Admin` and `/admin` alike; regexes carry their own flag).
+    pub fn matches(&self, path: &NormalizedPath, ignore_case: bool) -> bool {
         match self {
             PathPattern::Regex(r) => r.is_match(path.as_str()),
             PathPattern::Template { segments, rest } => {
@@ -120,7 +134,11 @@ impl PathPattern {
                 for seg in segments {
                     match (seg, it.next()) {
                         (_, None) => return false,
-                        (Segment::Literal(l), Some(s)) if l != s => return false,
+                        (Segment::Literal(l), Some(s))
+                            if !(l == s || (ignore_case && l.eq_ignore_ascii_case(s))) =>
+                        {
+                            return false
+                        }
                         _ => {}
                     }
                 }
@@ -234,11 +252,35 @@ pub struct Route {
     pub scopes_any: Vec<String>,
     /// Calls need human approval first.
     pub approval: Option<Arc<super::snapshot::ApprovalPolicy>>,
+    /// Literal segments match ignoring ASCII case (the upstream is `case_insensitive`).
+    pub case_insensitive: bool,
+    /// `websocket: true`: a WebSocket upgrade may pass; any other `Upgrade` never does.
+    pub websocket: bool,
 }
+
+/// What a route with no `methods:` allows: the ordinary methods, never `TRACE`, `CONNECT` or a
+/// method nobody configured (an upstream may give those a meaning the gateway never checked).
+pub const STANDARD_METHODS: [Method; 7] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+];
 
 impl Route {
     fn allows_method(&self, m: &Method) -> bool {
-        self.methods.is_empty() || self.methods.contains(m)
+        if self.methods.is_empty() {
+            STANDARD_METHODS.contains(m)
+        } else {
+            self.methods.contains(m)
+        }
+    }
+
+    fn matches_path(&self, path: &NormalizedPath) -> bool {
+        self.path.matches(path, self.case_insensitive)
     }
 
     fn precedence(&self, other: &Route) -> Ordering {
@@ -258,6 +300,14 @@ impl Route {
 pub enum Lookup {
     /// The route at this index (into [`RouteTable::routes`]) governs the request.
     Found(usize),
+    /// The route at index `route` matched, but the host-scoped route `claimed_by` sends the
+    /// same method and path to the same upstream for another host (see the module docs).
+    HostScoped {
+        /// The broader route that matched.
+        route: usize,
+        /// The host-scoped route that claims the call.
+        claimed_by: usize,
+    },
     /// No route matched. `methods_on_path` lists methods that routes allow for this host and
     /// path, so the refusal can say what would have been accepted.
     NotFound {
@@ -273,8 +323,12 @@ pub struct RouteTable {
     pub routes: Vec<Route>,
     /// First literal segment → indices (ascending = precedence order).
     by_first: HashMap<String, Vec<usize>>,
-    /// Routes whose first segment is not a literal (params, `/**`, `/`, regexes).
+    /// Routes whose first segment is not a literal (params, `/**`, `/`, regexes), and
+    /// case-insensitive routes (their first segment has many spellings).
     generic: Vec<usize>,
+    /// Per route: the host-scoped routes to the same upstream with a narrower host, which
+    /// claim their method and path for every host. Empty for almost every configuration.
+    host_claims: Vec<Vec<usize>>,
 }
 
 impl RouteTable {
@@ -285,14 +339,28 @@ impl RouteTable {
         let mut generic = Vec::new();
         for (i, r) in routes.iter().enumerate() {
             match r.path.first_literal() {
-                Some(l) => by_first.entry(l.to_string()).or_default().push(i),
-                None => generic.push(i),
+                Some(l) if !r.case_insensitive => {
+                    by_first.entry(l.to_string()).or_default().push(i)
+                }
+                _ => generic.push(i),
             }
         }
+        let host_claims = routes
+            .iter()
+            .map(|broad| {
+                (0..routes.len())
+                    .filter(|&h| {
+                        routes[h].upstream == broad.upstream
+                            && routes[h].host.rank() > broad.host.rank()
+                    })
+                    .collect()
+            })
+            .collect();
         RouteTable {
             routes,
             by_first,
             generic,
+            host_claims,
         }
     }
 
@@ -316,11 +384,23 @@ impl RouteTable {
             };
             let Some(&i) = i else { break };
             let r = &self.routes[i];
-            if !r.host.matches(host) || !r.path.matches(path) {
+            if !r.host.matches(host) || !r.matches_path(path) {
                 continue;
             }
             if r.allows_method(method) {
-                return Lookup::Found(i);
+                // A narrower host's route to the same upstream that would take this method and
+                // path did not match only because of the Host header: it claims the call.
+                let claim = self.host_claims[i].iter().copied().find(|&h| {
+                    let c = &self.routes[h];
+                    c.allows_method(method) && c.matches_path(path)
+                });
+                return match claim {
+                    Some(h) => Lookup::HostScoped {
+                        route: i,
+                        claimed_by: h,
+                    },
+                    None => Lookup::Found(i),
+                };
             }
             for m in &r.methods {
                 if !methods_on_path.contains(m) {
@@ -353,7 +433,14 @@ mod tests {
             scopes_all: vec!["s".into()],
             scopes_any: vec![],
             approval: None,
+            case_insensitive: false,
+            websocket: false,
         }
+    }
+
+    fn on_upstream(upstream: usize, mut r: Route) -> Route {
+        r.upstream = upstream;
+        r
     }
 
     fn table(routes: Vec<Route>) -> RouteTable {
@@ -372,6 +459,9 @@ mod tests {
         let p = normalize(path, 4096).unwrap();
         match t.lookup(&method.parse().unwrap(), host, &p) {
             Lookup::Found(i) => t.routes[i].name.to_string(),
+            Lookup::HostScoped { claimed_by, .. } => {
+                format!("claimed by {}", t.routes[claimed_by].name)
+            }
             Lookup::NotFound { methods_on_path } => format!(
                 "none{}",
                 methods_on_path
@@ -393,17 +483,24 @@ mod tests {
             route("ticket-export", &["GET"], None, "/api/tickets/export"),
             route("ticket-any-method", &[], None, "/api/tickets/{id}"),
             route("tickets-exact", &["GET", "POST"], None, "/api/tickets"),
-            route(
-                "host-wild",
-                &["GET"],
-                Some("*.internal"),
-                "/api/tickets/{id}",
+            // Virtual hosts on their own upstreams (see the host-claim test for one upstream).
+            on_upstream(
+                1,
+                route(
+                    "host-wild",
+                    &["GET"],
+                    Some("*.internal"),
+                    "/api/tickets/{id}",
+                ),
             ),
-            route(
-                "host-exact",
-                &["GET"],
-                Some("tools.internal"),
-                "/api/tickets/{id}",
+            on_upstream(
+                2,
+                route(
+                    "host-exact",
+                    &["GET"],
+                    Some("tools.internal"),
+                    "/api/tickets/{id}",
+                ),
             ),
             route("dup-first", &["PUT"], None, "/dup/{x}"),
             route("dup-second", &["PUT"], None, "/dup/{y}"),
@@ -482,8 +579,83 @@ mod tests {
     #[test]
     fn regexes_are_anchored() {
         let r = PathPattern::regex("/api/[a-z]+").unwrap();
-        assert!(r.matches(&normalize("/api/abc", 99).unwrap()));
-        assert!(!r.matches(&normalize("/x/api/abc", 99).unwrap()));
-        assert!(!r.matches(&normalize("/api/abc/def", 99).unwrap()));
+        assert!(r.matches(&normalize("/api/abc", 99).unwrap(), false));
+        assert!(!r.matches(&normalize("/x/api/abc", 99).unwrap(), false));
+        assert!(!r.matches(&normalize("/api/abc/def", 99).unwrap(), false));
+    }
+
+    #[test]
+    fn routes_without_methods_never_allow_trace_connect_or_unknown_methods() {
+        let t = table(vec![route("any", &[], None, "/**")]);
+        for m in ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+            assert_eq!(winner(&t, m, None, "/x"), "any", "{m}");
+        }
+        for m in ["TRACE", "CONNECT", "PROPFIND", "PURGE", "FOO"] {
+            assert_eq!(winner(&t, m, None, "/x"), "none", "{m}");
+        }
+    }
+
+    #[test]
+    fn case_insensitive_routes_match_every_spelling_and_keep_their_rank() {
+        let mut admin = route("admin", &[], None, "/api/admin/**");
+        let mut broad = route("broad", &[], None, "/**");
+        admin.case_insensitive = true;
+        broad.case_insensitive = true;
+        let t = table(vec![broad, admin, route("exact", &[], None, "/Exact")]);
+        assert_eq!(winner(&t, "GET", None, "/API/Admin/users"), "admin");
+        assert_eq!(winner(&t, "GET", None, "/api/ADMIN"), "admin");
+        // Case-sensitive routes stay exact.
+        assert_eq!(winner(&t, "GET", None, "/Exact"), "exact");
+        assert_eq!(winner(&t, "GET", None, "/exact"), "broad");
+
+        let mut rx = route("rx", &["GET"], None, "re:/x");
+        rx.path = PathPattern::regex_case_insensitive("/reports/[a-z0-9]+").unwrap();
+        rx.case_insensitive = true;
+        let t = table(vec![rx]);
+        assert_eq!(winner(&t, "GET", None, "/Reports/Q1"), "rx");
+        assert_eq!(winner(&t, "GET", None, "/REPORTS/q1/x"), "none");
+    }
+
+    #[test]
+    fn a_host_scoped_route_claims_its_paths_on_its_upstream_for_every_host() {
+        let mut other = route("other-upstream", &[], None, "/admin/other/**");
+        other.upstream = 1;
+        let t = table(vec![
+            route("broad", &[], None, "/**"),
+            route(
+                "admin-host",
+                &["GET", "DELETE"],
+                Some("admin.internal"),
+                "/admin/**",
+            ),
+            route("wild-host", &["GET"], Some("*.tools.internal"), "/tools/**"),
+            other,
+        ]);
+        // Through its own host, the host-scoped route decides.
+        assert_eq!(
+            winner(&t, "DELETE", Some("admin.internal"), "/admin/users"),
+            "admin-host"
+        );
+        // Another host (or none) cannot reach the same upstream path through the broad route.
+        assert_eq!(
+            winner(&t, "DELETE", Some("evil.example"), "/admin/users"),
+            "claimed by admin-host"
+        );
+        assert_eq!(winner(&t, "GET", None, "/admin"), "claimed by admin-host");
+        assert_eq!(
+            winner(&t, "GET", Some("x.internal"), "/tools/a"),
+            "claimed by wild-host"
+        );
+        // Methods the host route does not take, and paths it does not cover, stay broad.
+        assert_eq!(
+            winner(&t, "POST", Some("evil.example"), "/admin/users"),
+            "broad"
+        );
+        assert_eq!(winner(&t, "GET", None, "/public"), "broad");
+        // A route to another upstream is not claimed: that upstream is a different server.
+        assert_eq!(
+            winner(&t, "GET", Some("evil.example"), "/admin/other/x"),
+            "other-upstream"
+        );
     }
 }

@@ -144,6 +144,18 @@ pub struct Upstream {
     pub credential: Option<Credential>,
     /// Private trust anchors (`tls_ca_file`); `None` = the system roots.
     pub tls_ca: Option<UpstreamCa>,
+    /// Request headers that get a call refused (400 `forbidden_header`): the default
+    /// method-override and URL-rewrite families plus the upstream's `refuse_headers`.
+    pub refused_headers: Vec<HeaderName>,
+    /// Request headers removed before forwarding: client copies of forwarding headers
+    /// (`X-Forwarded-Host` ...) plus the upstream's `strip_headers`.
+    pub stripped_headers: Vec<HeaderName>,
+    /// `path_parameters: allow`: `;` segment parameters may be forwarded; routes match the
+    /// path without them.
+    pub path_parameters: bool,
+    /// `case_insensitive: true`: the upstream serves `/Admin` as `/admin`, so its routes
+    /// match literal segments ignoring ASCII case.
+    pub case_insensitive: bool,
 }
 
 /// The CA certificates of an upstream's `tls_ca_file`, parsed once per load into what each
@@ -199,6 +211,32 @@ pub struct Settings {
     pub work_stealing: bool,
     /// Access log destination.
     pub access_log: AccessLogTarget,
+    /// Bounds on agent connections (read per new connection, so a reload applies to new ones).
+    pub connections: ConnectionLimits,
+}
+
+/// What one client, or all of them, may hold open on the proxy listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// From a request's first byte to the end of its headers.
+    pub request_header_timeout: Duration,
+    /// Idle time allowed between requests on one connection (and before the first).
+    pub keepalive_timeout: Duration,
+    /// Open connections in all.
+    pub max_connections: usize,
+    /// Open connections from one client address.
+    pub max_connections_per_client: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            request_header_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            max_connections_per_client: 1_000,
+        }
+    }
 }
 
 /// What `portcullis token issue` needs.

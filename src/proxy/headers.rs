@@ -19,6 +19,89 @@ pub static ROUTE: HeaderName = HeaderName::from_static("x-portcullis-route");
 /// Effective scopes, space-separated.
 pub static SCOPES: HeaderName = HeaderName::from_static("x-portcullis-scopes");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID);
+
+/// Request headers that change the method or target an upstream acts on (the method-override
+/// family honoured by Express, Spring, ASP.NET, Google APIs; the URL-rewrite family honoured by
+/// IIS and some PHP and Java frameworks). The gateway decided on the method and path it saw,
+/// so a call carrying one is refused (400 `forbidden_header`), on every upstream.
+/// Upstreams add names with `refuse_headers`.
+pub const DEFAULT_REFUSED_HEADERS: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+];
+
+/// Client-supplied forwarding headers that upstreams use to build URLs, pick a tenant or trust
+/// a client address. The agent is not a proxy, so its copies are removed before forwarding
+/// (`X-Forwarded-For` is kept and appended to, and decides nothing in the gateway).
+/// Upstreams add names with `strip_headers`.
+pub const DEFAULT_STRIPPED_HEADERS: &[&str] = &[
+    "x-forwarded-host",
+    "x-forwarded-prefix",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-scheme",
+    "x-forwarded-server",
+    "x-original-host",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+];
+
+/// The first request header that `refused` lists, if any.
+///
+/// Walks the request's few headers once rather than hashing every refused name: agent calls
+/// carry a handful of headers, so this costs a few short comparisons per call.
+pub fn refused_header<'a>(
+    req: &RequestHeader,
+    refused: &'a [HeaderName],
+) -> Option<&'a HeaderName> {
+    req.headers
+        .keys()
+        .find_map(|k| refused.iter().find(|r| *r == k))
+}
+
+/// Whether the query string carries a `_method` parameter, the method override Laravel, Rails
+/// (via Rack) and Symfony honour. The name is compared the way those frameworks read it:
+/// percent-decoded, `+` as space, case-insensitively, and with PHP's mangling of ` `, `.` and
+/// `[` into `_`.
+pub fn has_method_override_param(query: &str) -> bool {
+    // Cheap pre-check for the common case: neither the plain name nor any encoding in sight.
+    if !query.contains("method") && !query.contains("METHOD") && !query.contains('%') {
+        return false;
+    }
+    query.split([';', '&']).any(|pair| {
+        let name = pair.split('=').next().unwrap_or(pair);
+        form_urlencoded::parse(name.as_bytes())
+            .next()
+            .is_some_and(|(n, _)| {
+                let n: String = n
+                    .chars()
+                    .map(|c| if matches!(c, ' ' | '.' | '[') { '_' } else { c })
+                    .collect();
+                n.eq_ignore_ascii_case("_method")
+            })
+    })
+}
+
+/// The protocol a request asks to switch to: the `Upgrade` header's value, or `""` when only
+/// `Connection: upgrade` is present. `None` for an ordinary request.
+pub fn requested_upgrade(req: &RequestHeader) -> Option<&str> {
+    if let Some(u) = req.headers.get(http::header::UPGRADE) {
+        return Some(u.to_str().unwrap_or("").trim());
+    }
+    let asks = req
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then_some("")
+}
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// The bearer token, if the request carries exactly one well-formed `Authorization: Bearer`.
@@ -71,12 +154,17 @@ pub fn request_host(req: &RequestHeader) -> Option<String> {
 }
 
 /// Remove every header an agent must not be able to pass to an upstream: its own token, any
-/// copy of the headers the gateway asserts, and the credential header the gateway injects.
-pub fn strip_client_assertions(req: &mut RequestHeader, credential_header: Option<&HeaderName>) {
+/// copy of the headers the gateway asserts, the credential header the gateway injects, and the
+/// upstream's stripped forwarding headers (`stripped`).
+pub fn strip_client_assertions(
+    req: &mut RequestHeader,
+    credential_header: Option<&HeaderName>,
+    stripped: &[HeaderName],
+) {
     let owned: Vec<HeaderName> = req
         .headers
         .keys()
-        .filter(|k| k.as_str().starts_with(OWNED_PREFIX))
+        .filter(|k| k.as_str().starts_with(OWNED_PREFIX) || stripped.contains(k))
         .cloned()
         .collect();
     for k in owned {
@@ -120,7 +208,11 @@ pub fn prepare_upstream_request(
 ) -> pingora::Result<()> {
     use pingora::{Error, ErrorType};
     let up = f.upstream;
-    strip_client_assertions(req, up.credential.as_ref().map(|c| &c.header));
+    strip_client_assertions(
+        req,
+        up.credential.as_ref().map(|c| &c.header),
+        &up.stripped_headers,
+    );
 
     // The upstream sees exactly the path the route matched (plus the upstream's base path).
     let mut target = String::with_capacity(up.base_path.len() + f.path.as_str().len() + 32);
@@ -226,8 +318,85 @@ mod tests {
             ("forwarded", "for=1.2.3.4"),
             ("accept", "application/json"),
         ]);
-        strip_client_assertions(&mut r, Some(&HeaderName::from_static("x-api-key")));
+        strip_client_assertions(&mut r, Some(&HeaderName::from_static("x-api-key")), &[]);
         let left: Vec<&str> = r.headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, vec!["accept"]);
+    }
+
+    fn names(list: &[&'static str]) -> Vec<HeaderName> {
+        list.iter().map(|h| HeaderName::from_static(h)).collect()
+    }
+
+    #[test]
+    fn forwarding_headers_are_stripped() {
+        let mut r = req(&[
+            ("X-Forwarded-Host", "admin.internal"),
+            ("x-forwarded-prefix", "/admin"),
+            ("X-Real-IP", "10.0.0.1"),
+            ("x-custom-tenant", "other"),
+            ("accept", "*/*"),
+        ]);
+        let mut stripped = names(DEFAULT_STRIPPED_HEADERS);
+        stripped.push(HeaderName::from_static("x-custom-tenant"));
+        strip_client_assertions(&mut r, None, &stripped);
+        let left: Vec<&str> = r.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["accept"]);
+    }
+
+    #[test]
+    fn override_headers_are_found_in_any_case() {
+        let refused = names(DEFAULT_REFUSED_HEADERS);
+        for h in DEFAULT_REFUSED_HEADERS {
+            let upper = h.to_ascii_uppercase();
+            let r = req(&[("accept", "*/*"), (upper.as_str(), "DELETE")]);
+            assert_eq!(refused_header(&r, &refused).map(|n| n.as_str()), Some(*h));
+        }
+        assert_eq!(refused_header(&req(&[("accept", "*/*")]), &refused), None);
+    }
+
+    #[test]
+    fn method_override_parameter_in_every_spelling() {
+        for q in [
+            "_method=DELETE",
+            "a=1&_method=DELETE",
+            "a=1;_method=PUT",
+            "_METHOD=delete",
+            "%5Fmethod=DELETE",
+            "_%6Dethod=DELETE",
+            "%5f%4d%45%54%48%4f%44=x",
+            "+method=DELETE",
+            ".method=DELETE",
+            "[method=DELETE",
+            "_method",
+        ] {
+            assert!(has_method_override_param(q), "{q}");
+        }
+        for q in [
+            "",
+            "method=x",
+            "a=_method",
+            "my_method=x",
+            "_methods=x",
+            "q=%20",
+        ] {
+            assert!(!has_method_override_param(q), "{q}");
+        }
+    }
+
+    #[test]
+    fn upgrade_requests_are_recognised() {
+        assert_eq!(
+            requested_upgrade(&req(&[("upgrade", "websocket")])),
+            Some("websocket")
+        );
+        assert_eq!(
+            requested_upgrade(&req(&[("connection", "keep-alive, Upgrade")])),
+            Some("")
+        );
+        assert_eq!(
+            requested_upgrade(&req(&[("connection", "keep-alive")])),
+            None
+        );
+        assert_eq!(requested_upgrade(&req(&[])), None);
     }
 }

@@ -12,6 +12,7 @@
 //! 6. `logging`: metrics and the access-log line, for every request, allowed or not.
 
 mod approval_gate;
+pub mod connections;
 pub mod headers;
 pub mod refusal;
 
@@ -23,7 +24,10 @@ use crate::policy::{
 use crate::state::GatewayState;
 use async_trait::async_trait;
 use bytes::Bytes;
-use headers::{bearer, prepare_upstream_request, request_host, Forwarding, REQUEST_ID};
+use headers::{
+    bearer, has_method_override_param, prepare_upstream_request, refused_header, request_host,
+    requested_upgrade, Forwarding, REQUEST_ID,
+};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -320,6 +324,7 @@ impl ProxyHttp for Gateway {
                 host: host.as_deref(),
                 path: ctx.path.as_ref().expect("set above"),
                 token: &verified,
+                upgrade: requested_upgrade(session.req_header()),
             };
             evaluate(&snap, &facts)
         };
@@ -327,6 +332,20 @@ impl ProxyHttp for Gateway {
             Decision::Allow(a) => {
                 ctx.route = Some(a.route);
                 ctx.agent = Some(a.agent);
+                // The request must not mean more upstream than what was just decided.
+                let req = session.req_header();
+                let up = ctx.upstream().expect("allowed call has an upstream");
+                if let Some(h) = refused_header(req, &up.refused_headers) {
+                    let name = h.as_str().to_string();
+                    return self
+                        .refuse(session, ctx, Refusal::ForbiddenHeader { name })
+                        .await;
+                }
+                if req.uri.query().is_some_and(has_method_override_param) {
+                    return self
+                        .refuse(session, ctx, Refusal::MethodOverrideParameter)
+                        .await;
+                }
                 if let Some(policy) = a.approval {
                     ctx.decision = "held";
                     return self.approval_gate(session, ctx, policy).await;
@@ -336,15 +355,8 @@ impl ProxyHttp for Gateway {
                 Ok(false)
             }
             Decision::Deny(d) => {
-                ctx.agent = match &d {
-                    crate::policy::Denial::UnknownAgent { .. } => None,
-                    crate::policy::Denial::AgentDisabled { agent }
-                    | crate::policy::Denial::NoRoute { agent, .. }
-                    | crate::policy::Denial::InsufficientScope { agent, .. } => Some(agent.clone()),
-                };
-                if let crate::policy::Denial::InsufficientScope { route, .. } = &d {
-                    ctx.route = Some(*route);
-                }
+                ctx.agent = d.agent().cloned();
+                ctx.route = d.route();
                 self.refuse(session, ctx, Refusal::Policy(d)).await
             }
         }

@@ -6,7 +6,7 @@
 
 use super::headers::BearerProblem;
 use crate::identity::TokenError;
-use crate::policy::{Denial, PathError, Snapshot};
+use crate::policy::{Denial, HostPattern, PathError, Snapshot};
 use http::Method;
 use serde_json::{json, Map, Value};
 
@@ -62,6 +62,20 @@ pub enum Refusal {
     },
     /// The approval store cannot be used: fail closed.
     ApprovalUnavailable,
+    /// A request header that would change the method or target at the upstream.
+    ForbiddenHeader {
+        /// The header, lowercase.
+        name: String,
+    },
+    /// A `_method` query parameter (method override).
+    MethodOverrideParameter,
+    /// Too many open connections, from this client or in all.
+    TooManyConnections {
+        /// The per-client cap was hit (else the global one).
+        per_client: bool,
+        /// The cap that was hit.
+        limit: usize,
+    },
     /// An unexpected failure inside the gateway.
     Internal,
 }
@@ -237,7 +251,64 @@ impl Refusal {
                             ),
                         )
                     }
+                    Denial::PathParameter { .. } => {
+                        extra.insert("reason".into(), json!(PathError::PathParameter.code()));
+                        (400, "invalid_path", PathError::PathParameter.to_string())
+                    }
+                    Denial::HostScoped { agent, claimed_by } => {
+                        let r = snap.map(|s| &s.routes.routes[*claimed_by]);
+                        let route_name = r.map(|r| r.name.to_string()).unwrap_or_default();
+                        let host = match r.map(|r| &r.host) {
+                            Some(HostPattern::Exact(h)) => h.clone(),
+                            Some(HostPattern::Suffix(s)) => format!("*{s}"),
+                            Some(HostPattern::Any) | None => String::new(),
+                        };
+                        extra.insert("agent".into(), json!(&*agent.id));
+                        extra.insert("reason".into(), json!("host_scoped"));
+                        extra.insert("route".into(), json!(route_name));
+                        extra.insert("required_host".into(), json!(host));
+                        (403, "no_route", format!(
+                            "this method and path are reserved to host `{host}` (route `{route_name}`); send the call with that Host and a token the route accepts"
+                        ))
+                    }
+                    Denial::UpgradeNotAllowed {
+                        agent,
+                        route,
+                        protocol,
+                    } => {
+                        let route_name = snap
+                            .map(|s| s.routes.routes[*route].name.to_string())
+                            .unwrap_or_default();
+                        extra.insert("agent".into(), json!(&*agent.id));
+                        extra.insert("route".into(), json!(route_name));
+                        extra.insert("protocol".into(), json!(protocol));
+                        (403, "upgrade_not_allowed", format!(
+                            "route `{route_name}` does not allow switching protocols (Upgrade `{protocol}`); send a plain HTTP request, or ask an operator for a route with `websocket: true`"
+                        ))
+                    }
                 }
+            }
+            Refusal::ForbiddenHeader { name } => {
+                extra.insert("header".into(), json!(name));
+                (400, "forbidden_header", format!(
+                    "the `{name}` header would make the tool act on a different method or URL than the gateway checked; remove it and send the method and path you mean directly"
+                ))
+            }
+            Refusal::MethodOverrideParameter => {
+                extra.insert("parameter".into(), json!("_method"));
+                (400, "forbidden_parameter", "the `_method` query parameter overrides the HTTP method at some tools, so the gateway refuses it; send the request with the method you mean".into())
+            }
+            Refusal::TooManyConnections { per_client, limit } => {
+                retry_after = Some(1);
+                extra.insert("limit".into(), json!(limit));
+                let whom = if *per_client {
+                    "from your address"
+                } else {
+                    "in all"
+                };
+                (503, "too_many_connections", format!(
+                    "the gateway holds its limit of {limit} open connections {whom}; reuse keep-alive connections or close idle ones, then retry"
+                ))
             }
             Refusal::Upstream(f) => {
                 retry_after = Some(1);

@@ -346,6 +346,10 @@ pub struct Setup {
     pub rust_log: &'static str,
     /// `server.grace_period`.
     pub grace_period: &'static str,
+    /// YAML lines appended to `server:` (indented by two spaces).
+    pub extra_server: String,
+    /// YAML list items appended to `upstreams:` (indented by two spaces).
+    pub extra_upstreams: String,
 }
 
 impl Setup {
@@ -357,6 +361,8 @@ impl Setup {
             extra_routes: String::new(),
             rust_log: "info",
             grace_period: "5s",
+            extra_server: String::new(),
+            extra_upstreams: String::new(),
         }
     }
 }
@@ -402,6 +408,7 @@ listen:
 server:
   grace_period: @GRACE@
   watch_config: @WATCH@
+@EXTRA_SERVER@
 identity:
   clock_skew: 30s
   max_token_ttl: 1h
@@ -450,6 +457,7 @@ upstreams:
   - name: down-api
     url: http://127.0.0.1:@CLOSED@
     connect_timeout: 1s
+@EXTRA_UPSTREAMS@
 routes:
   - name: tickets-read
     methods: [GET]
@@ -511,6 +519,8 @@ pub fn render(setup: &Setup, layout: &Layout) -> String {
         .replace("@UPSTREAM@", &setup.upstream.to_string())
         .replace("@CLOSED@", &layout.closed_port.to_string())
         .replace("@EXTRA_ROUTES@\n", &setup.extra_routes)
+        .replace("@EXTRA_SERVER@\n", &setup.extra_server)
+        .replace("@EXTRA_UPSTREAMS@\n", &setup.extra_upstreams)
 }
 
 /// Replace a file the way editors and config managers do: write aside, then rename.
