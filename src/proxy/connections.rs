@@ -167,7 +167,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionGuard<A> {
                     .connections_refused
                     .with_label_values(&[label])
                     .inc();
-                tracing::warn!(client = ?client, limit = label, "connection refused: too many open connections");
+                // Counted in the metric; a log line per refused connection would let a flood
+                // flood the log too.
+                tracing::debug!(client = ?client, limit = label, "connection refused: too many open connections");
                 refuse_connection(&mut stream, &refusal).await;
                 return None;
             }
