@@ -9,6 +9,9 @@
 # a bare pingora proxy (examples/pingora_floor.rs), the floor any pingora-based gateway starts from.
 #
 # usage: scripts/bench-load.sh [ROUNDS] [SECONDS]     (default 3 rounds of 6 s per target)
+#
+# BASELINE_BIN=/path/to/an/older/portcullis also runs that build, with the same config, in the
+# same CPU-per-request rounds ("portcullis baseline"), for before/after figures of a change.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -29,7 +32,7 @@ cargo build --release --example pingora_floor
 "$kit/peers.sh" start
 work=$(mktemp -d)
 cleanup() {
-  for p in ${gw:-} ${floor:-}; do kill "$p" 2>/dev/null || true; done
+  for p in ${gw:-} ${floor:-} ${base:-}; do kill "$p" 2>/dev/null || true; done
   "$kit/peers.sh" stop; rm -rf "$work"
 }
 trap cleanup EXIT
@@ -77,6 +80,13 @@ echo "access-log lines written: $(wc -l < "$work/access.log")"
 # divided by the requests wrk completed. Same load as above: 1 wrk thread, 32 connections.
 ./target/release/examples/pingora_floor 127.0.0.1:9085 127.0.0.1:9001 2>"$work/floor.err" &
 floor=$!
+if [ -n "${BASELINE_BIN:-}" ]; then
+  sed -e 's/127.0.0.1:9080/127.0.0.1:9180/' -e 's/127.0.0.1:9981/127.0.0.1:9982/' \
+    -e "s#$work/access.log#$work/access-baseline.log#" "$work/gateway.yaml" > "$work/baseline.yaml"
+  "$BASELINE_BIN" run -c "$work/baseline.yaml" 2>"$work/baseline.err" &
+  base=$!
+  for _ in $(seq 100); do curl -sf http://127.0.0.1:9982/readyz >/dev/null && break; sleep 0.1; done
+fi
 sleep 0.5
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
@@ -95,5 +105,8 @@ for r in $(seq "$rounds"); do
   cpu_per_request "haproxy jwt_verify" "$(cat "$D/ha.pid")" http://127.0.0.1:9003/api/tickets
   cpu_per_request "bare pingora" "$floor" http://127.0.0.1:9085/api/tickets
   cpu_per_request "portcullis" "$gw" http://127.0.0.1:9080/api/tickets
+  if [ -n "${base:-}" ]; then
+    cpu_per_request "portcullis baseline" "$base" http://127.0.0.1:9180/api/tickets
+  fi
 done
 echo "gateway RSS after the run: $(ps -o rss= -p "$gw" | awk '{printf "%.1f MiB", $1/1024}')"
