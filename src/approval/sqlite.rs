@@ -30,7 +30,7 @@ use super::store::{
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The schema version this code writes, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// `MIGRATIONS[n]` upgrades a database from version `n` to `n + 1`. Append only: a released
 /// migration is never edited, because databases in the field have already run it.
@@ -73,6 +73,10 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX approvals_by_status ON approvals (status);
     CREATE INDEX approvals_by_agent_digest ON approvals (agent, request_digest);",
+    // 1 → 2: the whole body for approvers (NULL in rows written before), and an index for the
+    // per-agent pending cap.
+    "ALTER TABLE approvals ADD COLUMN body BLOB;
+    CREATE INDEX approvals_by_agent_status ON approvals (agent, status);",
 ];
 
 /// Columns of `approvals` in the order [`approval_from_row`] reads them (by name, so the order
@@ -454,13 +458,26 @@ impl ApprovalStore for SqliteStore {
             let headers = to_json(&a.headers)?;
             let approvers = to_json(&a.approvers)?;
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Some(limit) = a.max_pending_for_agent {
+                // Inside the write transaction: concurrent creates cannot all see room.
+                let pending: i64 = tx
+                    .prepare_cached(
+                        "SELECT COUNT(*) FROM approvals WHERE agent = ?1 AND status = 'pending'",
+                    )?
+                    .query_row([&a.agent], |r| r.get(0))?;
+                let pending = u64::try_from(pending).unwrap_or(0);
+                if pending >= u64::from(limit) {
+                    return Err(StoreError::TooManyPending { pending, limit }.into());
+                }
+            }
             tx.execute(
                 "INSERT INTO approvals (id, mode, agent, owner, route, method, path, query,
                      body_sha256, body_bytes, body_preview, headers, request_digest, config_version,
-                     approvers, quorum, created_at_ms, expires_at_ms, status)
+                     approvers, quorum, created_at_ms, expires_at_ms, status, body)
                  VALUES (:id, :mode, :agent, :owner, :route, :method, :path, :query,
                      :body_sha256, :body_bytes, :body_preview, :headers, :request_digest,
-                     :config_version, :approvers, :quorum, :created_at_ms, :expires_at_ms, 'pending')",
+                     :config_version, :approvers, :quorum, :created_at_ms, :expires_at_ms, 'pending',
+                     :body)",
                 named_params! {
                     ":id": a.id,
                     ":mode": a.mode,
@@ -481,6 +498,7 @@ impl ApprovalStore for SqliteStore {
                     ":quorum": a.quorum.max(1),
                     ":created_at_ms": a.created_at_ms,
                     ":expires_at_ms": a.expires_at_ms,
+                    ":body": a.body,
                 },
             )?;
             // Read back so the caller sees exactly what is stored (e.g. the clamped quorum).
@@ -762,6 +780,28 @@ impl ApprovalStore for SqliteStore {
             Ok(u64::try_from(n).unwrap_or(0))
         })
     }
+
+    fn body(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.run("body", |conn| {
+            let row: Option<Option<Vec<u8>>> = conn
+                .prepare_cached("SELECT body FROM approvals WHERE id = ?1")?
+                .query_row([id], |r| r.get(0))
+                .optional()?;
+            row.ok_or(Fail::Store(StoreError::NotFound))
+        })
+    }
+
+    fn prune_final(&self, before_ms: i64) -> Result<usize, StoreError> {
+        self.run("prune_final", |conn| {
+            // Votes go with their approval (ON DELETE CASCADE, foreign_keys is on).
+            Ok(conn.execute(
+                "DELETE FROM approvals
+                 WHERE status NOT IN ('pending', 'approved')
+                   AND COALESCE(used_at_ms, decided_at_ms, expires_at_ms) < ?1",
+                [before_ms],
+            )?)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -804,6 +844,8 @@ mod tests {
             quorum: 1,
             created_at_ms: NOW,
             expires_at_ms: NOW + 10 * MINUTE,
+            body: b"{\"amount\": 5000}".to_vec(),
+            max_pending_for_agent: None,
         }
     }
 
@@ -1571,5 +1613,72 @@ mod tests {
             store.vote("l", "alice", true, "", NOW).unwrap().status,
             Status::Approved
         );
+    }
+
+    #[test]
+    fn pending_cap_counts_only_this_agents_pending_approvals() {
+        let (_dir, _path, store) = temp_store();
+        let capped = |id: &str, agent: &str| {
+            with(id, |a| {
+                a.agent = agent.into();
+                a.max_pending_for_agent = Some(2);
+            })
+        };
+        store.create(&capped("a1", "flood-bot")).unwrap();
+        store.create(&capped("a2", "flood-bot")).unwrap();
+        assert_eq!(
+            store.create(&capped("a3", "flood-bot")),
+            Err(StoreError::TooManyPending {
+                pending: 2,
+                limit: 2
+            })
+        );
+        assert!(matches!(store.get("a3"), Err(StoreError::NotFound)));
+        // Another agent is not affected by the flood.
+        store.create(&capped("b1", "quiet-bot")).unwrap();
+        // A decided approval frees its slot.
+        store.vote("a1", "alice", false, "no", NOW).unwrap();
+        store.create(&capped("a4", "flood-bot")).unwrap();
+    }
+
+    #[test]
+    fn the_whole_body_is_kept_and_read_back() {
+        let (_dir, _path, store) = temp_store();
+        let body: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
+        store
+            .create(&with("big", |a| a.body = body.clone()))
+            .unwrap();
+        assert_eq!(store.body("big").unwrap(), Some(body));
+        assert_eq!(store.body("nope"), Err(StoreError::NotFound));
+    }
+
+    #[test]
+    fn prune_deletes_only_final_approvals_that_ended_before_the_cutoff() {
+        let (_dir, _path, store) = temp_store();
+        for id in ["old-denied", "new-denied", "pending", "approved"] {
+            store.create(&with(id, |_| {})).unwrap();
+        }
+        store.vote("old-denied", "alice", false, "no", NOW).unwrap();
+        store
+            .vote("new-denied", "alice", false, "no", NOW + MINUTE)
+            .unwrap();
+        store.vote("approved", "alice", true, "ok", NOW).unwrap();
+        assert_eq!(store.prune_final(NOW + 1).unwrap(), 1);
+        assert!(matches!(store.get("old-denied"), Err(StoreError::NotFound)));
+        for id in ["new-denied", "pending", "approved"] {
+            store.get(id).unwrap();
+        }
+        // Votes went with it.
+        let votes: i64 = store
+            .conn
+            .lock()
+            .unwrap()
+            .query_row(
+                "SELECT COUNT(*) FROM votes WHERE approval_id = 'old-denied'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(votes, 0);
     }
 }
