@@ -1584,6 +1584,40 @@ mod tests {
         }
     }
 
+    /// A store written by the previous schema (no `body` column) is upgraded in place: its
+    /// approvals stay readable and usable, and report that no whole body was kept.
+    #[test]
+    fn a_version_1_store_is_migrated_and_keeps_its_approvals() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+            c.execute(
+                "INSERT INTO approvals (id, mode, agent, owner, route, method, path, query,
+                     body_sha256, body_bytes, body_preview, headers, request_digest, config_version,
+                     approvers, quorum, created_at_ms, expires_at_ms, status)
+                 VALUES ('old', 'async', 'bot', 'o', 'r', 'POST', '/p', NULL, 'ab', 2, '{}', '[]',
+                     'd', 1, '[]', 1, ?1, ?2, 'pending')",
+                [NOW, NOW + MINUTE],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.get("old").unwrap().status, Status::Pending);
+        assert_eq!(store.body("old").unwrap(), None);
+        let approved = store.vote("old", "alice", true, "ok", NOW).unwrap();
+        assert_eq!(approved.status, Status::Approved);
+        store.create(&sample("new")).unwrap();
+        assert!(store.body("new").unwrap().is_some());
+        let version: i64 = Connection::open(&path)
+            .unwrap()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
     /// Another writer holds the lock past the busy timeout: writes fail as Unavailable (the
     /// caller refuses the call) while reads still work thanks to WAL.
     #[test]
