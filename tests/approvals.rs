@@ -2155,7 +2155,31 @@ async fn one_agent_flooding_approvals_is_capped_and_other_agents_are_unaffected(
         4
     );
 
-    // Another agent is not affected: created at once, listed, approvable, and it passes.
+    // The flooding agent keeps going in the background, refused each time ...
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooder = {
+        let (stop, flood, url) = (stop.clone(), flood.clone(), env.gw.url("/api/payouts/"));
+        tokio::spawn(async move {
+            let mut refused = 0u32;
+            let mut i = 100u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = client()
+                    .post(format!("{url}{i}"))
+                    .bearer_auth(&flood)
+                    .header("content-type", "application/json")
+                    .body(refund_body(i))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 429, "the flood got through");
+                refused += 1;
+                i += 1;
+            }
+            refused
+        })
+    };
+    // ... while another agent is not affected: created at once, listed, approvable, and it
+    // passes.
     let other = token("reporting-bot", READ);
     let started = Instant::now();
     let b = env.post("/api/payouts/77", &other, &refund_body(77)).await;
@@ -2175,6 +2199,16 @@ async fn one_agent_flooding_approvals_is_capped_and_other_agents_are_unaffected(
     let passed = env.post("/api/payouts/77", &other, &refund_body(77)).await;
     assert_eq!(passed.status, 200, "{}", passed.body);
     assert_eq!(env.up.hits(), 1);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let refused = flooder.await.unwrap();
+    assert!(refused > 0, "the background flood never ran");
+    assert_eq!(
+        env.wait_list("status=pending&agent=support-bot", 4)
+            .await
+            .len(),
+        4,
+        "the flood grew past the cap"
+    );
 
     // Deciding frees a slot: the capped agent may ask again.
     let first_held = env.wait_list("status=pending&route=refunds", 2).await;

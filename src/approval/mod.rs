@@ -528,8 +528,7 @@ impl ApprovalService {
     }
 
     /// Delete approvals decided more than `retention` ago, at most once a minute (or once per
-    /// `retention` when that is shorter). Their audit
-    /// lines stay in the access log.
+    /// `retention` when that is shorter). Their audit lines stay in the access log.
     pub async fn prune(&self, retention: Duration) {
         let now = now_ms();
         let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
