@@ -2247,8 +2247,8 @@ async fn approval_call_with_too_many_headers_is_refused_and_not_held() {
     assert_eq!(env.up.hits(), 0);
 }
 
-/// Decided approvals are deleted from SQLite after `approvals.retention`; their audit lines
-/// stay in the access log. Pending ones are kept however old.
+/// Decided approvals are deleted from SQLite after `approvals.retention` (and not before they
+/// expire); their audit lines stay in the access log. Pending ones are kept however old.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decided_approvals_are_pruned_after_the_retention_period() {
     let env = start(Opts {
@@ -2256,8 +2256,13 @@ async fn decided_approvals_are_pruned_after_the_retention_period() {
         ..Opts::default()
     })
     .await;
+    // `brief` approvals expire after 4 s: a denial is kept at least until then (an identical
+    // retry is told the denial), and deleted once both its expiry and the retention passed.
+    let denied = assert_pending(
+        &env.post("/api/brief", &token("support-bot", WRITE), "{\"a\":1}")
+            .await,
+    );
     let agent = token("support-bot", READ);
-    let denied = assert_pending(&env.post("/api/payouts/91", &agent, "{\"a\":1}").await);
     let pending = assert_pending(&env.post("/api/payouts/92", &agent, "{\"a\":2}").await);
     env.vote_ok(&denied, &env.alice, "deny", "no").await;
     let deadline = Instant::now() + POLL_TIMEOUT;

@@ -794,10 +794,13 @@ impl ApprovalStore for SqliteStore {
     fn prune_final(&self, before_ms: i64) -> Result<usize, StoreError> {
         self.run("prune_final", |conn| {
             // Votes go with their approval (ON DELETE CASCADE, foreign_keys is on).
+            // Not before `expires_at_ms` either: until then an identical retry of a denied
+            // call is told the denial (find_denied) instead of asking the humans again.
             Ok(conn.execute(
                 "DELETE FROM approvals
                  WHERE status NOT IN ('pending', 'approved')
-                   AND COALESCE(used_at_ms, decided_at_ms, expires_at_ms) < ?1",
+                   AND COALESCE(used_at_ms, decided_at_ms, expires_at_ms) < ?1
+                   AND expires_at_ms < ?1",
                 [before_ms],
             )?)
         })
@@ -1687,21 +1690,33 @@ mod tests {
     }
 
     #[test]
-    fn prune_deletes_only_final_approvals_that_ended_before_the_cutoff() {
+    fn prune_deletes_only_final_approvals_that_ended_and_expired_before_the_cutoff() {
         let (_dir, _path, store) = temp_store();
-        for id in ["old-denied", "new-denied", "pending", "approved"] {
+        let cutoff = NOW + 2 * MINUTE;
+        store
+            .create(&with("old-denied", |a| a.expires_at_ms = NOW + MINUTE))
+            .unwrap();
+        for id in ["new-denied", "denied-still-open", "pending", "approved"] {
             store.create(&with(id, |_| {})).unwrap();
         }
         store.vote("old-denied", "alice", false, "no", NOW).unwrap();
         store
-            .vote("new-denied", "alice", false, "no", NOW + MINUTE)
+            .vote("new-denied", "alice", false, "no", cutoff + 1)
+            .unwrap();
+        // Denied long ago but not expired: an identical retry is still told the denial.
+        store
+            .vote("denied-still-open", "alice", false, "no", NOW)
             .unwrap();
         store.vote("approved", "alice", true, "ok", NOW).unwrap();
-        assert_eq!(store.prune_final(NOW + 1).unwrap(), 1);
+        assert_eq!(store.prune_final(cutoff).unwrap(), 1);
         assert!(matches!(store.get("old-denied"), Err(StoreError::NotFound)));
-        for id in ["new-denied", "pending", "approved"] {
+        for id in ["new-denied", "denied-still-open", "pending", "approved"] {
             store.get(id).unwrap();
         }
+        assert!(store
+            .find_denied("billing-bot", "digest-denied-still-open", cutoff)
+            .unwrap()
+            .is_some());
         // Votes went with it.
         let votes: i64 = store
             .conn

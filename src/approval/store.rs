@@ -418,8 +418,10 @@ pub trait ApprovalStore: Send + Sync + 'static {
     /// approval was recorded without one (by a version that kept only a preview).
     fn body(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
-    /// Deletes final approvals (and their votes) that ended before `before_ms`: when they were
-    /// used, decided or, failing both, when they expired. Returns how many. Pending and
-    /// approved-unused approvals are never deleted; the access log keeps the audit lines.
+    /// Deletes final approvals (and their votes) that ended before `before_ms` (when they were
+    /// used, decided or, failing both, when they expired) and whose `expires_at_ms` is before it
+    /// too, so that [`Self::find_denied`] still sees every unexpired denial. Returns how many.
+    /// Pending and approved-unused approvals are never deleted; the access log keeps the audit
+    /// lines.
     fn prune_final(&self, before_ms: i64) -> Result<usize, StoreError>;
 }
