@@ -1,6 +1,7 @@
 //! `portcullis`: run the gateway, check a config, issue tokens, make signing keys.
 
 use clap::{Parser, Subcommand, ValueEnum};
+use portcullis::approval::display;
 use portcullis::config::{load_file, LoadContext};
 use portcullis::identity::{generate_signing_key, issue_token, KeyStore};
 use std::path::{Path, PathBuf};
@@ -102,7 +103,8 @@ enum ApprovalsCommand {
         #[arg(long)]
         route: Option<String>,
     },
-    /// Everything about one approval.
+    /// Everything about one approval (JSON; control, bidi and invisible characters written as
+    /// `\uXXXX` escapes, so the output is the same JSON value and safe on a terminal).
     Show {
         /// Approval id.
         id: String,
@@ -122,6 +124,15 @@ enum ApprovalsCommand {
         /// Why (recorded, and sent to the agent).
         #[arg(long)]
         reason: String,
+    },
+    /// The whole request body of one approval, as text with control, bidi and invisible
+    /// characters shown as `\u{...}` escapes (newlines and tabs kept).
+    Body {
+        /// Approval id.
+        id: String,
+        /// Write the exact bytes instead (to redirect into a file, not to read on a terminal).
+        #[arg(long)]
+        raw: bool,
     },
 }
 
@@ -398,6 +409,44 @@ fn approvals_cli(
         Err(e) => return fail(e.to_string()),
     };
     let client = reqwest::Client::new();
+    if let ApprovalsCommand::Body { id, raw } = &command {
+        let req = client
+            .get(format!("{base}/api/approvals/{id}/body"))
+            .bearer_auth(&token);
+        let res = rt.block_on(async {
+            let r = req.send().await?;
+            let status = r.status();
+            let bytes = r.bytes().await?;
+            Ok::<_, reqwest::Error>((status, bytes))
+        });
+        return match res {
+            Ok((status, bytes)) if status.is_success() => {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                let written = if *raw {
+                    out.write_all(&bytes)
+                } else {
+                    let text = String::from_utf8_lossy(&bytes);
+                    writeln!(out, "{}", display::escape_text(&text))
+                };
+                match written.and_then(|()| out.flush()) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => fail(format!("cannot write the body: {e}")),
+                }
+            }
+            Ok((status, bytes)) => {
+                let body: serde_json::Value =
+                    serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+                fail(format!(
+                    "{} ({}): {}",
+                    body["error"].as_str().unwrap_or("error"),
+                    status.as_u16(),
+                    body["message"].as_str().unwrap_or("")
+                ))
+            }
+            Err(e) => fail(format!("cannot reach {base}: {e}")),
+        };
+    }
     let (req, printer): (reqwest::RequestBuilder, fn(&serde_json::Value)) = match &command {
         ApprovalsCommand::List {
             status,
@@ -431,6 +480,7 @@ fn approvals_cli(
                 .json(&serde_json::json!({"reason": reason})),
             print_decision,
         ),
+        ApprovalsCommand::Body { .. } => unreachable!("answered above"),
     };
     let res = rt.block_on(async {
         let r = req.bearer_auth(&token).send().await?;
@@ -447,14 +497,20 @@ fn approvals_cli(
             "{} ({}): {}",
             body["error"].as_str().unwrap_or("error"),
             status.as_u16(),
-            body["message"].as_str().unwrap_or("")
+            display::escape_line(body["message"].as_str().unwrap_or(""))
         )),
         Err(e) => fail(format!("cannot reach {base}: {e}")),
     }
 }
 
+/// Agent-supplied text of a JSON field, safe for one terminal line.
+fn field(v: &serde_json::Value) -> String {
+    display::escape_line(v.as_str().unwrap_or("")).into_owned()
+}
+
 fn print_json(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    let text = serde_json::to_string_pretty(v).unwrap_or_default();
+    println!("{}", display::json_ascii_safe(&text));
 }
 
 fn print_list(v: &serde_json::Value) {
@@ -470,14 +526,19 @@ fn print_list(v: &serde_json::Value) {
     for a in items {
         println!(
             "{:<34} {:<10} {:<16} {:<18} {:<6} {:<6} {} {}",
-            a["id"].as_str().unwrap_or(""),
-            a["status"].as_str().unwrap_or(""),
-            a["agent"].as_str().unwrap_or(""),
-            a["route"].as_str().unwrap_or(""),
+            field(&a["id"]),
+            field(&a["status"]),
+            field(&a["agent"]),
+            field(&a["route"]),
             format!("{}/{}", a["approving_votes"], a["quorum"]),
-            a["mode"].as_str().unwrap_or(""),
-            a["method"].as_str().unwrap_or(""),
-            a["path"].as_str().unwrap_or(""),
+            field(&a["mode"]),
+            field(&a["method"]),
+            match a["query"].as_str() {
+                Some(q) =>
+                    display::escape_line(&format!("{}?{q}", a["path"].as_str().unwrap_or("")))
+                        .into_owned(),
+                None => field(&a["path"]),
+            },
         );
     }
 }

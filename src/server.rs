@@ -138,7 +138,8 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
     Ok(())
 }
 
-/// Moves approvals past their deadline to `expired`, once a second.
+/// Moves approvals past their deadline to `expired`, once a second, and deletes decided ones
+/// past `approvals.retention`.
 struct ApprovalSweeper {
     state: Arc<GatewayState>,
 }
@@ -153,6 +154,10 @@ impl pingora::services::background::BackgroundService for ApprovalSweeper {
                 _ = tick.tick() => {
                     if let Some(svc) = self.state.approvals.load_full() {
                         svc.sweep().await;
+                        let retention = self.state.snapshot.load().approvals.as_ref().map(|a| a.limits.retention);
+                        if let Some(r) = retention {
+                            svc.prune(r).await;
+                        }
                     }
                 }
             }

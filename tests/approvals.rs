@@ -38,6 +38,8 @@ struct Opts {
     grace: &'static str,
     /// Accept fixture-IdP tokens carrying `portcullis_approver` as approvers.
     jwt_approvers: bool,
+    /// Extra lines at the end of the `approvals:` section (limits, retention).
+    approvals_extra: &'static str,
 }
 
 impl Default for Opts {
@@ -49,6 +51,7 @@ impl Default for Opts {
             supervised_agent: false,
             grace: "5s",
             jwt_approvers: false,
+            approvals_extra: "",
         }
     }
 }
@@ -139,22 +142,41 @@ fn approval_yaml(opts: &Opts, alice: &str, bob: &str, carol: &str) -> String {
     approval:
       mode: async
       timeout: 4s
+  - name: dual
+    methods: [POST]
+    path: /api/dual
+    upstream: tickets-api
+    scopes: [tickets:write]
+    approval:
+      mode: async
+      timeout: 10m
+      quorum: 2
 approvals:
   store: approvals.db
   max_body_bytes: {max_body}
   approvers:
     - name: alice
       token_sha256: "{a}"
-    - name: bob
+{alice_idp}    - name: bob
       token_sha256: "{b}"
     - name: carol
       token_sha256: "{c}"
-{jwt}{webhook}"#,
-        jwt = if opts.jwt_approvers {
-            "  jwt_approvers: {issuer: fixture-idp, claim: portcullis_approver}\n"
+{jwt}{webhook}{extra}"#,
+        // IdP names map onto configured people: alice also signs in through the IdP, and
+        // dana only through it.
+        alice_idp = if opts.jwt_approvers {
+            "      idp_names: [alice@example.com]\n"
         } else {
             ""
         },
+        jwt = if opts.jwt_approvers {
+            "    - name: dana
+      idp_names: [dana@example.com, Dana Ops]
+  jwt_approvers: {issuer: fixture-idp, claim: portcullis_approver}\n"
+        } else {
+            ""
+        },
+        extra = opts.approvals_extra,
         hold_timeout = opts.hold_timeout,
         max_body = opts.max_body_bytes,
         a = sha256_hex(alice),
@@ -819,12 +841,13 @@ async fn idp_tokens_with_the_approver_claim_approve_and_agents_never_do() {
         .vote_ok(&id, &dana, "approve", "checked the payout")
         .await;
     assert_eq!(v["status"], "approved");
-    assert_eq!(v["decided_by"], json!(["dana@example.com"]));
-    let named = with_claim("u-123", &[], json!("Frank Ops"));
+    // Recorded under the configured person the IdP name maps onto.
+    assert_eq!(v["decided_by"], json!(["dana"]));
+    let named = with_claim("u-123", &[], json!("Dana Ops"));
     let who = env
         .admin(reqwest::Method::GET, "/api/whoami", Some(&named), None)
         .await;
-    assert_eq!(who.body["approver"], "Frank Ops", "{}", who.body);
+    assert_eq!(who.body["approver"], "dana", "{}", who.body);
 
     let done = env.post(path, &agent, &body).await;
     assert_eq!(done.status, 200, "{}", done.body);
@@ -1848,4 +1871,426 @@ async fn metrics_and_access_log_record_every_approval_event() {
     for secret in [SECRET, &agent, &env.alice, &env.bob] {
         assert!(!raw.contains(secret), "secret in the access log");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hardening: an approval releases exactly what the approver saw; nobody exhausts approvals.
+
+/// The attack: get a harmless-looking call approved, then retry it with a header that changes
+/// what the tool does (a method override, another tenant, a changed secret-looking header).
+/// Each such retry must be a new question for the humans, never ride on the approval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_retry_with_an_added_or_changed_header_does_not_ride_on_the_approval() {
+    let env = start(Opts::default()).await;
+    let path = "/api/payouts/51?currency=EUR";
+    let body = refund_body(5100);
+    let agent = token("support-bot", READ);
+    let approved_headers = [("x-tenant", "acme"), ("x-session-token", "s3cret-session")];
+    let first = answer_of(env.spawn_post_with(path, &agent, &body, &approved_headers)).await;
+    let id = assert_pending(&first);
+
+    // The approver sees every forwarded header, the secret-looking one redacted, and never
+    // the agent's own credential (it is not forwarded).
+    let shown = env.approval(&id).await;
+    let headers: Vec<(String, String)> = serde_json::from_value(shown["headers"].clone()).unwrap();
+    assert!(
+        headers.contains(&("x-tenant".into(), "acme".into())),
+        "{headers:?}"
+    );
+    assert!(
+        headers.contains(&("x-session-token".into(), "<redacted>".into())),
+        "{headers:?}"
+    );
+    assert!(
+        headers
+            .iter()
+            .all(|(k, _)| k != "authorization" && k != "host"),
+        "{headers:?}"
+    );
+    env.vote_ok(&id, &env.alice, "approve", "payout checked")
+        .await;
+
+    let mut ids = vec![id.clone()];
+    for (what, extra) in [
+        // (A method-override header is refused before any approval: tests/hardening.rs.)
+        (
+            "header added",
+            vec![
+                ("x-tenant", "acme"),
+                ("x-session-token", "s3cret-session"),
+                ("x-dry-run", "false"),
+            ],
+        ),
+        (
+            "tenant changed",
+            vec![
+                ("x-tenant", "globex"),
+                ("x-session-token", "s3cret-session"),
+            ],
+        ),
+        (
+            "redacted header changed",
+            vec![("x-tenant", "acme"), ("x-session-token", "someone-elses")],
+        ),
+        ("header dropped", vec![("x-tenant", "acme")]),
+    ] {
+        let a = answer_of(env.spawn_post_with(path, &agent, &body, &extra)).await;
+        assert_eq!(a.status, 202, "{what}: {}", a.body);
+        let new = assert_pending(&a);
+        assert!(!ids.contains(&new), "{what}: rode on approval {new}");
+        ids.push(new);
+    }
+    assert_eq!(env.up.hits(), 0, "a changed retry reached the upstream");
+    assert_eq!(env.approval(&id).await["status"], "approved");
+
+    // The exact call passes, once, with exactly the approved headers.
+    let ok = answer_of(env.spawn_post_with(path, &agent, &body, &approved_headers)).await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(env.up.hits(), 1);
+    let seen = env.up.seen_with_request_id(ok.request_id());
+    assert_eq!(seen.header("x-tenant"), Some("acme"));
+    assert_eq!(seen.header("x-session-token"), Some("s3cret-session"));
+    assert_eq!(seen.header("x-http-method-override"), None);
+}
+
+/// A body long past the old 4 KiB preview, with a bidi override hiding in the middle, and a
+/// header carrying one: approvers get all of the body through the API, and the CLI shows the
+/// invisible characters as escapes instead of obeying them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvers_read_the_whole_body_with_unsafe_characters_escaped() {
+    let env = start(Opts::default()).await;
+    let mut body = "{\"note\":\"".to_string();
+    body.push_str(&"a".repeat(20_000));
+    body.push_str("refund to \u{202e}1234 NABI\u{202c} and \u{200b}\u{1b}[2Kdone\"}\n");
+    let agent = token("support-bot", READ);
+    let first = answer_of(env.spawn_post_with(
+        "/api/payouts/61",
+        &agent,
+        &body,
+        &[("x-memo", "pay \u{2067}evil\u{2069} now")],
+    ))
+    .await;
+    let id = assert_pending(&first);
+
+    // The whole body, byte for byte, for approvers only.
+    let r = client()
+        .get(env.gw.admin_url(&format!("/api/approvals/{id}/body")))
+        .bearer_auth(&env.alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["x-content-type-options"].to_str().unwrap(),
+        "nosniff"
+    );
+    assert!(r.bytes().await.unwrap() == body.as_bytes(), "body differs");
+    let anon = client()
+        .get(env.gw.admin_url(&format!("/api/approvals/{id}/body")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anon.status(), 401);
+    let agent_tries = client()
+        .get(env.gw.admin_url(&format!("/api/approvals/{id}/body")))
+        .bearer_auth(&agent)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(agent_tries.status(), 403);
+
+    // CLI: the whole body as text, invisible characters escaped, newlines kept.
+    let admin = format!("http://{}", env.gw.layout.admin);
+    let o = approvals_cli(&env, &["body", &id, "--admin", &admin], Some(&env.alice)).await;
+    let (stdout, stderr) = out(&o);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("refund to \\u{202e}1234 NABI\\u{202c} and \\u{200b}\\u{1b}[2Kdone"),
+        "{}",
+        &stdout[stdout.len().saturating_sub(200)..]
+    );
+    assert!(stdout.contains(&"a".repeat(20_000)), "body cut short");
+    for raw in ['\u{202e}', '\u{202c}', '\u{200b}', '\u{1b}'] {
+        assert!(!stdout.contains(raw), "raw {raw:?} printed");
+    }
+    // `--raw` is for files: the exact bytes.
+    let o = approvals_cli(
+        &env,
+        &["body", &id, "--raw", "--admin", &admin],
+        Some(&env.alice),
+    )
+    .await;
+    assert!(o.stdout == body.as_bytes());
+    // `show` is the same JSON value, written so a terminal cannot be fooled by it.
+    let o = approvals_cli(&env, &["show", &id, "--admin", &admin], Some(&env.alice)).await;
+    let (stdout, stderr) = out(&o);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        !stdout.contains('\u{2067}') && !stdout.contains('\u{202e}'),
+        "{stdout}"
+    );
+    assert!(stdout.contains("pay \\u2067evil\\u2069 now"), "{stdout}");
+    let shown: Value = serde_json::from_str(&stdout).unwrap();
+    let memo = shown["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h[0] == "x-memo")
+        .unwrap_or_else(|| panic!("{shown:#}"));
+    assert_eq!(memo[1], "pay \u{2067}evil\u{2069} now");
+}
+
+/// One person is one vote: alice approving with her approver token and again with her IdP
+/// token must not reach a quorum of two; an IdP name nobody configured is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_person_signing_in_two_ways_votes_once() {
+    let env = start(Opts {
+        jwt_approvers: true,
+        ..Opts::default()
+    })
+    .await;
+    let agent = token("support-bot", WRITE);
+    let body = r#"{"transfer":"everything"}"#;
+    let id = assert_pending(&env.post("/api/dual", &agent, body).await);
+    let idp = |sub: &str, claim: Value| {
+        let mut c = claims_for(FIXTURE_ISS, sub, &[]);
+        c["portcullis_approver"] = claim;
+        token_with(c)
+    };
+
+    let v = env.vote_ok(&id, &env.alice, "approve", "looks fine").await;
+    assert_eq!(v["approving_votes"], 1);
+    // The same person through the IdP, by subject and by a claim naming her.
+    for alice_again in [
+        idp("alice@example.com", json!(true)),
+        idp("u-1", json!("alice")),
+    ] {
+        let r = env.vote(&id, &alice_again, "approve", "me again").await;
+        assert_eq!(
+            (r.status, r.body["error"].clone()),
+            (409, json!("already_voted")),
+            "{}",
+            r.body
+        );
+    }
+    // Someone the config does not know is refused with a clear error, whatever the claim.
+    let stranger = idp("mallory@example.com", json!(true));
+    let r = env.vote(&id, &stranger, "approve", "trust me").await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.body["error"], "unknown_approver", "{}", r.body);
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("mallory@example.com"),
+        "{}",
+        r.body
+    );
+    assert_eq!(env.approval(&id).await["status"], "pending");
+    assert_eq!(env.up.hits(), 0);
+
+    // A second person completes the quorum.
+    let dana = idp("dana@example.com", json!(true));
+    let v = env
+        .vote_ok(&id, &dana, "approve", "second pair of eyes")
+        .await;
+    assert_eq!(v["status"], "approved");
+    assert_eq!(v["decided_by"], json!(["alice", "dana"]));
+}
+
+/// The attack: a prompt-injected agent floods the approval queue (held connections and async
+/// approvals) to bury or slow down other agents' calls. It is capped with a 429 that says
+/// which limit and what to do; another agent's approval is still created, listed, decided and
+/// passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_agent_flooding_approvals_is_capped_and_other_agents_are_unaffected() {
+    let env = start(Opts {
+        approvals_extra: "  max_pending_per_agent: 4\n  max_held_per_agent: 2\n",
+        ..Opts::default()
+    })
+    .await;
+    let flood = token("support-bot", &["tickets:read", "tickets:write"]);
+
+    // Held connections: two wait, the third is refused at once.
+    let held: Vec<_> = (0..2)
+        .map(|i| env.spawn_post("/api/refunds", &flood, &refund_body(9000 + i)))
+        .collect();
+    env.wait_list("status=pending&agent=support-bot", 2).await;
+    let third = env.post("/api/refunds", &flood, &refund_body(9002)).await;
+    third.assert_refusal(429, "too_many_pending");
+    assert_eq!(third.body["setting"], "approvals.max_held_per_agent");
+    assert_eq!(third.body["limit"], 2);
+    let msg = third.body["message"].as_str().unwrap();
+    assert!(
+        msg.contains("support-bot") && msg.contains("max_held_per_agent"),
+        "{msg}"
+    );
+    assert!(third.header("retry-after").is_some(), "{:?}", third.headers);
+
+    // Async approvals: up to the pending cap (the two held ones count), then 429.
+    let mut refused = None;
+    for i in 0..10u32 {
+        let a = env
+            .post(&format!("/api/payouts/{i}"), &flood, &refund_body(i))
+            .await;
+        if a.status == 429 {
+            refused = Some((i, a));
+            break;
+        }
+        assert_pending(&a);
+    }
+    let (at, a) = refused.expect("the flood was never refused");
+    assert_eq!(
+        at, 2,
+        "refused after {at} async approvals, expected 2 (+2 held = 4)"
+    );
+    a.assert_refusal(429, "too_many_pending");
+    assert_eq!(a.body["setting"], "approvals.max_pending_per_agent");
+    assert_eq!(a.body["limit"], 4);
+    let msg = a.body["message"].as_str().unwrap();
+    assert!(msg.contains("4 approvals pending"), "{msg}");
+    assert_eq!(
+        env.wait_list("status=pending&agent=support-bot", 4)
+            .await
+            .len(),
+        4
+    );
+
+    // The flooding agent keeps going in the background, refused each time ...
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooder = {
+        let (stop, flood, url) = (stop.clone(), flood.clone(), env.gw.url("/api/payouts/"));
+        tokio::spawn(async move {
+            let mut refused = 0u32;
+            let mut i = 100u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = client()
+                    .post(format!("{url}{i}"))
+                    .bearer_auth(&flood)
+                    .header("content-type", "application/json")
+                    .body(refund_body(i))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 429, "the flood got through");
+                refused += 1;
+                i += 1;
+            }
+            refused
+        })
+    };
+    // ... while another agent is not affected: created at once, listed, approvable, and it
+    // passes.
+    let other = token("reporting-bot", READ);
+    let started = Instant::now();
+    let b = env.post("/api/payouts/77", &other, &refund_body(77)).await;
+    let b_id = assert_pending(&b);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let listed = env.wait_list("status=pending", 5).await;
+    assert!(
+        listed.iter().any(|a| a["id"] == b_id.as_str()),
+        "{listed:#?}"
+    );
+    env.vote_ok(&b_id, &env.bob, "approve", "reporting is fine")
+        .await;
+    let passed = env.post("/api/payouts/77", &other, &refund_body(77)).await;
+    assert_eq!(passed.status, 200, "{}", passed.body);
+    assert_eq!(env.up.hits(), 1);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let refused = flooder.await.unwrap();
+    assert!(refused > 0, "the background flood never ran");
+    assert_eq!(
+        env.wait_list("status=pending&agent=support-bot", 4)
+            .await
+            .len(),
+        4,
+        "the flood grew past the cap"
+    );
+
+    // Deciding frees a slot: the capped agent may ask again.
+    let first_held = env.wait_list("status=pending&route=refunds", 2).await;
+    let hid = first_held[0]["id"].as_str().unwrap();
+    env.vote_ok(hid, &env.alice, "deny", "no").await;
+    let again = env.post("/api/payouts/99", &flood, &refund_body(99)).await;
+    assert_pending(&again);
+    for h in held {
+        // One was denied; the other is still held (the process ends with the test).
+        if h.is_finished() {
+            let a = answer_of(h).await;
+            assert_eq!(a.status, 403, "{}", a.body);
+        }
+    }
+}
+
+/// A call needing approval with more headers than an approver can be shown is refused, not
+/// stored cut short (the approver would not see what is forwarded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_call_with_too_many_headers_is_refused_and_not_held() {
+    let env = start(Opts {
+        approvals_extra: "  max_headers: 6\n",
+        ..Opts::default()
+    })
+    .await;
+    let agent = token("support-bot", READ);
+    let many: Vec<(String, String)> = (0..8).map(|i| (format!("x-h{i}"), "v".into())).collect();
+    let refs: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let a = answer_of(env.spawn_post_with("/api/payouts/81", &agent, "{}", &refs)).await;
+    a.assert_refusal(431, "headers_too_large");
+    assert_eq!(a.body["limit_headers"], 6);
+    assert!(env.api("/api/approvals?status=all").await["approvals"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert_eq!(env.up.hits(), 0);
+}
+
+/// Decided approvals are deleted from SQLite after `approvals.retention` (and not before they
+/// expire); their audit lines stay in the access log. Pending ones are kept however old.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decided_approvals_are_pruned_after_the_retention_period() {
+    let env = start(Opts {
+        approvals_extra: "  retention: 2s\n",
+        ..Opts::default()
+    })
+    .await;
+    // `brief` approvals expire after 4 s: a denial is kept at least until then (an identical
+    // retry is told the denial), and deleted once both its expiry and the retention passed.
+    let denied = assert_pending(
+        &env.post("/api/brief", &token("support-bot", WRITE), "{\"a\":1}")
+            .await,
+    );
+    let agent = token("support-bot", READ);
+    let pending = assert_pending(&env.post("/api/payouts/92", &agent, "{\"a\":2}").await);
+    env.vote_ok(&denied, &env.alice, "deny", "no").await;
+    let deadline = Instant::now() + POLL_TIMEOUT;
+    loop {
+        let r = env
+            .admin(
+                reqwest::Method::GET,
+                &format!("/api/approvals/{denied}"),
+                Some(&env.alice),
+                None,
+            )
+            .await;
+        if r.status == 404 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never pruned: {}", r.body);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let db = rusqlite::Connection::open(env.gw.layout.dir.join("approvals.db")).unwrap();
+    let rows: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM approvals WHERE id = ?1",
+            [&denied],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(rows, 0);
+    assert_eq!(env.approval(&pending).await["status"], "pending");
+    env.audit("approval_denied", &denied).await;
 }

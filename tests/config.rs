@@ -280,3 +280,104 @@ fn bad_request_meaning_and_connection_settings_are_each_reported() {
         assert!(got.iter().any(|g| g == want), "missing {want:?} in {got:#?}");
     }
 }
+
+/// `good_yaml()` plus an approval route and `approvals:` section text.
+fn with_approvals(section: &str) -> String {
+    format!(
+        "{}  - name: gated\n    methods: [POST]\n    path: /api/gated\n    upstream: tickets\n    scopes: [tickets:write]\n    approval: {{mode: async, quorum: 2}}\n{section}",
+        good_yaml()
+    )
+}
+
+const HASH: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+#[test]
+fn approval_limits_have_defaults_and_can_be_set() {
+    let section = format!(
+        "approvals:\n  store: a.db\n  approvers:\n    - {{name: alice, token_sha256: \"{HASH}\"}}\n    - {{name: bob, token_sha256: \"{HASH}\"}}\n"
+    );
+    let snap = load_str(&with_approvals(&section), Path::new("."), "<t>", &ctx()).unwrap();
+    let l = snap.approvals.as_ref().unwrap().limits;
+    assert_eq!(
+        (
+            l.max_pending_per_agent,
+            l.max_held_per_agent,
+            l.max_headers,
+            l.max_header_bytes,
+            l.retention.as_secs()
+        ),
+        (20, 5, 64, 16384, 7 * 24 * 3600)
+    );
+    let set = format!("{section}  max_pending_per_agent: 3\n  max_held_per_agent: 1\n  max_headers: 10\n  max_header_bytes: 2000\n  retention: 1h\n");
+    let snap = load_str(&with_approvals(&set), Path::new("."), "<t>", &ctx()).unwrap();
+    let l = snap.approvals.as_ref().unwrap().limits;
+    assert_eq!(
+        (
+            l.max_pending_per_agent,
+            l.max_held_per_agent,
+            l.max_headers,
+            l.max_header_bytes,
+            l.retention.as_secs()
+        ),
+        (3, 1, 10, 2000, 3600)
+    );
+}
+
+#[test]
+fn idp_approvers_must_map_onto_configured_people() {
+    // With `jwt_approvers`, a route may no longer name people who are not configured, a
+    // quorum must be reachable by configured people, and one IdP name leads to one person.
+    let section = format!(
+        r#"approvals:
+  store: a.db
+  max_pending_per_agent: 0
+  approvers:
+    - {{name: alice, token_sha256: "{HASH}", idp_names: [alice@example.com]}}
+    - {{name: bob, idp_names: [alice@example.com]}}
+  jwt_approvers: {{issuer: idp, claim: approver}}
+"#
+    );
+    let yaml = with_approvals(&section).replace(
+        "approval: {mode: async, quorum: 2}",
+        "approval: {mode: async, quorum: 3, approvers: [alice, dana]}",
+    );
+    let err = load_str(&yaml, Path::new("."), "<t>", &ctx()).unwrap_err();
+    let got: Vec<String> = err
+        .issues()
+        .iter()
+        .map(|i| {
+            let s = i.to_string();
+            s.split_once(": ")
+                .map_or(s.clone(), |(_, rest)| rest.to_string())
+        })
+        .collect();
+    for want in [
+        "approvals.approvers[1].idp_names[0]: duplicate approver `alice@example.com` (first defined at approvals.approvers[0].idp_names[0])",
+        "approvals.max_pending_per_agent: must be at least 1",
+        "routes[2].approval.approvers[1]: unknown approver `dana`; defined: alice, bob",
+        "routes[2].approval.quorum: 3 distinct approvals can never be reached: only 2 approver(s) may decide",
+    ] {
+        assert!(got.iter().any(|g| g == want), "missing {want:?} in {got:#?}");
+    }
+}
+
+#[test]
+fn approvers_without_a_token_need_jwt_approvers() {
+    let section = "approvals:\n  store: a.db\n  approvers:\n    - {name: alice}\n    - {name: bob, token_sha256: \"".to_string()
+        + HASH
+        + "\", idp_names: [bob@example.com]}\n";
+    let err = load_str(&with_approvals(&section), Path::new("."), "<t>", &ctx()).unwrap_err();
+    let got: Vec<String> = err.issues().iter().map(|i| i.to_string()).collect();
+    assert!(
+        got.iter().any(|g| g.contains(
+            "approvals.approvers[0].token_sha256: required unless `jwt_approvers` is set"
+        )),
+        "{got:#?}"
+    );
+    assert!(
+        got.iter().any(|g| g.contains(
+            "approvals.approvers[1].idp_names: only means something with `approvals.jwt_approvers`"
+        )),
+        "{got:#?}"
+    );
+}

@@ -498,7 +498,12 @@ async fn approve_flow() {
 
     // An agent call arrives while the console is open: it shows up by itself.
     let body = r#"{"order":1042,"amount_cents":129900,"currency":"EUR","note":"customer asked for a full refund"}"#;
-    let call = env.held_call("/api/refunds?order=1042", body, None);
+    // A secret-looking header is forwarded (and bound), but shown redacted.
+    let call = env.held_call(
+        "/api/refunds?order=1042",
+        body,
+        Some(("x-session-token", "s3cret-session")),
+    );
     let id = b
         .wait_ui("the held call listed", ROW_TIMEOUT, |ui| {
             (ui.pending.len() == 1).then(|| ui.pending[0].id.clone())
@@ -557,8 +562,10 @@ async fn approve_flow() {
     }
     assert_eq!(ui.hash, format!("#/approvals/{id}"));
     assert_eq!(ui.pending[0].selected.as_deref(), Some("true"));
-    // Secrets never reach the page: the agent's bearer token is redacted.
+    // Secrets never reach the page: the agent's bearer token is not shown (it is not
+    // forwarded), a secret-looking header is redacted.
     assert!(!ui.page_text.contains("eyJ"), "{}", ui.page_text);
+    assert!(!ui.page_text.contains("s3cret-session"), "{}", ui.page_text);
 
     // Live updates re-use the row (no re-render, no lost selection): mark the element, wait
     // for the next polls to change its age, and find the mark still there.
@@ -665,9 +672,15 @@ async fn deny_flow() {
     .await;
 
     // Agent-controlled text that would run script if it were ever parsed as HTML.
+    // Also text that would read differently from what it is (a bidi override, deep in a body
+    // far longer than the old 4 KiB preview, and an isolate in a header): it must be shown as
+    // visible escapes, all of it.
     let xss = "<img src=x onerror=alert(1)>";
-    let body = format!(r#"{{"order":7,"note":"{xss}"}}"#);
-    let header_value = r#"<b id="injected">bold</b><img src=y onerror=alert(2)>"#;
+    let pad = "p".repeat(6000);
+    let body = format!("{{\"order\":7,\"note\":\"{xss}\",\"pad\":\"{pad}\",\"tail\":\"pay to \u{202e}1234 NABI\"}}");
+    let shown_body = body.replace('\u{202e}', "\\u{202e}");
+    let header_value = "<b id=\"injected\">bold</b><img src=y onerror=alert(2)>\u{2067}x";
+    let shown_header = header_value.replace('\u{2067}', "\\u{2067}");
     let call = env.held_call("/api/refunds", &body, Some(("x-note", header_value)));
     let id = b
         .wait_ui("the held call listed", ROW_TIMEOUT, |ui| {
@@ -683,14 +696,20 @@ async fn deny_flow() {
         "{link}"
     );
     b.c().goto(&link).await.expect("open the link");
-    b.wait_ui("details opened by link", UI_TIMEOUT, |ui| {
-        (ui.detail.contains(xss) && ui.decision_form_shown).then_some(())
-    })
+    b.wait_ui(
+        "details opened by link, the whole body loaded",
+        UI_TIMEOUT,
+        |ui| (ui.detail.contains(&shown_body) && ui.decision_form_shown).then_some(()),
+    )
     .await;
     let ui = b.ui().await.unwrap();
     assert!(ui.signed_in, "the session survives navigation");
-    assert!(ui.detail.contains(&body), "{}", ui.detail);
-    assert!(ui.detail.contains(header_value), "{}", ui.detail);
+    assert!(ui.detail.contains(xss), "{}", ui.detail);
+    assert!(ui.detail.contains(&shown_header), "{}", ui.detail);
+    assert!(
+        !ui.page_text.contains('\u{202e}') && !ui.page_text.contains('\u{2067}'),
+        "a bidi control reached the page unescaped"
+    );
     assert_eq!(ui.detail_imgs, 0, "agent text became markup");
     assert_eq!(ui.imgs, 0, "agent text became markup");
     assert_eq!(ui.injected, 0, "agent text became markup");

@@ -28,6 +28,7 @@ pub fn routes() -> Router<Arc<GatewayState>> {
         .route("/api/whoami", get(whoami))
         .route("/api/approvals", get(list))
         .route("/api/approvals/{id}", get(show))
+        .route("/api/approvals/{id}/body", get(body))
         .route("/api/approvals/{id}/approve", post(approve))
         .route("/api/approvals/{id}/deny", post(deny))
 }
@@ -82,7 +83,20 @@ impl FromRequestParts<Arc<GatewayState>> for ApproverName {
                 if let Ok(t) = snap.verifier.verify(token).await {
                     if &*t.issuer == issuer.as_str() && !snap.agents.contains_key(&t.subject) {
                         if let Some(name) = &t.approver {
-                            return Ok(ApproverName(name.clone()));
+                            // One person, one vote: the IdP name is mapped onto the configured
+                            // approver it belongs to, and the vote is recorded under that name,
+                            // so the same person's approver token cannot count a second time.
+                            return match settings.approver_by_idp_name(name) {
+                                Some(a) => Ok(ApproverName(a.name.clone())),
+                                None => Err(error(
+                                    StatusCode::FORBIDDEN,
+                                    "unknown_approver",
+                                    format!(
+                                        "the IdP token names approver `{}`, who is not a configured approver; an operator must list this person in `approvals.approvers` (as `name`, or under an approver's `idp_names`) before they can approve",
+                                        crate::approval::display::escape_line(name)
+                                    ),
+                                )),
+                            };
                         }
                     }
                 }
@@ -147,6 +161,12 @@ fn store_error(e: StoreError) -> Response {
         StoreError::Unavailable(why) => {
             error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", why)
         }
+        // Only creating an approval can hit the cap, and the API never creates one.
+        StoreError::TooManyPending { pending, limit } => error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_pending",
+            format!("{pending} approvals pending, limit {limit}"),
+        ),
     }
 }
 
@@ -234,6 +254,36 @@ async fn show(
     };
     match svc.get(&id).await {
         Ok(a) => Json(view(&svc, &a)).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+/// The whole body of an approval, byte for byte, as the agent sent it (and as it would be
+/// forwarded). Served as an inert download: never rendered or sniffed by a browser.
+async fn body(
+    State(s): State<Arc<GatewayState>>,
+    _who: ApproverName,
+    Path(id): Path<String>,
+) -> Response {
+    let Some(svc) = s.approvals.load_full() else {
+        return not_configured();
+    };
+    match svc.body(&id).await {
+        Ok(Some(bytes)) => (
+            [
+                (header::CONTENT_TYPE, "application/octet-stream"),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                (header::CACHE_CONTROL, "no-store"),
+                (header::CONTENT_SECURITY_POLICY, "sandbox"),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            "body_not_stored",
+            "this approval was recorded before whole bodies were kept; only its preview exists",
+        ),
         Err(e) => store_error(e),
     }
 }

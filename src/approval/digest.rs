@@ -1,5 +1,13 @@
 //! What an approval is bound to, computed identically when it is created and when an agent
-//! retries: the request digest, the body hash, a body preview and redacted headers.
+//! retries: the request digest, the body hash, the headers digest, a body preview and the
+//! headers as approvers see them.
+//!
+//! Headers are bound, not replayed: the approved call that is forwarded carries the headers of
+//! the call that is forwarded (the held call itself in `hold` mode, the agent's retry in
+//! `async` mode), and the digest of those headers is part of the request digest. A retry that
+//! adds, drops or changes a forwardable header is a different request and opens a new approval.
+//! Why not store the approved headers and send those instead: secret-looking headers would
+//! have to be kept unredacted at rest, and the retry's own headers would be silently replaced.
 
 use sha2::{Digest, Sha256};
 
@@ -20,6 +28,8 @@ pub struct Binding<'a> {
     pub body_sha256: &'a str,
     /// Digest of the config file the decision was made under.
     pub config_digest: &'a str,
+    /// [`headers_sha256`] of the forwardable headers.
+    pub headers_sha256: &'a str,
 }
 
 /// Hex SHA-256 of `body`.
@@ -39,9 +49,31 @@ pub fn request_digest(b: &Binding<'_>) -> String {
         b.query.unwrap_or("\u{0}none"),
         b.body_sha256,
         b.config_digest,
+        b.headers_sha256,
     ] {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+/// Hex SHA-256 of forwardable request headers in a canonical form: names lowercase, sorted
+/// by name, the values of one name in the order sent, every name and value length-prefixed.
+/// The caller passes exactly the headers that reach the upstream as the agent sent them (see
+/// the approval gate): not hop-by-hop ones, not the agent's credential, not `Content-Length`
+/// (the body hash covers the body), not what the gateway strips or sets itself.
+pub fn headers_sha256(headers: &[(String, Vec<u8>)]) -> String {
+    let mut sorted: Vec<&(String, Vec<u8>)> = headers.iter().collect();
+    // Stable: values of the same name keep their order, which upstreams may rely on.
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut h = Sha256::new();
+    h.update((sorted.len() as u64).to_be_bytes());
+    for (name, value) in sorted {
+        let name = name.to_ascii_lowercase();
+        h.update((name.len() as u64).to_be_bytes());
+        h.update(name.as_bytes());
+        h.update((value.len() as u64).to_be_bytes());
+        h.update(value);
     }
     hex::encode(h.finalize())
 }
@@ -72,7 +104,8 @@ fn is_secret_header(name: &str) -> bool {
         || n.contains("apikey")
 }
 
-/// Headers as shown to approvers, secrets replaced by `<redacted>`.
+/// Headers as shown to approvers, secrets replaced by `<redacted>`. Redacted values are still
+/// bound by [`headers_sha256`]: a retry cannot change them either.
 pub fn redacted_headers<'a>(
     headers: impl Iterator<Item = (&'a str, &'a [u8])>,
     extra_secret: Option<&str>,
@@ -104,6 +137,7 @@ mod tests {
             query,
             body_sha256: body,
             config_digest: "c",
+            headers_sha256: "h",
         }
     }
 
@@ -121,6 +155,9 @@ mod tests {
         let mut other_cfg = b("/t/1", None, "aa");
         other_cfg.config_digest = "d";
         assert_ne!(base, request_digest(&other_cfg));
+        let mut other_headers = b("/t/1", None, "aa");
+        other_headers.headers_sha256 = "i";
+        assert_ne!(base, request_digest(&other_headers));
         // Length prefixes: moving a byte between fields changes the digest.
         let mut x = b("/t/1", None, "aa");
         x.route = "rD";
@@ -162,5 +199,40 @@ mod tests {
                 "application/json"
             ]
         );
+    }
+
+    fn hs(pairs: &[(&str, &str)]) -> String {
+        let v: Vec<(String, Vec<u8>)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        headers_sha256(&v)
+    }
+
+    #[test]
+    fn headers_digest_is_canonical_but_binds_every_name_and_value() {
+        let base = hs(&[("content-type", "a/b"), ("x-a", "1"), ("x-a", "2")]);
+        // Order of different names and the case of names do not matter.
+        assert_eq!(
+            base,
+            hs(&[("x-a", "1"), ("Content-Type", "a/b"), ("x-a", "2")])
+        );
+        // Everything else does.
+        for other in [
+            hs(&[("content-type", "a/b"), ("x-a", "2"), ("x-a", "1")]),
+            hs(&[("content-type", "a/b"), ("x-a", "1")]),
+            hs(&[
+                ("content-type", "a/b"),
+                ("x-a", "1"),
+                ("x-a", "2"),
+                ("x-b", ""),
+            ]),
+            hs(&[("content-type", "a/c"), ("x-a", "1"), ("x-a", "2")]),
+            hs(&[("content-type", "a/b"), ("x-a", "12")]),
+            hs(&[("content-type", "a/b"), ("x-a1", ""), ("x-a", "2")]),
+            hs(&[]),
+        ] {
+            assert_ne!(base, other);
+        }
     }
 }

@@ -8,6 +8,7 @@
 //!   and wakes held requests when a decision lands.
 
 pub mod digest;
+pub mod display;
 pub mod executor;
 pub mod notify;
 pub mod sqlite;
@@ -106,8 +107,34 @@ impl StoreWorker {
     }
 }
 
+/// A held connection counted against its agent's `max_held_per_agent`; released on drop.
+pub struct HeldSlot {
+    held: Arc<Mutex<HashMap<String, u32>>>,
+    agent: String,
+}
+
+impl Drop for HeldSlot {
+    fn drop(&mut self) {
+        let mut held = lock(&self.held);
+        if let Some(n) = held.get_mut(&self.agent) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.agent);
+            }
+        }
+    }
+}
+
+/// How often decided approvals past their retention are deleted: a DELETE scans the table, so
+/// not on every one-second sweep.
+const PRUNE_EVERY_MS: i64 = 60_000;
+
 /// Approvals for the proxy and the admin API. Store calls run on one dedicated thread.
 pub struct ApprovalService {
+    /// Held connections per agent (process-local, like the connections themselves).
+    held: Arc<Mutex<HashMap<String, u32>>>,
+    /// When decided approvals were last pruned, Unix ms (0: never).
+    last_prune_ms: std::sync::atomic::AtomicI64,
     worker: StoreWorker,
     recount_queued: Arc<AtomicBool>,
     waiters: Mutex<HashMap<String, oneshot::Sender<Approval>>>,
@@ -151,6 +178,8 @@ impl ApprovalService {
             metrics.approval_notification_failures.clone(),
         );
         let svc = ApprovalService {
+            held: Arc::new(Mutex::new(HashMap::new())),
+            last_prune_ms: std::sync::atomic::AtomicI64::new(0),
             worker: StoreWorker::start(Arc::new(store))?,
             recount_queued: Arc::new(AtomicBool::new(false)),
             waiters: Mutex::new(HashMap::new()),
@@ -251,7 +280,7 @@ impl ApprovalService {
                 "{} wants {} {} ({} body bytes, sha256 {}…)",
                 a.agent,
                 a.method,
-                target,
+                display::escape_line(&target),
                 a.body_bytes,
                 &a.body_sha256[..12.min(a.body_sha256.len())]
             ),
@@ -259,6 +288,7 @@ impl ApprovalService {
             link: self.link(&a.id),
             expires_at: rfc3339_ms(a.expires_at_ms),
             status: a.status.as_str().to_string(),
+            query: a.query.clone(),
         }
     }
 
@@ -474,6 +504,49 @@ impl ApprovalService {
     /// Approvals matching `f`, newest first.
     pub async fn list(&self, f: ListFilter) -> Result<Vec<Approval>, StoreError> {
         self.blocking(move |s| s.list(&f)).await
+    }
+
+    /// Count one more held connection of `agent`, unless it already holds `limit`.
+    pub fn try_hold(&self, agent: &str, limit: u32) -> Option<HeldSlot> {
+        let mut held = lock(&self.held);
+        let n = held.entry(agent.to_string()).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(HeldSlot {
+            held: self.held.clone(),
+            agent: agent.to_string(),
+        })
+    }
+
+    /// The whole stored body of an approval (`Ok(None)` for approvals recorded before bodies
+    /// were kept).
+    pub async fn body(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let i = id.to_string();
+        self.blocking(move |s| s.body(&i)).await
+    }
+
+    /// Delete approvals decided more than `retention` ago, at most once a minute (or once per
+    /// `retention` when that is shorter). Their audit lines stay in the access log.
+    pub async fn prune(&self, retention: Duration) {
+        let now = now_ms();
+        let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        let last = self.last_prune_ms.load(Ordering::Relaxed);
+        // A short retention is pruned as often as it asks for.
+        if now - last < PRUNE_EVERY_MS.min(retention_ms) {
+            return;
+        }
+        self.last_prune_ms.store(now, Ordering::Relaxed);
+        let before = now.saturating_sub(retention_ms);
+        match self.blocking(move |s| s.prune_final(before)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                pruned = n,
+                "deleted decided approvals past approvals.retention"
+            ),
+            Err(e) => tracing::error!(error = %e, "pruning decided approvals failed"),
+        }
     }
 
     /// Expire what is past its deadline (run periodically).

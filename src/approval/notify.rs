@@ -22,6 +22,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AF
 use reqwest::{StatusCode, Url};
 use serde::Serialize;
 
+use super::display::escape_line;
 use crate::util::{error_chain, lock};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, Semaphore};
@@ -114,6 +115,8 @@ pub struct ApprovalNotice {
     pub expires_at: String,
     /// The approval's status: pending, approved, denied, expired.
     pub status: String,
+    /// Raw query string of the held call, if any.
+    pub query: Option<String>,
 }
 
 /// Sends notices in the background, never blocking the request path.
@@ -569,7 +572,10 @@ fn slack_text(n: &ApprovalNotice) -> String {
     let agent = slack_escape(&n.agent);
     let owner = slack_escape(&n.owner);
     let method = slack_escape(&n.method);
-    let path = slack_escape(&n.path);
+    let path = match &n.query {
+        Some(q) => slack_escape(&format!("{}?{q}", n.path)),
+        None => slack_escape(&n.path),
+    };
     let route = slack_escape(&n.route);
     let link = slack_link(&n.link);
     if n.event == EVENT_DECIDED {
@@ -588,17 +594,18 @@ fn slack_text(n: &ApprovalNotice) -> String {
     }
 }
 
-/// Slack's three control characters, escaped as Slack asks, and line breaks flattened: the
-/// path and agent name come from the agent, which must not be able to forge a link or a line
-/// in a message that humans act on.
+/// Slack's three control characters, escaped as Slack asks, and control, bidi and invisible
+/// characters shown as visible escapes ([`escape_line`], shared with the CLI): the path and
+/// agent name come from the agent, which must not be able to forge a link or a line, or make
+/// text read differently from what it is, in a message that humans act on.
 fn slack_escape(text: &str) -> String {
+    let text = escape_line(text);
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
-            c if c.is_control() => out.push(' '),
             c => out.push(c),
         }
     }
@@ -777,6 +784,7 @@ mod tests {
             link: format!("https://gw.example.com/console/approvals/{id}"),
             expires_at: "2030-01-01T00:15:00Z".into(),
             status: "pending".into(),
+            query: None,
         }
     }
 
@@ -807,6 +815,7 @@ mod tests {
             "link": "https://gw.example.com/console/approvals/ap-1",
             "expires_at": "2030-01-01T00:15:00Z",
             "status": "pending",
+            "query": null,
             "text": text,
         });
         assert_eq!(body, expected);
@@ -1050,9 +1059,18 @@ mod tests {
             text.contains("bot &lt;https://evil.example|click here&gt; &amp; co"),
             "{text}"
         );
-        assert!(text.contains("/a Approved by admin"));
+        assert!(text.contains("/a\\nApproved by admin"), "{text}");
         assert!(text.contains("<https://gw.example.com/console?id=1%7Cx%3E|"));
         assert!(!text.contains('\n'));
+
+        // Bidi overrides and invisible characters are shown, not obeyed.
+        n.path = "/api/users/\u{202e}nimda".into();
+        n.query = Some("to=\u{2066}evil\u{2069}&x=\u{200b}".into());
+        let text = slack_text(&n);
+        assert!(
+            text.contains("/api/users/\\u{202e}nimda?to=\\u{2066}evil\\u{2069}&amp;x=\\u{200b}"),
+            "{text}"
+        );
 
         n.event = EVENT_DECIDED;
         n.status = "denied".into();

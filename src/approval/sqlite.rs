@@ -30,7 +30,7 @@ use super::store::{
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The schema version this code writes, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// `MIGRATIONS[n]` upgrades a database from version `n` to `n + 1`. Append only: a released
 /// migration is never edited, because databases in the field have already run it.
@@ -73,6 +73,10 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX approvals_by_status ON approvals (status);
     CREATE INDEX approvals_by_agent_digest ON approvals (agent, request_digest);",
+    // 1 → 2: the whole body for approvers (NULL in rows written before), and an index for the
+    // per-agent pending cap.
+    "ALTER TABLE approvals ADD COLUMN body BLOB;
+    CREATE INDEX approvals_by_agent_status ON approvals (agent, status);",
 ];
 
 /// Columns of `approvals` in the order [`approval_from_row`] reads them (by name, so the order
@@ -454,13 +458,26 @@ impl ApprovalStore for SqliteStore {
             let headers = to_json(&a.headers)?;
             let approvers = to_json(&a.approvers)?;
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Some(limit) = a.max_pending_for_agent {
+                // Inside the write transaction: concurrent creates cannot all see room.
+                let pending: i64 = tx
+                    .prepare_cached(
+                        "SELECT COUNT(*) FROM approvals WHERE agent = ?1 AND status = 'pending'",
+                    )?
+                    .query_row([&a.agent], |r| r.get(0))?;
+                let pending = u64::try_from(pending).unwrap_or(0);
+                if pending >= u64::from(limit) {
+                    return Err(StoreError::TooManyPending { pending, limit }.into());
+                }
+            }
             tx.execute(
                 "INSERT INTO approvals (id, mode, agent, owner, route, method, path, query,
                      body_sha256, body_bytes, body_preview, headers, request_digest, config_version,
-                     approvers, quorum, created_at_ms, expires_at_ms, status)
+                     approvers, quorum, created_at_ms, expires_at_ms, status, body)
                  VALUES (:id, :mode, :agent, :owner, :route, :method, :path, :query,
                      :body_sha256, :body_bytes, :body_preview, :headers, :request_digest,
-                     :config_version, :approvers, :quorum, :created_at_ms, :expires_at_ms, 'pending')",
+                     :config_version, :approvers, :quorum, :created_at_ms, :expires_at_ms, 'pending',
+                     :body)",
                 named_params! {
                     ":id": a.id,
                     ":mode": a.mode,
@@ -481,6 +498,7 @@ impl ApprovalStore for SqliteStore {
                     ":quorum": a.quorum.max(1),
                     ":created_at_ms": a.created_at_ms,
                     ":expires_at_ms": a.expires_at_ms,
+                    ":body": a.body,
                 },
             )?;
             // Read back so the caller sees exactly what is stored (e.g. the clamped quorum).
@@ -762,6 +780,31 @@ impl ApprovalStore for SqliteStore {
             Ok(u64::try_from(n).unwrap_or(0))
         })
     }
+
+    fn body(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.run("body", |conn| {
+            let row: Option<Option<Vec<u8>>> = conn
+                .prepare_cached("SELECT body FROM approvals WHERE id = ?1")?
+                .query_row([id], |r| r.get(0))
+                .optional()?;
+            row.ok_or(Fail::Store(StoreError::NotFound))
+        })
+    }
+
+    fn prune_final(&self, before_ms: i64) -> Result<usize, StoreError> {
+        self.run("prune_final", |conn| {
+            // Votes go with their approval (ON DELETE CASCADE, foreign_keys is on).
+            // Not before `expires_at_ms` either: until then an identical retry of a denied
+            // call is told the denial (find_denied) instead of asking the humans again.
+            Ok(conn.execute(
+                "DELETE FROM approvals
+                 WHERE status NOT IN ('pending', 'approved')
+                   AND COALESCE(used_at_ms, decided_at_ms, expires_at_ms) < ?1
+                   AND expires_at_ms < ?1",
+                [before_ms],
+            )?)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -804,6 +847,8 @@ mod tests {
             quorum: 1,
             created_at_ms: NOW,
             expires_at_ms: NOW + 10 * MINUTE,
+            body: b"{\"amount\": 5000}".to_vec(),
+            max_pending_for_agent: None,
         }
     }
 
@@ -1542,6 +1587,40 @@ mod tests {
         }
     }
 
+    /// A store written by the previous schema (no `body` column) is upgraded in place: its
+    /// approvals stay readable and usable, and report that no whole body was kept.
+    #[test]
+    fn a_version_1_store_is_migrated_and_keeps_its_approvals() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+            c.execute(
+                "INSERT INTO approvals (id, mode, agent, owner, route, method, path, query,
+                     body_sha256, body_bytes, body_preview, headers, request_digest, config_version,
+                     approvers, quorum, created_at_ms, expires_at_ms, status)
+                 VALUES ('old', 'async', 'bot', 'o', 'r', 'POST', '/p', NULL, 'ab', 2, '{}', '[]',
+                     'd', 1, '[]', 1, ?1, ?2, 'pending')",
+                [NOW, NOW + MINUTE],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.get("old").unwrap().status, Status::Pending);
+        assert_eq!(store.body("old").unwrap(), None);
+        let approved = store.vote("old", "alice", true, "ok", NOW).unwrap();
+        assert_eq!(approved.status, Status::Approved);
+        store.create(&sample("new")).unwrap();
+        assert!(store.body("new").unwrap().is_some());
+        let version: i64 = Connection::open(&path)
+            .unwrap()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
     /// Another writer holds the lock past the busy timeout: writes fail as Unavailable (the
     /// caller refuses the call) while reads still work thanks to WAL.
     #[test]
@@ -1571,5 +1650,84 @@ mod tests {
             store.vote("l", "alice", true, "", NOW).unwrap().status,
             Status::Approved
         );
+    }
+
+    #[test]
+    fn pending_cap_counts_only_this_agents_pending_approvals() {
+        let (_dir, _path, store) = temp_store();
+        let capped = |id: &str, agent: &str| {
+            with(id, |a| {
+                a.agent = agent.into();
+                a.max_pending_for_agent = Some(2);
+            })
+        };
+        store.create(&capped("a1", "flood-bot")).unwrap();
+        store.create(&capped("a2", "flood-bot")).unwrap();
+        assert_eq!(
+            store.create(&capped("a3", "flood-bot")),
+            Err(StoreError::TooManyPending {
+                pending: 2,
+                limit: 2
+            })
+        );
+        assert!(matches!(store.get("a3"), Err(StoreError::NotFound)));
+        // Another agent is not affected by the flood.
+        store.create(&capped("b1", "quiet-bot")).unwrap();
+        // A decided approval frees its slot.
+        store.vote("a1", "alice", false, "no", NOW).unwrap();
+        store.create(&capped("a4", "flood-bot")).unwrap();
+    }
+
+    #[test]
+    fn the_whole_body_is_kept_and_read_back() {
+        let (_dir, _path, store) = temp_store();
+        let body: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
+        store
+            .create(&with("big", |a| a.body = body.clone()))
+            .unwrap();
+        assert_eq!(store.body("big").unwrap(), Some(body));
+        assert_eq!(store.body("nope"), Err(StoreError::NotFound));
+    }
+
+    #[test]
+    fn prune_deletes_only_final_approvals_that_ended_and_expired_before_the_cutoff() {
+        let (_dir, _path, store) = temp_store();
+        let cutoff = NOW + 2 * MINUTE;
+        store
+            .create(&with("old-denied", |a| a.expires_at_ms = NOW + MINUTE))
+            .unwrap();
+        for id in ["new-denied", "denied-still-open", "pending", "approved"] {
+            store.create(&with(id, |_| {})).unwrap();
+        }
+        store.vote("old-denied", "alice", false, "no", NOW).unwrap();
+        store
+            .vote("new-denied", "alice", false, "no", cutoff + 1)
+            .unwrap();
+        // Denied long ago but not expired: an identical retry is still told the denial.
+        store
+            .vote("denied-still-open", "alice", false, "no", NOW)
+            .unwrap();
+        store.vote("approved", "alice", true, "ok", NOW).unwrap();
+        assert_eq!(store.prune_final(cutoff).unwrap(), 1);
+        assert!(matches!(store.get("old-denied"), Err(StoreError::NotFound)));
+        for id in ["new-denied", "denied-still-open", "pending", "approved"] {
+            store.get(id).unwrap();
+        }
+        assert!(store
+            .find_denied("billing-bot", "digest-denied-still-open", cutoff)
+            .unwrap()
+            .is_some());
+        // Votes went with it.
+        let votes: i64 = store
+            .conn
+            .lock()
+            .unwrap()
+            .query_row(
+                "SELECT COUNT(*) FROM votes WHERE approval_id = 'old-denied'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(votes, 0);
     }
 }

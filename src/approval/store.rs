@@ -182,6 +182,13 @@ pub struct NewApproval {
     pub created_at_ms: i64,
     /// After this instant (inclusive) the approval can no longer be voted on or used.
     pub expires_at_ms: i64,
+    /// The whole request body, kept so that approvers can read all of it (the request is
+    /// bound to `body_sha256`, and capped at `approvals.max_body_bytes` before it gets here).
+    pub body: Vec<u8>,
+    /// Refuse with [`StoreError::TooManyPending`] when the agent already has this many pending
+    /// approvals; checked in the same transaction as the insert, so racing calls cannot
+    /// overshoot it. `None`: no cap.
+    pub max_pending_for_agent: Option<u32>,
 }
 
 /// One approver's vote.
@@ -321,6 +328,14 @@ pub enum StoreError {
     /// belongs in logs, not in responses to agents.
     #[error("approval store unavailable: {0}")]
     Unavailable(String),
+    /// The agent already has as many pending approvals as `max_pending_for_agent` allows.
+    #[error("the agent already has {pending} pending approvals (limit {limit})")]
+    TooManyPending {
+        /// Pending approvals the agent has.
+        pending: u64,
+        /// The cap.
+        limit: u32,
+    },
 }
 
 /// Durable storage of approvals. All methods are short blocking calls: async callers run them on
@@ -398,4 +413,15 @@ pub trait ApprovalStore: Send + Sync + 'static {
 
     /// Number of `Pending` approvals (for a gauge and for back-pressure limits).
     fn count_pending(&self) -> Result<u64, StoreError>;
+
+    /// The whole stored body of an approval: `NotFound` for an unknown id, `Ok(None)` when the
+    /// approval was recorded without one (by a version that kept only a preview).
+    fn body(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Deletes final approvals (and their votes) that ended before `before_ms` (when they were
+    /// used, decided or, failing both, when they expired) and whose `expires_at_ms` is before it
+    /// too, so that [`Self::find_denied`] still sees every unexpired denial. Returns how many.
+    /// Pending and approved-unused approvals are never deleted; the access log keeps the audit
+    /// lines.
+    fn prune_final(&self, before_ms: i64) -> Result<usize, StoreError>;
 }

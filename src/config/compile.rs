@@ -8,7 +8,7 @@ use super::parse::parse;
 use super::raw::*;
 use super::secret;
 use crate::identity::{IdentitySettings, IssuerConfig, KeySource, KeyStore, Verifier};
-use crate::policy::snapshot::UpstreamCa;
+use crate::policy::snapshot::{ApprovalLimits, UpstreamCa};
 use crate::policy::{
     AccessLogTarget, Agent, ApprovalMode, ApprovalPolicy, ApprovalSettings, Approver,
     ConnectionLimits, Credential, HostPattern, PathPattern, Route, RouteTable, Secret, Settings,
@@ -909,10 +909,10 @@ impl Compiler<'_> {
         };
         let timeout = self.duration(&format!("{p}.timeout"), &r.timeout, default_timeout);
         let known: Vec<&str> = settings.approvers.iter().map(|a| a.name.as_str()).collect();
-        // With IdP approvers, names come from tokens and cannot be checked here.
-        let open_set = settings.jwt_approvers.is_some();
+        // IdP approvers are mapped onto these names when they sign in, so every approver a
+        // route names must be one of them, with or without `jwt_approvers`.
         for (j, a) in r.approvers.iter().enumerate() {
-            if !open_set && !known.contains(&a.as_str()) {
+            if !known.contains(&a.as_str()) {
                 self.err(
                     format!("{p}.approvers[{j}]"),
                     IssueKind::UnknownReference {
@@ -924,10 +924,10 @@ impl Compiler<'_> {
             }
         }
         let quorum = r.quorum.unwrap_or(1);
-        let eligible = match (r.approvers.is_empty(), open_set) {
-            (true, true) => usize::MAX,
-            (true, false) => known.len(),
-            (false, _) => r.approvers.len(),
+        let eligible = if r.approvers.is_empty() {
+            known.len()
+        } else {
+            r.approvers.len()
         };
         if quorum == 0 {
             self.invalid(format!("{p}.quorum"), "must be at least 1");
@@ -952,17 +952,41 @@ impl Compiler<'_> {
         issuers: &[(usize, RawIssuer)],
     ) -> ApprovalSettings {
         let p = "approvals";
+        // One person, one vote: an IdP name must lead to exactly one configured approver.
         self.unique(
             "approver",
-            r.approvers
-                .iter()
-                .enumerate()
-                .map(|(i, a)| (format!("{p}.approvers[{i}].name"), a.name.as_str())),
+            r.approvers.iter().enumerate().flat_map(|(i, a)| {
+                std::iter::once((format!("{p}.approvers[{i}].name"), a.name.as_str())).chain(
+                    a.idp_names.iter().enumerate().map(move |(j, n)| {
+                        (format!("{p}.approvers[{i}].idp_names[{j}]"), n.as_str())
+                    }),
+                )
+            }),
         );
         let mut approvers = Vec::new();
         for (i, a) in r.approvers.iter().enumerate() {
+            if !a.idp_names.is_empty() && r.jwt_approvers.is_none() {
+                self.invalid(
+                    format!("{p}.approvers[{i}].idp_names"),
+                    "only means something with `approvals.jwt_approvers`",
+                );
+            }
+            let Some(raw_hash) = &a.token_sha256 else {
+                if r.jwt_approvers.is_none() {
+                    self.invalid(
+                        format!("{p}.approvers[{i}].token_sha256"),
+                        "required unless `jwt_approvers` is set: without it this approver could never sign in",
+                    );
+                }
+                approvers.push(Approver {
+                    name: a.name.clone(),
+                    token_sha256: None,
+                    idp_names: a.idp_names.clone(),
+                });
+                continue;
+            };
             let mut h = [0u8; 32];
-            let hex_text = match secret::resolve(&a.token_sha256, &self.base) {
+            let hex_text = match secret::resolve(raw_hash, &self.base) {
                 Ok(t) => t,
                 Err(e) => {
                     self.invalid(format!("{p}.approvers[{i}].token_sha256"), e);
@@ -972,7 +996,8 @@ impl Compiler<'_> {
             match hex::decode_to_slice(hex_text.trim(), &mut h) {
                 Ok(()) => approvers.push(Approver {
                     name: a.name.clone(),
-                    token_sha256: h,
+                    token_sha256: Some(h),
+                    idp_names: a.idp_names.clone(),
                 }),
                 Err(_) => self.invalid(
                     format!("{p}.approvers[{i}].token_sha256"),
@@ -999,12 +1024,13 @@ impl Compiler<'_> {
             }
             Some((j.issuer.clone(), j.claim.trim().to_string()))
         });
-        if r.approvers.is_empty() && r.jwt_approvers.is_none() {
+        if r.approvers.is_empty() {
             self.invalid(
                 format!("{p}.approvers"),
-                "list at least one approver (or set `jwt_approvers`): held calls could never be decided",
+                "list at least one approver: held calls could never be decided (IdP approvers, too, must be listed, by `name` or `idp_names`, so that one person counts once toward a quorum)",
             );
         }
+        let limits = self.approval_limits(r);
         let max_body_bytes = r.max_body_bytes.unwrap_or(1024 * 1024);
         if max_body_bytes == 0 {
             self.invalid(format!("{p}.max_body_bytes"), "must be at least 1");
@@ -1048,6 +1074,7 @@ impl Compiler<'_> {
             approvers,
             webhook,
             jwt_approvers,
+            limits,
             supervised: Arc::new(ApprovalPolicy {
                 mode: ApprovalMode::Async,
                 timeout: Duration::from_secs(1800),
@@ -1068,6 +1095,45 @@ impl Compiler<'_> {
             settings.supervised = Arc::new(pol);
         }
         settings
+    }
+
+    /// `approvals.max_*` and `retention`: what one agent may make the gateway keep.
+    fn approval_limits(&mut self, r: &RawApprovals) -> ApprovalLimits {
+        let p = "approvals";
+        let d = ApprovalLimits::default();
+        let mut at_least_one = |field: &str, v: Option<u64>, default: u64| match v {
+            Some(0) => {
+                self.invalid(format!("{p}.{field}"), "must be at least 1");
+                default
+            }
+            Some(n) => n,
+            None => default,
+        };
+        let max_pending_per_agent = at_least_one(
+            "max_pending_per_agent",
+            r.max_pending_per_agent.map(u64::from),
+            d.max_pending_per_agent.into(),
+        ) as u32;
+        let max_held_per_agent = at_least_one(
+            "max_held_per_agent",
+            r.max_held_per_agent.map(u64::from),
+            d.max_held_per_agent.into(),
+        ) as u32;
+        let max_headers = at_least_one(
+            "max_headers",
+            r.max_headers.map(u64::from),
+            d.max_headers.into(),
+        ) as u32;
+        let max_header_bytes =
+            at_least_one("max_header_bytes", r.max_header_bytes, d.max_header_bytes);
+        let retention = self.duration(&format!("{p}.retention"), &r.retention, d.retention);
+        ApprovalLimits {
+            max_pending_per_agent,
+            max_held_per_agent,
+            max_headers,
+            max_header_bytes,
+            retention,
+        }
     }
 
     fn routes(

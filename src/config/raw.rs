@@ -261,7 +261,12 @@ pub struct RawApprover {
     /// Shown in the audit trail.
     pub name: String,
     /// Hex SHA-256 of the approver's bearer token (`portcullis approver-token` makes a pair).
-    pub token_sha256: String,
+    /// May be left out for a person who signs in only with an IdP token (`jwt_approvers`).
+    pub token_sha256: Option<String>,
+    /// Names an IdP token may give this same person (`jwt_approvers`: the subject when the
+    /// claim is `true`, else the claim's string), besides `name` itself: one person, one vote.
+    #[serde(default)]
+    pub idp_names: Vec<String>,
 }
 
 /// Where approval notifications go.
@@ -298,6 +303,16 @@ pub struct RawApprovals {
     pub supervised: Option<RawApprovalPolicy>,
     /// Also accept people's JWTs from an IdP that carry an approver claim.
     pub jwt_approvers: Option<RawJwtApprovers>,
+    /// Pending approvals one agent may have at once (default 20); more → 429.
+    pub max_pending_per_agent: Option<u32>,
+    /// Calls of one agent held open waiting for a decision at once (default 5); more → 429.
+    pub max_held_per_agent: Option<u32>,
+    /// Forwardable request headers of a call needing approval (default 64); more → 431.
+    pub max_headers: Option<u32>,
+    /// Bytes of those headers, names and values (default 16384); more → 431.
+    pub max_header_bytes: Option<u64>,
+    /// How long decided approvals stay in the store before they are deleted (default 7d).
+    pub retention: Option<String>,
 }
 
 /// People approving with IdP tokens instead of approver tokens.

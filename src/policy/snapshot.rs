@@ -55,8 +55,10 @@ pub struct ApprovalPolicy {
 pub struct Approver {
     /// Name in the audit trail.
     pub name: String,
-    /// SHA-256 of their bearer token.
-    pub token_sha256: [u8; 32],
+    /// SHA-256 of their bearer token; `None` for people who sign in only through the IdP.
+    pub token_sha256: Option<[u8; 32]>,
+    /// Names an IdP token may carry for this person, besides `name`.
+    pub idp_names: Vec<String>,
 }
 
 /// Webhook destination for approval notices.
@@ -89,12 +91,57 @@ pub struct ApprovalSettings {
     pub supervised: Arc<ApprovalPolicy>,
     /// People approving with IdP JWTs: (issuer config name, claim).
     pub jwt_approvers: Option<(String, String)>,
+    /// Bounds that keep one agent from exhausting approvals.
+    pub limits: ApprovalLimits,
+}
+
+/// What one agent may make the approval machinery keep (`approvals.max_*`, `retention`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApprovalLimits {
+    /// Pending approvals per agent.
+    pub max_pending_per_agent: u32,
+    /// Held connections per agent.
+    pub max_held_per_agent: u32,
+    /// Forwardable headers of a call needing approval.
+    pub max_headers: u32,
+    /// Their bytes (names + values).
+    pub max_header_bytes: u64,
+    /// How long decided approvals are kept.
+    pub retention: Duration,
+}
+
+impl Default for ApprovalLimits {
+    fn default() -> Self {
+        ApprovalLimits {
+            max_pending_per_agent: 20,
+            max_held_per_agent: 5,
+            max_headers: 64,
+            max_header_bytes: 16 * 1024,
+            retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
 }
 
 impl ApprovalSettings {
     /// The approver whose token hashes to `sha256`, if any.
     pub fn approver_by_token_hash(&self, sha256: &[u8; 32]) -> Option<&Approver> {
-        self.approvers.iter().find(|a| &a.token_sha256 == sha256)
+        self.approvers
+            .iter()
+            .find(|a| a.token_sha256.as_ref() == Some(sha256))
+    }
+
+    /// The configured approver an IdP token's approver name belongs to: the one so named, or
+    /// the one listing it in `idp_names`. Votes are recorded under that name, so a person
+    /// signing in both ways still votes once.
+    pub fn approver_by_idp_name(&self, idp_name: &str) -> Option<&Approver> {
+        self.approvers
+            .iter()
+            .find(|a| a.name == idp_name)
+            .or_else(|| {
+                self.approvers
+                    .iter()
+                    .find(|a| a.idp_names.iter().any(|n| n == idp_name))
+            })
     }
 }
 

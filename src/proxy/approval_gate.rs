@@ -2,16 +2,16 @@
 //! buffered, bound to a digest, and either held (`hold`) or answered 202 (`async`); only an
 //! approved call reaches the upstream, through the executor, exactly as approved, once.
 
-use super::headers::REQUEST_ID;
+use super::headers::{strip_client_assertions, REQUEST_ID};
 use super::refusal::{Refusal, UpstreamFailure};
 use super::{Gateway, RequestCtx};
 use crate::approval::digest::{
-    body_preview, body_sha256, redacted_headers, request_digest, Binding,
+    body_preview, body_sha256, headers_sha256, redacted_headers, request_digest, Binding,
 };
 use crate::approval::executor::{is_hop_by_hop, ExecError};
-use crate::approval::store::{Approval, Mode, NewApproval, Status};
+use crate::approval::store::{Approval, Mode, NewApproval, Status, StoreError};
 use crate::approval::{now_ms, rfc3339_ms, HoldOutcome};
-use crate::policy::{ApprovalMode, ApprovalPolicy};
+use crate::policy::{ApprovalMode, ApprovalPolicy, ApprovalSettings};
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
@@ -25,6 +25,48 @@ struct Bound {
     body_hash: String,
     digest: String,
     query: Option<String>,
+    /// The forwardable headers, as the agent sent them (see [`forwardable_headers`]).
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+/// The request headers that reach the upstream as the agent sent them: everything except what
+/// the gateway strips ([`strip_client_assertions`], the same function the forwarding path
+/// uses, so the two cannot drift), `Host` (the gateway sets the upstream's), and hop-by-hop
+/// headers and `Content-Length` (never forwarded as sent). These are bound into the request
+/// digest and shown to approvers.
+fn forwardable_headers(session: &Session, ctx: &RequestCtx) -> Vec<(String, Vec<u8>)> {
+    let mut req = session.req_header().clone();
+    let up = ctx.upstream().expect("allowed call has an upstream");
+    strip_client_assertions(
+        &mut req,
+        up.credential.as_ref().map(|c| &c.header),
+        &up.stripped_headers,
+    );
+    req.remove_header(&http::header::HOST);
+    req.headers
+        .iter()
+        .filter(|(k, _)| !is_hop_by_hop(k.as_str()))
+        .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+/// Over `approvals.max_headers` / `max_header_bytes`: an approver could not be shown them all,
+/// so the call is refused rather than stored cut short.
+fn headers_over_cap(headers: &[(String, Vec<u8>)], settings: &ApprovalSettings) -> Option<Refusal> {
+    let count = headers.len();
+    let bytes: u64 = headers
+        .iter()
+        .map(|(k, v)| (k.len() + v.len()) as u64)
+        .sum();
+    let l = &settings.limits;
+    (count > l.max_headers as usize || bytes > l.max_header_bytes).then_some(
+        Refusal::HeadersTooLarge {
+            count,
+            bytes,
+            max_count: l.max_headers,
+            max_bytes: l.max_header_bytes,
+        },
+    )
 }
 
 /// Read the whole request body, refusing (without reading on) once it passes `cap`.
@@ -68,6 +110,31 @@ impl Gateway {
                 .refuse(session, ctx, Refusal::ApprovalUnavailable)
                 .await;
         };
+        let agent = ctx.agent.clone().expect("allowed call has an agent");
+        // Cheap bounds first, before the body is read: an approver must be able to see every
+        // forwarded header, and one agent may hold only so many connections.
+        let headers = forwardable_headers(session, ctx);
+        if let Some(r) = headers_over_cap(&headers, settings) {
+            return self.refuse(session, ctx, r).await;
+        }
+        let _held_slot = match policy.mode {
+            ApprovalMode::Async => None,
+            ApprovalMode::Hold => {
+                let limit = settings.limits.max_held_per_agent;
+                match svc.try_hold(&agent.id, limit) {
+                    Some(slot) => Some(slot),
+                    None => {
+                        let r = Refusal::TooManyPending {
+                            agent: agent.id.to_string(),
+                            count: u64::from(limit),
+                            limit,
+                            held: true,
+                        };
+                        return self.refuse(session, ctx, r).await;
+                    }
+                }
+            }
+        };
         // The body must be complete before anything is decided: the approval is bound to it.
         let body = match read_body_capped(session, settings.max_body_bytes).await? {
             Some(b) => b,
@@ -84,12 +151,12 @@ impl Gateway {
                     .await;
             }
         };
-        let agent = ctx.agent.clone().expect("allowed call has an agent");
         let route = ctx.route_name().to_string();
         let path = ctx.path.clone().expect("normalized");
         let query = session.req_header().uri.query().map(str::to_string);
         let method = session.req_header().method.as_str().to_string();
         let body_hash = body_sha256(&body);
+        let headers_hash = headers_sha256(&headers);
         let digest = request_digest(&Binding {
             agent: &agent.id,
             route: &route,
@@ -98,13 +165,16 @@ impl Gateway {
             query: query.as_deref(),
             body_sha256: &body_hash,
             config_digest: &snap.digest,
+            headers_sha256: &headers_hash,
         });
         let bound = Bound {
             body,
             body_hash,
             digest,
             query,
+            headers,
         };
+        let pending_cap = settings.limits.max_pending_per_agent;
 
         let approval = match policy.mode {
             ApprovalMode::Async => match svc.find_open(&agent.id, &bound.digest).await {
@@ -120,22 +190,23 @@ impl Gateway {
                         Ok(None) => {}
                         Err(e) => return self.store_down(session, ctx, e).await,
                     }
-                    let new = self.new_approval(session, ctx, &policy, &bound, Mode::Async);
+                    let new =
+                        self.new_approval(session, ctx, &policy, &bound, Mode::Async, pending_cap);
                     match svc.create(new, false).await {
                         Ok((a, _)) => return self.pending(session, ctx, &a).await,
                         Err(e) => {
-                            return self.store_down(session, ctx, e).await;
+                            return self.create_failed(session, ctx, e).await;
                         }
                     }
                 }
             },
             ApprovalMode::Hold => {
-                let new = self.new_approval(session, ctx, &policy, &bound, Mode::Hold);
+                let new = self.new_approval(session, ctx, &policy, &bound, Mode::Hold, pending_cap);
                 let (a, rx) = match svc.create(new, true).await {
                     Ok((a, Some(rx))) => (a, rx),
                     Ok((_, None)) => unreachable!("create(wait=true) returns a receiver"),
                     Err(e) => {
-                        return self.store_down(session, ctx, e).await;
+                        return self.create_failed(session, ctx, e).await;
                     }
                 };
                 ctx.approval_id = Some(a.id.clone());
@@ -209,6 +280,34 @@ impl Gateway {
             .await
     }
 
+    /// Creating the approval failed: the agent's pending cap (429, its own doing), or the
+    /// store (503, fail closed).
+    async fn create_failed(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        e: StoreError,
+    ) -> Result<bool> {
+        match e {
+            StoreError::TooManyPending { pending, limit } => {
+                let agent = ctx.agent.as_ref().map(|a| a.id.to_string());
+                let r = Refusal::TooManyPending {
+                    agent: agent.unwrap_or_default(),
+                    count: pending,
+                    limit,
+                    held: false,
+                };
+                self.refuse(session, ctx, r).await
+            }
+            StoreError::NotFound
+            | StoreError::AlreadyDecided { .. }
+            | StoreError::Expired
+            | StoreError::NotAnApprover { .. }
+            | StoreError::AlreadyVoted { .. }
+            | StoreError::Unavailable(_) => self.store_down(session, ctx, e).await,
+        }
+    }
+
     fn new_approval(
         &self,
         session: &Session,
@@ -216,6 +315,7 @@ impl Gateway {
         policy: &ApprovalPolicy,
         bound: &Bound,
         mode: Mode,
+        pending_cap: u32,
     ) -> NewApproval {
         let agent = ctx.agent.as_ref().expect("agent");
         let snap = ctx.snap.as_ref().expect("snapshot");
@@ -223,7 +323,6 @@ impl Gateway {
             .upstream()
             .and_then(|u| u.credential.as_ref())
             .map(|c| c.header.as_str().to_string());
-        let req = session.req_header();
         let now = now_ms();
         NewApproval {
             id: uuid::Uuid::now_v7().simple().to_string(),
@@ -231,14 +330,19 @@ impl Gateway {
             agent: agent.id.to_string(),
             owner: agent.owner.to_string(),
             route: ctx.route_name().to_string(),
-            method: req.method.as_str().to_string(),
+            method: session.req_header().method.as_str().to_string(),
             path: ctx.path.as_ref().expect("path").as_str().to_string(),
             query: bound.query.clone(),
             body_sha256: bound.body_hash.clone(),
             body_bytes: bound.body.len() as u64,
             body_preview: body_preview(&bound.body),
+            // Exactly the headers bound into the digest: what the approver sees is what is
+            // forwarded (secret-looking values redacted here, yet bound).
             headers: redacted_headers(
-                req.headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())),
+                bound
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_slice())),
                 credential.as_deref(),
             ),
             request_digest: bound.digest.clone(),
@@ -247,6 +351,8 @@ impl Gateway {
             quorum: policy.quorum,
             created_at_ms: now,
             expires_at_ms: now + policy.timeout.as_millis() as i64,
+            body: bound.body.to_vec(),
+            max_pending_for_agent: Some(pending_cap),
         }
     }
 

@@ -78,6 +78,30 @@ pub enum Refusal {
     },
     /// An unexpected failure inside the gateway.
     Internal,
+    /// The agent already has as many approvals pending (or calls held open) as allowed.
+    TooManyPending {
+        /// The agent.
+        agent: String,
+        /// How many it has.
+        count: u64,
+        /// The cap.
+        limit: u32,
+        /// `true`: the cap on held connections (`max_held_per_agent`); `false`: on pending
+        /// approvals (`max_pending_per_agent`).
+        held: bool,
+    },
+    /// A call needing approval has more (or larger) forwardable headers than an approver can
+    /// be shown.
+    HeadersTooLarge {
+        /// Forwardable headers sent.
+        count: usize,
+        /// Their bytes.
+        bytes: u64,
+        /// `approvals.max_headers`.
+        max_count: u32,
+        /// `approvals.max_header_bytes`.
+        max_bytes: u64,
+    },
 }
 
 /// How an upstream failed.
@@ -337,7 +361,7 @@ impl Refusal {
                 extra.insert("approvals".into(), json!(votes));
                 extra.insert("quorum".into(), json!(quorum));
                 (202, "approval_pending", format!(
-                    "held for human approval, id {id}; nothing was sent to the tool. Retry the identical request (same method, path, query and body) after {ra}s; it passes once after approval. The approval expires at {expires_at}"
+                    "held for human approval, id {id}; nothing was sent to the tool. Retry the identical request (same method, path, query, headers and body) after {ra}s; it passes once after approval. The approval expires at {expires_at}"
                 ))
             }
             Refusal::ApprovalDenied { id, by, reason } => {
@@ -371,6 +395,44 @@ impl Refusal {
                 "internal_error",
                 "the gateway failed to handle this call; retry later".into(),
             ),
+            Refusal::TooManyPending {
+                agent,
+                count,
+                limit,
+                held,
+            } => {
+                retry_after = Some(30);
+                let setting = if *held {
+                    "approvals.max_held_per_agent"
+                } else {
+                    "approvals.max_pending_per_agent"
+                };
+                extra.insert("agent".into(), json!(agent));
+                extra.insert("limit".into(), json!(limit));
+                extra.insert("setting".into(), json!(setting));
+                let msg = if *held {
+                    format!(
+                        "agent `{agent}` already has {count} calls held open waiting for human approval, the most `{setting}` allows ({limit}); this call was refused and nothing was sent to the tool. Wait for those calls to be answered before sending another call that needs approval, and do not retry in a loop; if more are needed, the agent's owner must ask approvers to work through the queue or an operator to raise `{setting}`"
+                    )
+                } else {
+                    format!(
+                        "agent `{agent}` already has {count} approvals pending, the most `{setting}` allows ({limit}); this call was refused and nothing was sent to the tool. Wait until approvers decide some of them (or they expire), then retry; an identical retry of an already approved call still passes. Do not retry in a loop; if more are needed, the agent's owner must ask approvers to work through the queue or an operator to raise `{setting}`"
+                    )
+                };
+                (429, "too_many_pending", msg)
+            }
+            Refusal::HeadersTooLarge {
+                count,
+                bytes,
+                max_count,
+                max_bytes,
+            } => {
+                extra.insert("limit_headers".into(), json!(max_count));
+                extra.insert("limit_bytes".into(), json!(max_bytes));
+                (431, "headers_too_large", format!(
+                    "this call needs human approval, and an approver must see every header that is forwarded; it has {count} forwardable headers ({bytes} bytes), above the limit of {max_count} headers and {max_bytes} bytes (`approvals.max_headers`, `approvals.max_header_bytes`); send fewer or smaller headers"
+                ))
+            }
         };
         let mut body = Map::new();
         body.insert("error".into(), json!(code));
