@@ -203,3 +203,26 @@ fn syntax_error_has_a_line() {
     assert!(i.line.is_some(), "{i}");
     assert!(i.to_string().contains("YAML syntax"), "{i}");
 }
+
+#[test]
+fn access_log_max_field_bytes_defaults_to_1024_and_has_a_floor() {
+    let with = |extra: &str| {
+        load_str(
+            &format!("{}{extra}", good_yaml()),
+            Path::new("."),
+            "<test>",
+            &ctx(),
+        )
+    };
+    let cap = |r: Result<portcullis::policy::Snapshot, _>| {
+        r.expect("valid config").settings.access_log_max_field_bytes
+    };
+    assert_eq!(cap(with("")), 1024);
+    assert_eq!(cap(with("access_log:\n  max_field_bytes: 300\n")), 300);
+    let err = with("access_log:\n  max_field_bytes: 10\n").expect_err("below the floor");
+    let got: Vec<String> = err.issues().iter().map(|i| i.to_string()).collect();
+    assert_eq!(
+        got,
+        ["line 36: access_log.max_field_bytes: must be at least 64"]
+    );
+}

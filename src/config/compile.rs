@@ -100,6 +100,8 @@ struct Compiler<'a> {
 }
 
 const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
+/// Below this, request ids and times would be cut too.
+const MIN_LOG_FIELD_BYTES: usize = 64;
 
 impl Compiler<'_> {
     fn err(&mut self, path: impl Into<String>, kind: IssueKind) {
@@ -262,6 +264,16 @@ impl Compiler<'_> {
             None | Some("stdout") | Some("-") => AccessLogTarget::Stdout,
             Some(p) => AccessLogTarget::File(self.file_path(p)),
         };
+        let access_log_max_field_bytes = raw
+            .access_log
+            .max_field_bytes
+            .unwrap_or(crate::observe::access_log::DEFAULT_MAX_FIELD_BYTES);
+        if access_log_max_field_bytes < MIN_LOG_FIELD_BYTES {
+            self.invalid(
+                "access_log.max_field_bytes",
+                format!("must be at least {MIN_LOG_FIELD_BYTES}"),
+            );
+        }
         Settings {
             proxy_listen,
             admin_listen,
@@ -280,6 +292,7 @@ impl Compiler<'_> {
             // race across threads.
             work_stealing: s.work_stealing.unwrap_or(threads > 1),
             access_log,
+            access_log_max_field_bytes,
         }
     }
 

@@ -292,6 +292,9 @@ pub struct RawJwtApprovers {
 pub struct RawAccessLog {
     /// `stdout` (default) or a file path (appended).
     pub path: Option<String>,
+    /// Longest string field written whole, in bytes (default 1024); longer ones are cut with a
+    /// marker.
+    pub max_field_bytes: Option<usize>,
 }
 
 /// The whole file. List items keep their index in the file, so that errors found after some

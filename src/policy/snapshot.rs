@@ -199,6 +199,8 @@ pub struct Settings {
     pub work_stealing: bool,
     /// Access log destination.
     pub access_log: AccessLogTarget,
+    /// Longest string field of an access-log line written whole (`access_log.max_field_bytes`).
+    pub access_log_max_field_bytes: usize,
 }
 
 /// What `portcullis token issue` needs.
