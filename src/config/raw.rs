@@ -297,6 +297,33 @@ pub struct RawAccessLog {
     pub max_field_bytes: Option<usize>,
 }
 
+/// An operator credential for the admin listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdminToken {
+    /// Shown in the audit trail (who reloaded).
+    pub name: String,
+    /// Hex SHA-256 of the bearer token (`portcullis approver-token` makes a pair).
+    pub token_sha256: String,
+}
+
+/// `admin:` section: who may change state on the admin listener, and which names it answers to.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Operators allowed to `POST /reload` (approvers may too).
+    #[serde(default)]
+    pub tokens: Vec<RawAdminToken>,
+    /// Extra `Host` values the admin listener answers to (`name` or `name:port`), besides its
+    /// own address.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// `open` (default) or `token`: whether `/metrics` needs a bearer token.
+    pub metrics: Option<String>,
+    /// Hex SHA-256 of a token that may only read `/metrics` (with `metrics: token`).
+    pub metrics_token_sha256: Option<String>,
+}
+
 /// The whole file. List items keep their index in the file, so that errors found after some
 /// items failed to parse still name the right `routes[N]`.
 #[derive(Debug, Clone, Default)]
@@ -321,4 +348,6 @@ pub struct RawConfig {
     pub access_log: RawAccessLog,
     /// `approvals:`
     pub approvals: Option<RawApprovals>,
+    /// `admin:`
+    pub admin: RawAdmin,
 }

@@ -12,3 +12,4 @@ pub use snapshot::{
     AccessLogTarget, Agent, ApprovalMode, ApprovalPolicy, ApprovalSettings, Approver, Credential,
     Secret, Settings, Snapshot, TokenService, Upstream, WebhookSettings,
 };
+pub use snapshot::{AdminSettings, AdminToken, MetricsAccess};

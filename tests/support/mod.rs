@@ -39,6 +39,8 @@ pub const LOCAL_AUD: &str = "portcullis";
 pub const SLOW: Duration = Duration::from_secs(3);
 /// Generous bound for every poll: the machine may be loaded.
 pub const POLL_TIMEOUT: Duration = Duration::from_secs(20);
+/// The operator token of the default `admin:` section ([`Setup::admin`]), name `ops`.
+pub const ADMIN_TOKEN: &str = "pca_test_operator_token_7b1d0c94e2";
 
 pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keys")
@@ -346,6 +348,17 @@ pub struct Setup {
     pub rust_log: &'static str,
     /// `server.grace_period`.
     pub grace_period: &'static str,
+    /// The `admin:` section, at the end of the file ([`admin_section`] by default: operator
+    /// `ops` with [`ADMIN_TOKEN`]); empty for none.
+    pub admin: String,
+}
+
+/// An `admin:` section with operator `ops` ([`ADMIN_TOKEN`]) and `extra` lines (indented by
+/// two spaces).
+pub fn admin_section(extra: &str) -> String {
+    use sha2::Digest;
+    let hash = hex::encode(sha2::Sha256::digest(ADMIN_TOKEN.as_bytes()));
+    format!("admin:\n  tokens:\n    - name: ops\n      token_sha256: \"{hash}\"\n{extra}")
 }
 
 impl Setup {
@@ -357,6 +370,7 @@ impl Setup {
             extra_routes: String::new(),
             rust_log: "info",
             grace_period: "5s",
+            admin: admin_section(""),
         }
     }
 }
@@ -489,6 +503,7 @@ routes:
 @EXTRA_ROUTES@
 access_log:
   path: @DIR@/access.log
+@ADMIN_SECTION@
 "#;
 
 /// The configuration text for `setup` laid out in `layout`.
@@ -511,6 +526,17 @@ pub fn render(setup: &Setup, layout: &Layout) -> String {
         .replace("@UPSTREAM@", &setup.upstream.to_string())
         .replace("@CLOSED@", &layout.closed_port.to_string())
         .replace("@EXTRA_ROUTES@\n", &setup.extra_routes)
+        .replace("@ADMIN_SECTION@\n", &setup.admin)
+}
+
+/// `POST /reload` on the admin listener with the operator token; the response.
+pub async fn reload(gw: &Gateway) -> reqwest::Response {
+    client()
+        .post(gw.admin_url("/reload"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
 }
 
 /// Replace a file the way editors and config managers do: write aside, then rename.
@@ -1103,6 +1129,7 @@ pub fn cli_env(args: &[&str], cwd: &Path, envs: &[(&str, &str)]) -> std::process
         .env("TEST_UPSTREAM_KEY", SECRET)
         .env_remove("PORTCULLIS_CONFIG")
         .env_remove("PORTCULLIS_APPROVER_TOKEN")
+        .env_remove("PORTCULLIS_ADMIN_TOKEN")
         .envs(envs.iter().copied())
         .stdin(Stdio::null())
         .output()
