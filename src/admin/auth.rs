@@ -18,7 +18,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::approvals::ApproverName;
-use super::guard::AdminConn;
+use super::guard::{clip, AdminConn};
 use crate::policy::{MetricsAccess, Snapshot};
 use crate::state::GatewayState;
 
@@ -71,7 +71,7 @@ impl FromRequestParts<Arc<GatewayState>> for Operator {
         let res = authenticate(parts, state, client).await;
         if let Err(r) = &res {
             // Operators see refused attempts at state changes; the body says why.
-            tracing::warn!(path = %parts.uri.path(), client = ?client, status = r.status().as_u16(), "admin request refused: no valid operator credential");
+            tracing::warn!(path = clip(parts.uri.path()), client = ?client, status = r.status().as_u16(), "admin request refused: no valid operator credential");
         }
         res
     }

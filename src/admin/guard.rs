@@ -91,7 +91,12 @@ pub(crate) async fn guard(State(g): State<Arc<Guard>>, req: Request, next: Next)
     }
     if !is_safe(req.method()) {
         if let Err((code, why)) = cross_site(req.headers(), host.unwrap_or("")) {
-            tracing::warn!(method = %req.method(), path = %req.uri().path(), code, "admin request refused: may come from a web page");
+            tracing::warn!(
+                method = clip(req.method().as_str()),
+                path = clip(req.uri().path()),
+                code,
+                "admin request refused: may come from a web page"
+            );
             return refuse(
                 StatusCode::FORBIDDEN,
                 code,
@@ -100,6 +105,16 @@ pub(crate) async fn guard(State(g): State<Arc<Guard>>, req: Request, next: Next)
         }
     }
     next.run(req).await
+}
+
+/// At most 128 bytes of a caller-chosen string, for diagnostics: a caller must not be able to
+/// write long lines into the gateway's log.
+pub(crate) fn clip(s: &str) -> &str {
+    let mut end = s.len().min(128);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// Methods that change nothing on the admin listener.
