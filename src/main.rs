@@ -78,6 +78,19 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Reload the configuration of a running gateway (`POST /reload` on its admin listener).
+    Reload {
+        /// Admin base URL (default: `http://` + listen.admin of the config).
+        #[arg(long)]
+        admin: Option<String>,
+        /// Configuration file, to find the admin listener.
+        #[arg(short, long, default_value = "gateway.yaml")]
+        config: PathBuf,
+        /// Admin token (`admin.tokens`); an approver token also works
+        /// (`PORTCULLIS_APPROVER_TOKEN` is used when neither is given).
+        #[arg(long, env = "PORTCULLIS_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
     /// Write a new ES256 signing key (PKCS#8 PEM, mode 0600).
     Keygen {
         /// Where to write it.
@@ -193,6 +206,11 @@ fn main() -> ExitCode {
                 },
         } => token_issue(&config, &agent, &scopes, ttl, backdate),
         Command::Keygen { out, force } => keygen(&out, force),
+        Command::Reload {
+            admin,
+            config,
+            token,
+        } => reload_cli(admin, &config, token),
         Command::ApproverToken { out } => approver_token(out.as_deref()),
         Command::Approvals {
             admin,
@@ -377,6 +395,88 @@ fn approver_token(out: Option<&Path>) -> ExitCode {
     }
 }
 
+/// The admin listener's base URL: `--admin`, else from the config file.
+fn admin_base(admin: Option<String>, config: &Path) -> Result<String, String> {
+    match admin {
+        Some(a) => Ok(a.trim_end_matches('/').to_string()),
+        None => match load(config, false) {
+            Ok(s) => Ok(format!("http://{}", s.settings.admin_listen)),
+            Err(e) => Err(format!(
+                "cannot find the admin listener ({e}); pass --admin URL"
+            )),
+        },
+    }
+}
+
+fn reload_cli(admin: Option<String>, config: &Path, token: Option<String>) -> ExitCode {
+    let fail = |m: String| {
+        eprintln!("portcullis reload: {m}");
+        ExitCode::FAILURE
+    };
+    let token = token.or_else(|| {
+        std::env::var("PORTCULLIS_APPROVER_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+    });
+    let Some(token) = token else {
+        return fail(
+            "a token is needed: --token, PORTCULLIS_ADMIN_TOKEN or PORTCULLIS_APPROVER_TOKEN"
+                .into(),
+        );
+    };
+    let base = match admin_base(admin, config) {
+        Ok(b) => b,
+        Err(e) => return fail(e),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(e.to_string()),
+    };
+    let res = rt.block_on(async {
+        let r = reqwest::Client::new()
+            .post(format!("{base}/reload"))
+            .bearer_auth(&token)
+            .send()
+            .await?;
+        let status = r.status();
+        let body: serde_json::Value = r.json().await.unwrap_or(serde_json::Value::Null);
+        Ok::<_, reqwest::Error>((status, body))
+    });
+    match res {
+        Ok((status, body)) if status.is_success() => {
+            println!(
+                "reloaded: config version {} (digest {})",
+                body["config_version"],
+                body["config_digest"].as_str().unwrap_or("")
+            );
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            for issue in body["issues"].as_array().into_iter().flatten() {
+                eprintln!(
+                    "  {}{}: {}",
+                    issue["line"]
+                        .as_u64()
+                        .map(|l| format!("line {l}: "))
+                        .unwrap_or_default(),
+                    issue["path"].as_str().unwrap_or(""),
+                    issue["message"].as_str().unwrap_or("")
+                );
+            }
+            fail(format!(
+                "{} ({}): {}",
+                body["error"].as_str().unwrap_or("error"),
+                status.as_u16(),
+                body["message"].as_str().unwrap_or("")
+            ))
+        }
+        Err(e) => fail(format!("cannot reach {base}: {e}")),
+    }
+}
+
 fn approvals_cli(
     admin: Option<String>,
     config: &Path,
@@ -390,16 +490,9 @@ fn approvals_cli(
     let Some(token) = token else {
         return fail("an approver token is needed: --token or PORTCULLIS_APPROVER_TOKEN".into());
     };
-    let base = match admin {
-        Some(a) => a.trim_end_matches('/').to_string(),
-        None => match load(config, false) {
-            Ok(s) => format!("http://{}", s.settings.admin_listen),
-            Err(e) => {
-                return fail(format!(
-                    "cannot find the admin listener ({e}); pass --admin URL"
-                ))
-            }
-        },
+    let base = match admin_base(admin, config) {
+        Ok(b) => b,
+        Err(e) => return fail(e),
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -51,6 +51,7 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
     let access_log = Arc::new(
         AccessLog::start(log_path.as_deref(), metrics.clone()).map_err(StartError::AccessLog)?,
     );
+    access_log.set_max_field_bytes(settings.access_log_max_field_bytes);
     let state = Arc::new(GatewayState::load(
         config_path,
         metrics,

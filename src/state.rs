@@ -143,6 +143,9 @@ impl GatewayState {
                 let new = Arc::new(new);
                 self.next_version.fetch_add(1, Ordering::SeqCst);
                 self.snapshot.store(new.clone());
+                // Unlike the destination, the cap applies at once.
+                self.access_log
+                    .set_max_field_bytes(new.settings.access_log_max_field_bytes);
                 self.metrics.config_version.set(new.version as i64);
                 self.metrics
                     .config_reloads

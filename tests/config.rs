@@ -46,7 +46,7 @@ fn bad_file_reports_every_error_with_path_and_line() {
         "line 43: routes[2].path_regex: invalid regex: regex parse error:\n    ^(?:/api/([)$\n              ^\nerror: unclosed character class",
         "line 46: routes[3]: a route must require at least one scope (`scopes` or `any_of`): deny by default",
         "line 53: routes[4].timeout: unknown field `timeout`, expected one of `name`, `methods`, `path`, `path_regex`, `host`, `upstream`, `scopes`, `any_of`, `approval`, `websocket`",
-        "line 54: metrics: unknown section `metrics`, expected one of: listen, server, identity, issuers, token_service, agents, upstreams, routes, access_log, approvals",
+        "line 54: metrics: unknown section `metrics`, expected one of: listen, server, identity, issuers, token_service, agents, upstreams, routes, access_log, approvals, admin",
     ];
     for (i, (g, e)) in got.iter().zip(expected.iter()).enumerate() {
         assert_eq!(g, e, "issue #{i} differs");
@@ -378,6 +378,103 @@ fn approvers_without_a_token_need_jwt_approvers() {
         got.iter().any(|g| g.contains(
             "approvals.approvers[1].idp_names: only means something with `approvals.jwt_approvers`"
         )),
+        "{got:#?}"
+    );
+}
+
+#[test]
+fn access_log_max_field_bytes_defaults_to_1024_and_has_a_floor() {
+    let with = |extra: &str| {
+        load_str(
+            &format!("{}{extra}", good_yaml()),
+            Path::new("."),
+            "<test>",
+            &ctx(),
+        )
+    };
+    let cap = |r: Result<portcullis::policy::Snapshot, _>| {
+        r.expect("valid config").settings.access_log_max_field_bytes
+    };
+    assert_eq!(cap(with("")), 1024);
+    assert_eq!(cap(with("access_log:\n  max_field_bytes: 300\n")), 300);
+    let err = with("access_log:\n  max_field_bytes: 10\n").expect_err("below the floor");
+    let got: Vec<String> = err.issues().iter().map(|i| i.to_string()).collect();
+    assert_eq!(
+        got,
+        ["line 36: access_log.max_field_bytes: must be at least 64"]
+    );
+}
+
+#[test]
+fn admin_section_compiles() {
+    use portcullis::policy::MetricsAccess;
+    let defaults = load_str(&good_yaml(), Path::new("."), "<test>", &ctx()).expect("valid config");
+    assert!(defaults.admin.tokens.is_empty());
+    assert!(defaults.admin.hosts.is_empty());
+    assert_eq!(defaults.admin.metrics, MetricsAccess::Open);
+
+    let yaml = format!(
+        "{}admin:\n  tokens:\n    - {{name: ops, token_sha256: \"{}\"}}\n  hosts: [Portcullis-Admin.internal, \"gw.example:8443\"]\n  metrics: token\n  metrics_token_sha256: \"{}\"\n",
+        good_yaml(),
+        "ab".repeat(32),
+        "cd".repeat(32)
+    );
+    let snap = load_str(&yaml, Path::new("."), "<test>", &ctx()).expect("valid config");
+    assert_eq!(snap.admin.tokens.len(), 1);
+    assert_eq!(snap.admin.tokens[0].name, "ops");
+    assert_eq!(snap.admin.tokens[0].token_sha256, [0xab; 32]);
+    assert_eq!(
+        snap.admin.hosts,
+        ["portcullis-admin.internal", "gw.example:8443"]
+    );
+    assert_eq!(snap.admin.metrics, MetricsAccess::Token);
+    assert_eq!(snap.admin.metrics_token_sha256, Some([0xcd; 32]));
+}
+
+#[test]
+fn admin_mistakes_are_all_reported() {
+    let issues = |extra: &str| -> Vec<String> {
+        let yaml = format!("{}{extra}", good_yaml());
+        load_str(&yaml, Path::new("."), "<test>", &ctx())
+            .expect_err("must be refused")
+            .issues()
+            .iter()
+            .map(|i| i.to_string())
+            .collect()
+    };
+    let got = issues(
+        "admin:
+  tokens:
+    - {name: ops, token_sha256: nothex}
+    - {name: ops, token_sha256: \"${env:PORTCULLIS_TEST_UNSET_ADMIN}\"}
+  hosts: [\"http://evil.example/\", \"*.internal\", \"\"]
+  metrics: closed
+  metrics_token_sha256: \"ab\"
+",
+    );
+    let want = [
+        "line 37: admin.tokens[0].token_sha256: must be 64 hex digits (the SHA-256 of the token; `portcullis approver-token` prints a token and its hash)",
+        "line 38: admin.tokens[1].name: duplicate admin token `ops` (first defined at admin.tokens[0].name)",
+        "line 38: admin.tokens[1].token_sha256: environment variable `PORTCULLIS_TEST_UNSET_ADMIN` is not set",
+        "line 39: admin.hosts[0]: `http://evil.example/` is not a host name or `host:port` (no scheme, path or wildcard), e.g. `portcullis-admin.internal`",
+        "line 39: admin.hosts[1]: `*.internal` is not a host name or `host:port` (no scheme, path or wildcard), e.g. `portcullis-admin.internal`",
+        "line 39: admin.hosts[2]: `` is not a host name or `host:port` (no scheme, path or wildcard), e.g. `portcullis-admin.internal`",
+        "line 40: admin.metrics: `closed` is not `open` or `token`",
+        "line 41: admin.metrics_token_sha256: must be 64 hex digits (the SHA-256 of the token; `portcullis approver-token` prints a token and its hash)",
+        "line 41: admin.metrics_token_sha256: only used with `metrics: token`; set it, or remove this token",
+    ];
+    assert_eq!(got, want, "{got:#?}");
+
+    let got = issues("admin:\n  metrics: token\n  hosts: [ok.example]\n  colour: red\n");
+    assert_eq!(
+        got,
+        ["line 38: admin.colour: unknown field `colour`, expected one of `tokens`, `hosts`, `metrics`, `metrics_token_sha256`"],
+        "{got:#?}"
+    );
+    let got = issues("admin:\n  metrics: token\n");
+    assert_eq!(
+        got,
+        ["line 36: admin.metrics: `token` needs `admin.tokens` or `admin.metrics_token_sha256`: nobody could read /metrics"],
         "{got:#?}"
     );
 }

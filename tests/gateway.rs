@@ -1259,3 +1259,70 @@ async fn a_refused_request_body_is_never_read_as_another_request() {
     assert_eq!(seen.body, "hello world");
     assert_eq!(up.hits(), 1);
 }
+
+/// An anonymous caller chooses the method, path and query of its request, and a trusted issuer's
+/// token may name any subject: none of it may make the gateway write a line as long as the
+/// request. Each string field is cut at `access_log.max_field_bytes` (default 1024) with a
+/// marker saying how much was left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_chosen_access_log_fields_are_cut_at_the_cap_with_a_marker() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(Setup::new(&up)).await;
+    let cut =
+        |text: &str, kept: usize| format!("{}…[cut {} bytes]", &text[..kept], text.len() - kept);
+
+    // A 60 KB query string, no token.
+    let query = format!("q={}", "a".repeat(60_000));
+    let a = raw_get(gw.layout.proxy, &format!("/api/tickets/1?{query}"), None).await;
+    assert_eq!(a.status, 401, "{a:?}");
+    // A 20 KB path (refused as too long, logged as sent) under a 3 KB method.
+    let path = format!("/{}", "p".repeat(20_000));
+    let method = "M".repeat(3_000);
+    let b = raw_request(
+        gw.layout.proxy,
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            gw.layout.proxy
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(b.status, 400, "{b:?}");
+    // A validly signed token whose subject is no registered agent.
+    let subject = "s".repeat(5_000);
+    let c = get(
+        &gw,
+        "/api/tickets/1",
+        Some(&token_with(claims_for(FIXTURE_ISS, &subject, BOTH))),
+    )
+    .await;
+    c.assert_refusal(401, "unknown_agent");
+
+    let lines = gw.wait_access_log(3).await;
+    let raw = std::fs::read_to_string(gw.layout.access_log_path()).unwrap();
+    for line in raw.lines() {
+        assert!(
+            line.len() < 4 * 1024,
+            "a {}-byte access-log line",
+            line.len()
+        );
+    }
+    let by_id = |id: &str| {
+        lines
+            .iter()
+            .find(|l| l["request_id"] == id)
+            .unwrap_or_else(|| panic!("no line for {id}: {lines:#?}"))
+            .clone()
+    };
+    let line = by_id(a.header("x-request-id").unwrap());
+    assert_eq!(line["reason"], "missing_token");
+    assert_eq!(line["query"], cut(&query, 1024));
+    assert_eq!(line["path"], "/api/tickets/1");
+    let line = by_id(b.header("x-request-id").unwrap());
+    assert_eq!(line["reason"], "invalid_path");
+    assert_eq!(line["path"], cut(&path, 1024));
+    assert_eq!(line["method"], cut(&method, 1024));
+    let line = by_id(c.request_id());
+    assert_eq!(line["agent"], cut(&subject, 1024));
+    assert_eq!(line["issuer"], "fixture-idp");
+}

@@ -199,3 +199,52 @@ async fn readyz_is_503_until_the_first_successful_jwks_fetch() {
 async fn readyz_recovers_soon_after_the_idp_does_with_the_default_refresh_interval() {
     unready_until_first_jwks_fetch("5m").await;
 }
+
+/// A key is dropped from the IdP's JWKS (rotation after a compromise). A token it signed was
+/// verified before and sits in the verified-token cache: it must stop passing once the gateway
+/// has refreshed the JWKS, not at its `exp`. A token of the key that stays keeps passing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_token_stops_passing_once_a_refresh_drops_its_key() {
+    let up = Upstream::start().await;
+    let idp = JwksServer::start("jwks-rotating.json", false).await;
+    let mut setup = Setup::new(&up);
+    setup.jwks = Some(JwksIssuer {
+        url: idp.url.clone(),
+        refresh_interval: "1s",
+        min_refetch_interval: "1s",
+    });
+    let gw = Gateway::start(setup).await;
+    let dropped = corp_token("es256.key.pem", "es256-test");
+    let kept = corp_token("es256-rotated.key.pem", "es256-rotated");
+    // Twice each: the second call is a cache hit.
+    for t in [&dropped, &kept, &dropped, &kept] {
+        let a = get(&gw, "/api/tickets/1", Some(t)).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+
+    idp.serve("jwks-rotated.json");
+    let deadline = Instant::now() + POLL_TIMEOUT;
+    let refused = loop {
+        let a = get(&gw, "/api/tickets/2", Some(&dropped)).await;
+        if a.status != 200 {
+            break a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a token of the dropped key still passes {POLL_TIMEOUT:?} after the JWKS lost it"
+        );
+        // The kept key's token passes all along.
+        let b = get(&gw, "/api/tickets/3", Some(&kept)).await;
+        assert_eq!(b.status, 200, "{}", b.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    refused.assert_refusal(401, "invalid_token");
+    assert_eq!(refused.body["reason"], "unknown_key", "{}", refused.body);
+    // And stays refused; the kept key's token keeps passing, from the cache again.
+    let a = get(&gw, "/api/tickets/4", Some(&dropped)).await;
+    assert_eq!(a.body["reason"], "unknown_key", "{}", a.body);
+    for _ in 0..2 {
+        let b = get(&gw, "/api/tickets/5", Some(&kept)).await;
+        assert_eq!(b.status, 200, "{}", b.body);
+    }
+}

@@ -96,7 +96,7 @@ async fn a_refused_reload_keeps_the_old_config_then_sighup_applies_the_fix() {
     broken.extra_routes = BROKEN_ROUTE.into();
     let text = gw.render(&broken);
     gw.write_config(&text);
-    let r = client().post(gw.admin_url("/reload")).send().await.unwrap();
+    let r = reload(&gw).await;
     assert_eq!(r.status(), 422);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"], "config_invalid", "{body}");
@@ -149,7 +149,7 @@ async fn a_refused_reload_keeps_the_old_config_then_sighup_applies_the_fix() {
 
     // Not even YAML.
     gw.write_config("routes: [\n  - name: x\n    path: {{\n");
-    let r = client().post(gw.admin_url("/reload")).send().await.unwrap();
+    let r = reload(&gw).await;
     assert_eq!(r.status(), 422);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"], "config_invalid", "{body}");
@@ -184,7 +184,7 @@ async fn a_refused_reload_keeps_the_old_config_then_sighup_applies_the_fix() {
     assert_eq!(up.seen_with_request_id(a.request_id()).path, "/reports/9");
 
     // POST /reload of a good file answers with the new version.
-    let r = client().post(gw.admin_url("/reload")).send().await.unwrap();
+    let r = reload(&gw).await;
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["status"], "reloaded", "{body}");
@@ -208,7 +208,7 @@ async fn a_reload_that_disables_an_agent_applies_to_tokens_already_verified() {
     );
     assert!(text.contains("enabled: false\n    scopes: [tickets:read, tickets:write]"));
     gw.write_config(&text);
-    let r = client().post(gw.admin_url("/reload")).send().await.unwrap();
+    let r = reload(&gw).await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
 
     let a = get(&gw, "/api/tickets/1", Some(&t)).await;

@@ -3,21 +3,30 @@
 //!
 //! It runs as a pingora background service with its own small HTTP router (axum), on a
 //! separate address that defaults to loopback: nothing here is reachable by agents through the
-//! proxy listener.
+//! proxy listener. Loopback is still reachable by every local process and browser page, so one
+//! layer ([`guard`]) checks `Host` and refuses browser-forged state changes on every route, and
+//! every state change needs a bearer credential ([`auth`]).
 
 pub mod approvals;
+pub mod auth;
+pub mod guard;
 
+use crate::observe::LogTime;
 use crate::state::GatewayState;
 use async_trait::async_trait;
+use auth::Operator;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use guard::{AdminConn, Guard};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use serde::Serialize;
 use serde_json::json;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 /// The admin HTTP service.
 pub struct AdminService {
@@ -32,14 +41,24 @@ impl AdminService {
     }
 }
 
-/// The admin routes, usable on any listener (tests bind them directly).
-pub fn router(state: Arc<GatewayState>) -> Router {
+/// The admin routes for a listener started on `listen`, behind the [`guard`] layer. Serve them
+/// with `into_make_service_with_connect_info::<AdminConn>()`: the `Host` check and the audit
+/// trail use the connection's addresses.
+pub fn router(state: Arc<GatewayState>, listen: &str) -> Router {
+    let guard_state = Arc::new(Guard {
+        state: state.clone(),
+        listen: listen.to_owned(),
+    });
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/reload", post(reload))
         .merge(approvals::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            guard_state,
+            guard::guard,
+        ))
         .with_state(state)
 }
 
@@ -60,7 +79,10 @@ async fn readyz(State(s): State<Arc<GatewayState>>) -> Response {
     }
 }
 
-async fn metrics(State(s): State<Arc<GatewayState>>) -> Response {
+async fn metrics(State(s): State<Arc<GatewayState>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = auth::metrics_refusal(&s.snapshot.load(), &headers) {
+        return refused;
+    }
     s.refresh_gauges();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -69,10 +91,42 @@ async fn metrics(State(s): State<Arc<GatewayState>>) -> Response {
         .into_response()
 }
 
-async fn reload(State(s): State<Arc<GatewayState>>) -> Response {
+/// The audit line of a reload through the admin API (`event: config_reload`).
+#[derive(Serialize)]
+struct ReloadEvent<'a> {
+    time: LogTime,
+    event: &'static str,
+    /// `reloaded` or `refused`.
+    outcome: &'static str,
+    /// Name of the operator or approver.
+    by: &'a str,
+    /// `admin` or `approver`.
+    credential: &'static str,
+    client: Option<String>,
+    /// The version serving after the attempt.
+    config_version: u64,
+}
+
+async fn reload(State(s): State<Arc<GatewayState>>, who: Operator) -> Response {
     let st = s.clone();
+    let started = SystemTime::now();
+    tracing::info!(by = %who.name, credential = who.credential, client = ?who.client, "reload requested on the admin API");
     // Loading reads files and resolves upstream names: keep it off the async workers.
     let res = tokio::task::spawn_blocking(move || st.reload("admin")).await;
+    let outcome = if matches!(res, Ok(Ok(_))) {
+        "reloaded"
+    } else {
+        "refused"
+    };
+    s.access_log.log(&ReloadEvent {
+        time: LogTime(started),
+        event: "config_reload",
+        outcome,
+        by: &who.name,
+        credential: who.credential,
+        client: who.client.map(|c| c.to_string()),
+        config_version: s.snapshot.load().version,
+    });
     match res {
         Ok(Ok(snap)) => Json(json!({"status": "reloaded", "config_version": snap.version, "config_digest": snap.digest})).into_response(),
         Ok(Err(e)) => {
@@ -107,13 +161,16 @@ impl BackgroundService for AdminService {
             }
         };
         tracing::info!(addr = %self.addr, "admin listener up");
-        let app = router(self.state.clone());
+        let app = router(self.state.clone(), &self.addr);
         let stop = async move {
             let _ = shutdown.changed().await;
         };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
+        if let Err(e) = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<AdminConn>(),
+        )
+        .with_graceful_shutdown(stop)
+        .await
         {
             tracing::error!(error = %e, "admin listener failed");
         }

@@ -9,10 +9,11 @@ use super::raw::*;
 use super::secret;
 use crate::identity::{IdentitySettings, IssuerConfig, KeySource, KeyStore, Verifier};
 use crate::policy::snapshot::{ApprovalLimits, UpstreamCa};
+use crate::policy::MetricsAccess;
 use crate::policy::{
-    AccessLogTarget, Agent, ApprovalMode, ApprovalPolicy, ApprovalSettings, Approver,
-    ConnectionLimits, Credential, HostPattern, PathPattern, Route, RouteTable, Secret, Settings,
-    Snapshot, TokenService, Upstream, WebhookSettings,
+    AccessLogTarget, AdminSettings, AdminToken, Agent, ApprovalMode, ApprovalPolicy,
+    ApprovalSettings, Approver, ConnectionLimits, Credential, HostPattern, PathPattern, Route,
+    RouteTable, Secret, Settings, Snapshot, TokenService, Upstream, WebhookSettings,
 };
 use crate::proxy::headers::{DEFAULT_REFUSED_HEADERS, DEFAULT_STRIPPED_HEADERS};
 use base64::engine::general_purpose::STANDARD;
@@ -101,6 +102,8 @@ struct Compiler<'a> {
 }
 
 const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
+/// Below this, request ids and times would be cut too.
+const MIN_LOG_FIELD_BYTES: usize = 64;
 
 impl Compiler<'_> {
     fn err(&mut self, path: impl Into<String>, kind: IssueKind) {
@@ -188,6 +191,7 @@ impl Compiler<'_> {
             .and_then(|a| a.jwt_approvers.as_ref())
             .map(|(_, claim)| claim.clone());
         let agents = self.agents(&raw.agents, &raw.routes, approvals.is_some());
+        let admin = self.admin(&raw.admin);
 
         let verifier = if self.issues.is_empty() {
             match Verifier::new(issuers, identity, ctx.key_store.clone()) {
@@ -214,7 +218,106 @@ impl Compiler<'_> {
             verifier: verifier?,
             token_service,
             approvals,
+            admin,
         })
+    }
+
+    /// A hex SHA-256 (secrets allowed) at `path`, or an issue.
+    fn sha256_hex(&mut self, path: &str, text: &str) -> Option<[u8; 32]> {
+        let hex_text = match secret::resolve(text, &self.base) {
+            Ok(t) => t,
+            Err(e) => {
+                self.invalid(path, e);
+                return None;
+            }
+        };
+        let mut h = [0u8; 32];
+        match hex::decode_to_slice(hex_text.trim(), &mut h) {
+            Ok(()) => Some(h),
+            Err(_) => {
+                self.invalid(
+                    path,
+                    "must be 64 hex digits (the SHA-256 of the token; `portcullis approver-token` prints a token and its hash)",
+                );
+                None
+            }
+        }
+    }
+
+    fn admin(&mut self, r: &RawAdmin) -> AdminSettings {
+        let p = "admin";
+        self.unique(
+            "admin token",
+            r.tokens
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (format!("{p}.tokens[{i}].name"), t.name.as_str())),
+        );
+        let tokens = r
+            .tokens
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| {
+                let token_sha256 =
+                    self.sha256_hex(&format!("{p}.tokens[{i}].token_sha256"), &t.token_sha256)?;
+                Some(AdminToken {
+                    name: t.name.clone(),
+                    token_sha256,
+                })
+            })
+            .collect::<Vec<_>>();
+        let mut hosts = Vec::new();
+        for (i, h) in r.hosts.iter().enumerate() {
+            let host = h.trim().to_ascii_lowercase();
+            // A bare authority: what a client puts in `Host`, nothing more.
+            let valid = !host.is_empty()
+                && !host.contains(['/', '@', '*', '?', '#', ' '])
+                && host.parse::<http::uri::Authority>().is_ok();
+            if valid {
+                hosts.push(host);
+            } else {
+                self.invalid(
+                    format!("{p}.hosts[{i}]"),
+                    format!("`{h}` is not a host name or `host:port` (no scheme, path or wildcard), e.g. `portcullis-admin.internal`"),
+                );
+            }
+        }
+        let metrics = match r.metrics.as_deref() {
+            None | Some("open") => MetricsAccess::Open,
+            Some("token") => MetricsAccess::Token,
+            Some(other) => {
+                self.invalid(
+                    format!("{p}.metrics"),
+                    format!("`{other}` is not `open` or `token`"),
+                );
+                MetricsAccess::Open
+            }
+        };
+        let metrics_token_sha256 = r
+            .metrics_token_sha256
+            .as_ref()
+            .and_then(|h| self.sha256_hex(&format!("{p}.metrics_token_sha256"), h));
+        if r.metrics_token_sha256.is_some() && metrics != MetricsAccess::Token {
+            self.invalid(
+                format!("{p}.metrics_token_sha256"),
+                "only used with `metrics: token`; set it, or remove this token",
+            );
+        }
+        if metrics == MetricsAccess::Token
+            && r.tokens.is_empty()
+            && r.metrics_token_sha256.is_none()
+        {
+            self.invalid(
+                format!("{p}.metrics"),
+                "`token` needs `admin.tokens` or `admin.metrics_token_sha256`: nobody could read /metrics",
+            );
+        }
+        AdminSettings {
+            tokens,
+            hosts,
+            metrics,
+            metrics_token_sha256,
+        }
     }
 
     fn listen_addr(&mut self, path: &str, a: &str) {
@@ -263,6 +366,16 @@ impl Compiler<'_> {
             None | Some("stdout") | Some("-") => AccessLogTarget::Stdout,
             Some(p) => AccessLogTarget::File(self.file_path(p)),
         };
+        let access_log_max_field_bytes = raw
+            .access_log
+            .max_field_bytes
+            .unwrap_or(crate::observe::access_log::DEFAULT_MAX_FIELD_BYTES);
+        if access_log_max_field_bytes < MIN_LOG_FIELD_BYTES {
+            self.invalid(
+                "access_log.max_field_bytes",
+                format!("must be at least {MIN_LOG_FIELD_BYTES}"),
+            );
+        }
         Settings {
             proxy_listen,
             admin_listen,
@@ -282,6 +395,7 @@ impl Compiler<'_> {
             work_stealing: s.work_stealing.unwrap_or(threads > 1),
             access_log,
             connections: self.connection_limits(s),
+            access_log_max_field_bytes,
         }
     }
 

@@ -20,6 +20,7 @@ const SECTIONS: &[&str] = &[
     "routes",
     "access_log",
     "approvals",
+    "admin",
 ];
 
 /// Parse `text`; `Err` holds every problem found (syntax errors stop at the first, shape
@@ -84,6 +85,7 @@ pub fn parse(text: &str, index: &LineIndex) -> (RawConfig, Vec<Issue>) {
                 ctx.one(&key, v, &mut a);
                 raw.approvals = a;
             }
+            "admin" => ctx.one(&key, v, &mut raw.admin),
             "issuers" => raw.issuers = ctx.list(&key, v),
             "agents" => raw.agents = ctx.list(&key, v),
             "upstreams" => raw.upstreams = ctx.list(&key, v),

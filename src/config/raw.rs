@@ -331,6 +331,36 @@ pub struct RawJwtApprovers {
 pub struct RawAccessLog {
     /// `stdout` (default) or a file path (appended).
     pub path: Option<String>,
+    /// Longest string field written whole, in bytes (default 1024); longer ones are cut with a
+    /// marker.
+    pub max_field_bytes: Option<usize>,
+}
+
+/// An operator credential for the admin listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdminToken {
+    /// Shown in the audit trail (who reloaded).
+    pub name: String,
+    /// Hex SHA-256 of the bearer token (`portcullis approver-token` makes a pair).
+    pub token_sha256: String,
+}
+
+/// `admin:` section: who may change state on the admin listener, and which names it answers to.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Operators allowed to `POST /reload` (approvers may too).
+    #[serde(default)]
+    pub tokens: Vec<RawAdminToken>,
+    /// Extra `Host` values the admin listener answers to (`name` or `name:port`), besides its
+    /// own address.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// `open` (default) or `token`: whether `/metrics` needs a bearer token.
+    pub metrics: Option<String>,
+    /// Hex SHA-256 of a token that may only read `/metrics` (with `metrics: token`).
+    pub metrics_token_sha256: Option<String>,
 }
 
 /// The whole file. List items keep their index in the file, so that errors found after some
@@ -357,4 +387,6 @@ pub struct RawConfig {
     pub access_log: RawAccessLog,
     /// `approvals:`
     pub approvals: Option<RawApprovals>,
+    /// `admin:`
+    pub admin: RawAdmin,
 }

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 
 use crate::util::{error_chain, lock};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -177,6 +178,10 @@ pub(crate) struct JwksEntry {
     url: String,
     timing: Mutex<Timing>,
     keys: RwLock<Arc<Vec<VerifyKey>>>,
+    /// Bumped, after the new keys are stored, whenever a fetch drops or changes a key: tokens
+    /// verified under an older generation may rest on a key that is gone and must be checked
+    /// again (see the verified-token cache).
+    generation: AtomicU64,
     status: Mutex<FetchStatus>,
     refetch: Mutex<RefetchState>,
     /// Bumped after every fetch attempt, under the `refetch` lock.
@@ -202,6 +207,7 @@ impl JwksEntry {
             url: url.to_owned(),
             timing: Mutex::new(timing),
             keys: RwLock::new(Arc::new(Vec::new())),
+            generation: AtomicU64::new(0),
             status: Mutex::new(FetchStatus::default()),
             // The fetcher starts at once: the first fetch is in flight from birth, so an early
             // request with a kid waits for it instead of starting another.
@@ -220,6 +226,19 @@ impl JwksEntry {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// The generation, then the key set: a token verified with these keys is cached with this
+    /// generation. Read in this order, a concurrent refresh can only make the generation look
+    /// older than the keys (an extra re-verification), never newer (a dropped key honoured).
+    pub(crate) fn keys_with_generation(&self) -> (u64, Arc<Vec<VerifyKey>>) {
+        let generation = self.generation();
+        (generation, self.keys())
+    }
+
+    /// The current key-set generation (one atomic load: checked on every cache hit).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Whether a fetch has ever succeeded.
@@ -271,7 +290,20 @@ impl JwksEntry {
         let outcome = match result {
             Ok(keys) => {
                 tracing::info!(url = %self.url, keys = keys.len(), "JWKS fetched");
-                *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
+                let dropped = {
+                    let mut current = self.keys.write().unwrap_or_else(PoisonError::into_inner);
+                    let dropped = current
+                        .iter()
+                        .filter(|old| !keys.iter().any(|new| new.same_key(old)))
+                        .count();
+                    *current = Arc::new(keys);
+                    dropped
+                };
+                if dropped > 0 {
+                    // After the store: whoever sees the new generation also sees the new keys.
+                    self.generation.fetch_add(1, Ordering::Release);
+                    tracing::info!(url = %self.url, dropped, "JWKS refresh dropped or changed keys; cached tokens they verified are checked again");
+                }
                 let mut status = lock(&self.status);
                 status.last_success = Some(SystemTime::now());
                 status.last_error = None;

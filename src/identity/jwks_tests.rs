@@ -364,3 +364,62 @@ fn the_store_serves_callers_on_any_runtime() {
     });
     assert_eq!(idp.hits(), 2);
 }
+
+/// Verify `t` until it fails, within 5 s; the JWKS refresh that makes it fail is in flight.
+async fn until_refused(v: &Verifier, t: &str) -> TokenError {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Err(e) = v.verify(t).await {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the token still verifies 5 s after its key left the JWKS")
+}
+
+#[tokio::test]
+async fn a_refresh_that_drops_a_key_ends_cached_tokens_of_that_key_only() {
+    let idp = Idp::start("jwks.json").await;
+    let (store, mut events) = store_with_events();
+    let v = jwks_verifier(&store, &idp.url, Duration::from_millis(100), LONG);
+    wait_for(&mut events, JwksOutcome::Ok).await;
+    let es = token("es256.key.pem", "es256-test");
+    let ed = token("ed25519.key.pem", "ed25519-test");
+    v.verify(&es).await.unwrap();
+    v.verify(&ed).await.unwrap();
+    assert_eq!(v.signature_checks(), 2);
+
+    // Refreshes that keep every key change nothing: still cache hits, no signature check.
+    let hits = idp.hits();
+    // Fetches run one after another: once the second has started, the first has been stored.
+    while idp.hits() < hits + 2 {
+        wait_for(&mut events, JwksOutcome::Ok).await;
+    }
+    v.verify(&es).await.unwrap();
+    v.verify(&ed).await.unwrap();
+    assert_eq!(v.signature_checks(), 2, "an unchanged refresh re-verified");
+
+    // The IdP drops the ES256 key: its cached token is refused at the next refresh...
+    idp.state.jwks.lock().unwrap()["keys"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|k| k["kid"] != "es256-test");
+    assert_eq!(
+        until_refused(&v, &es).await,
+        TokenError::UnknownKey {
+            kid: "es256-test".into()
+        }
+    );
+    // ...while the other key's token is checked once more, then cached again.
+    let checks = v.signature_checks();
+    v.verify(&ed).await.unwrap();
+    v.verify(&ed).await.unwrap();
+    assert_eq!(v.signature_checks(), checks + 1);
+    assert_eq!(
+        v.verify(&es).await.unwrap_err().code(),
+        "unknown_key",
+        "stays refused"
+    );
+}

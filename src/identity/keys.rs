@@ -13,6 +13,7 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use super::pem;
 
@@ -71,6 +72,8 @@ pub(crate) struct VerifyKey {
     /// The JWK's `alg`, when the key pins one algorithm.
     pub(crate) alg: Option<Algorithm>,
     key: DecodingKey,
+    /// SHA-256 of the key material, to tell whether a refreshed key set still holds this key.
+    fingerprint: [u8; 32],
 }
 
 // Hand-written: key material (HMAC secrets above all) never goes to logs.
@@ -138,15 +141,18 @@ pub(crate) fn from_public_pem(text: &str, kid: Option<String>) -> Result<VerifyK
             _ => return Err("unsupported EC curve; only P-256 and P-384 are supported".into()),
         };
         check_ec_point(kind, point)?;
-        return Ok(VerifyKey::new(kid, kind, None, key));
+        let material = point.to_vec();
+        return Ok(VerifyKey::new(kid, kind, None, key, &material));
     }
     if let Ok(key) = DecodingKey::from_ed_pem(bytes) {
-        check_ed25519(key.try_get_as_bytes().map_err(|e| e.to_string())?)?;
-        return Ok(VerifyKey::new(kid, KeyKind::Ed25519, None, key));
+        let raw = key.try_get_as_bytes().map_err(|e| e.to_string())?.to_vec();
+        check_ed25519(&raw)?;
+        return Ok(VerifyKey::new(kid, KeyKind::Ed25519, None, key, &raw));
     }
     if let Ok(key) = DecodingKey::from_rsa_pem(bytes) {
-        check_rsa_der(key.try_get_as_bytes().map_err(|e| e.to_string())?)?;
-        return Ok(VerifyKey::new(kid, KeyKind::Rsa, None, key));
+        let der = key.try_get_as_bytes().map_err(|e| e.to_string())?.to_vec();
+        check_rsa_der(&der)?;
+        return Ok(VerifyKey::new(kid, KeyKind::Rsa, None, key, &der));
     }
     Err("not an RSA, EC (P-256/P-384) or Ed25519 public key".into())
 }
@@ -181,7 +187,7 @@ pub(crate) fn from_jwk(jwk: &Value) -> Result<VerifyKey, String> {
                 .map_err(|_| format!("unsupported `alg` `{a}`"))?,
         ),
     };
-    let (kind, key) = match field("kty")? {
+    let (kind, key, material) = match field("kty")? {
         Some("RSA") => {
             let n = required("n")?;
             let e = required("e")?;
@@ -189,7 +195,10 @@ pub(crate) fn from_jwk(jwk: &Value) -> Result<VerifyKey, String> {
             if significant < MIN_RSA_MODULUS_BYTES {
                 return Err("RSA keys shorter than 2048 bits are not accepted".into());
             }
-            (KeyKind::Rsa, DecodingKey::from_rsa_raw_components(&n, &e))
+            let key = DecodingKey::from_rsa_raw_components(&n, &e);
+            // Length-prefixed, so that no other (n, e) split gives the same bytes.
+            let material = [&(n.len() as u64).to_be_bytes()[..], &n, &e].concat();
+            (KeyKind::Rsa, key, material)
         }
         Some("EC") => {
             let (kind, size) = match field("crv")? {
@@ -203,7 +212,7 @@ pub(crate) fn from_jwk(jwk: &Value) -> Result<VerifyKey, String> {
             }
             let point = [&[0x04][..], &x, &y].concat();
             check_ec_point(kind, &point)?;
-            (kind, DecodingKey::from_ec_der(&point))
+            (kind, DecodingKey::from_ec_der(&point), point)
         }
         Some("OKP") => {
             if field("crv")? != Some("Ed25519") {
@@ -211,7 +220,7 @@ pub(crate) fn from_jwk(jwk: &Value) -> Result<VerifyKey, String> {
             }
             let x = required("x")?;
             check_ed25519(&x)?;
-            (KeyKind::Ed25519, DecodingKey::from_ed_der(&x))
+            (KeyKind::Ed25519, DecodingKey::from_ed_der(&x), x)
         }
         Some("oct") => {
             return Err("symmetric (`oct`) JWKs are not accepted; configure an hmac_secret".into())
@@ -227,7 +236,7 @@ pub(crate) fn from_jwk(jwk: &Value) -> Result<VerifyKey, String> {
             ));
         }
     }
-    Ok(VerifyKey::new(kid, kind, alg, key))
+    Ok(VerifyKey::new(kid, kind, alg, key, &material))
 }
 
 /// A JWKS document. Entries that cannot be used (encryption keys, unsupported kty/alg/curve)
@@ -262,6 +271,7 @@ pub(crate) fn from_signing_key_pem(text: &str, kid: &str) -> Result<VerifyKey, S
         KeyKind::EcP256,
         Some(Algorithm::ES256),
         DecodingKey::from_ec_der(&point),
+        &point,
     ))
 }
 
@@ -292,17 +302,35 @@ pub(crate) fn from_hmac_secret(secret: &[u8], kid: Option<String>) -> Result<Ver
         KeyKind::Hmac,
         None,
         DecodingKey::from_secret(secret),
+        secret,
     ))
 }
 
 impl VerifyKey {
-    fn new(kid: Option<String>, kind: KeyKind, alg: Option<Algorithm>, key: DecodingKey) -> Self {
+    /// `material` is the key's public bytes (the secret, for HMAC); only its digest is kept.
+    fn new(
+        kid: Option<String>,
+        kind: KeyKind,
+        alg: Option<Algorithm>,
+        key: DecodingKey,
+        material: &[u8],
+    ) -> Self {
         VerifyKey {
             kid,
             kind,
             alg,
             key,
+            fingerprint: Sha256::digest(material).into(),
         }
+    }
+
+    /// Whether `other` is this very key: same kid, kind, pinned algorithm and key material. A
+    /// JWKS refresh that keeps every key this way changes nothing for tokens already verified.
+    pub(crate) fn same_key(&self, other: &VerifyKey) -> bool {
+        self.kid == other.kid
+            && self.kind == other.kind
+            && self.alg == other.alg
+            && self.fingerprint == other.fingerprint
     }
 }
 

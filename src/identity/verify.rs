@@ -12,7 +12,7 @@ use std::sync::Arc;
 use jsonwebtoken::Algorithm;
 use serde_json::Value;
 
-use super::cache::{Clock, TokenCache};
+use super::cache::{CachedToken, Clock, KeyOrigin, TokenCache};
 use super::claims::{self, Expect, VerifiedToken};
 use super::error::{sanitize, IdentityError, TokenError};
 use super::jwks::{JwksEntry, KeyStore, Timing};
@@ -25,6 +25,9 @@ pub struct Verifier {
     issuers: HashMap<String, Issuer>,
     settings: IdentitySettings,
     cache: TokenCache,
+    /// Every issuer's JWKS sources, numbered for [`KeyOrigin::Jwks`] (cache entries name their
+    /// source by index: cloning an `Arc` per hit would cost a contended atomic increment).
+    jwks_sources: Vec<Arc<JwksEntry>>,
     clock: Clock,
     signature_checks: AtomicU64,
     // Held so that the JWKS fetchers this verifier relies on outlive it.
@@ -39,6 +42,8 @@ struct Issuer {
     algorithms: Vec<Algorithm>,
     static_keys: Arc<Vec<VerifyKey>>,
     jwks: Vec<Arc<JwksEntry>>,
+    /// Index of `jwks[0]` in [`Verifier::jwks_sources`].
+    first_source: usize,
 }
 
 impl Verifier {
@@ -76,11 +81,17 @@ impl Verifier {
             }
         }
         IdentityError::from_many(errors)?;
+        let mut jwks_sources = Vec::new();
+        for issuer in issuers.values_mut() {
+            issuer.first_source = jwks_sources.len();
+            jwks_sources.extend(issuer.jwks.iter().cloned());
+        }
         let cache = TokenCache::new(settings.cache_capacity, settings.clock_skew, clock.clone());
         Ok(Verifier {
             issuers,
             settings,
             cache,
+            jwks_sources,
             clock,
             signature_checks: AtomicU64::new(0),
             _store: store,
@@ -102,11 +113,17 @@ impl Verifier {
         let now = (self.clock)();
         let hash = TokenCache::hash(token);
         if let Some(hit) = self.cache.get(&hash) {
-            if hit.exp.saturating_add(self.settings.clock_skew.as_secs()) < now {
+            let exp = hit.token.exp;
+            if exp.saturating_add(self.settings.clock_skew.as_secs()) < now {
                 self.cache.remove(&hash);
-                return Err(TokenError::Expired { exp: hit.exp });
+                return Err(TokenError::Expired { exp });
             }
-            return Ok(hit);
+            if self.key_still_current(hit.origin) {
+                return Ok(hit.token);
+            }
+            // The key set that verified it has lost or changed a key since (rotation after a
+            // compromise): verify it again as if it were new, and forget it if that fails.
+            self.cache.remove(&hash);
         }
 
         let raw = token::parse(token)?;
@@ -117,14 +134,32 @@ impl Verifier {
                 allowed: issuer.algorithms.iter().map(|a| alg_name(*a)).collect(),
             });
         }
-        self.check_signature(issuer, &raw).await?;
+        let origin = self.check_signature(issuer, &raw).await?;
         let expect = Expect {
             issuer_name: &issuer.name,
             audiences: &issuer.audiences,
         };
         let verified = Arc::new(claims::check(&raw.claims, &expect, &self.settings, now)?);
-        self.cache.insert(hash, verified.clone());
+        self.cache.insert(
+            hash,
+            CachedToken {
+                token: verified.clone(),
+                origin,
+            },
+        );
         Ok(verified)
+    }
+
+    /// Whether the key set that verified a cached token still holds every key it held then.
+    /// One atomic load; no allocation.
+    fn key_still_current(&self, origin: KeyOrigin) -> bool {
+        match origin {
+            KeyOrigin::Static => true,
+            KeyOrigin::Jwks { source, generation } => self
+                .jwks_sources
+                .get(source)
+                .is_some_and(|entry| entry.generation() == generation),
+        }
     }
 
     /// Whether every issuer has at least one usable key (each JWKS URL fetched once).
@@ -155,13 +190,18 @@ impl Verifier {
             .ok_or_else(|| TokenError::WrongIssuer { iss: sanitize(iss) })
     }
 
-    async fn check_signature(&self, issuer: &Issuer, raw: &RawToken<'_>) -> Result<(), TokenError> {
+    /// Check the signature; on success, which key set verified it.
+    async fn check_signature(
+        &self,
+        issuer: &Issuer,
+        raw: &RawToken<'_>,
+    ) -> Result<KeyOrigin, TokenError> {
         let kid = raw.kid.as_deref();
         let mut sets = issuer.key_sets();
         if let Some(kid) = kid {
             let known = sets
                 .iter()
-                .flat_map(|s| s.iter())
+                .flat_map(|(_, s)| s.iter())
                 .any(|k| k.kid.as_deref() == Some(kid));
             if !known && !issuer.jwks.is_empty() {
                 // The IdP may have rotated its keys since our last fetch.
@@ -173,10 +213,10 @@ impl Verifier {
         }
         match select_keys(&sets, raw.alg, kid) {
             Selection::Keys(candidates) => {
-                for key in candidates {
+                for (origin, key) in candidates {
                     self.signature_checks.fetch_add(1, Ordering::Relaxed);
                     if key.verify(raw.alg, raw.signing_input, raw.signature) {
-                        return Ok(());
+                        return Ok(origin);
                     }
                 }
                 Err(TokenError::BadSignature)
@@ -246,6 +286,7 @@ impl Issuer {
             algorithms: config.algorithms,
             static_keys: Arc::new(static_keys),
             jwks,
+            first_source: 0,
         })
     }
 
@@ -253,10 +294,18 @@ impl Issuer {
         !self.static_keys.is_empty() || self.jwks.iter().any(|e| e.is_ready())
     }
 
-    fn key_sets(&self) -> Vec<Arc<Vec<VerifyKey>>> {
+    /// Every key set of the issuer, each with the origin a token it verifies is cached with.
+    fn key_sets(&self) -> Vec<(KeyOrigin, Arc<Vec<VerifyKey>>)> {
         let mut sets = Vec::with_capacity(1 + self.jwks.len());
-        sets.push(self.static_keys.clone());
-        sets.extend(self.jwks.iter().map(|e| e.keys()));
+        sets.push((KeyOrigin::Static, self.static_keys.clone()));
+        sets.extend(self.jwks.iter().enumerate().map(|(i, e)| {
+            let (generation, keys) = e.keys_with_generation();
+            let origin = KeyOrigin::Jwks {
+                source: self.first_source + i,
+                generation,
+            };
+            (origin, keys)
+        }));
         sets
     }
 }
@@ -336,8 +385,8 @@ fn load_source(
 
 /// Which keys to try for a token.
 enum Selection<'k> {
-    /// Keys of the right family; the signature must verify with one of them.
-    Keys(Vec<&'k VerifyKey>),
+    /// Keys of the right family, with the set each is from; the signature must verify with one.
+    Keys(Vec<(KeyOrigin, &'k VerifyKey)>),
     /// The token's kid names no key, and no kid-less key exists to fall back on.
     UnknownKid,
     /// Keys exist for the token, but none that fits its algorithm (family or pinned `alg`).
@@ -349,30 +398,39 @@ enum Selection<'k> {
 /// With a kid: the keys carrying it, or else the keys configured without a kid (a PEM with no
 /// kid trusts any kid). Without a kid: every key. Then only keys whose family fits `alg`.
 fn select_keys<'k>(
-    sets: &'k [Arc<Vec<VerifyKey>>],
+    sets: &'k [(KeyOrigin, Arc<Vec<VerifyKey>>)],
     alg: Algorithm,
     kid: Option<&str>,
 ) -> Selection<'k> {
-    let all = || sets.iter().flat_map(|s| s.iter());
-    let named: Vec<&VerifyKey> = match kid {
+    let all = || {
+        sets.iter()
+            .flat_map(|(origin, s)| s.iter().map(move |k| (*origin, k)))
+    };
+    let named: Vec<(KeyOrigin, &VerifyKey)> = match kid {
         Some(kid) => {
-            let exact: Vec<_> = all().filter(|k| k.kid.as_deref() == Some(kid)).collect();
+            let exact: Vec<_> = all()
+                .filter(|(_, k)| k.kid.as_deref() == Some(kid))
+                .collect();
             if exact.is_empty() {
-                all().filter(|k| k.kid.is_none()).collect()
+                all().filter(|(_, k)| k.kid.is_none()).collect()
             } else {
                 exact
             }
         }
         None => all().collect(),
     };
-    let Some(first) = named.first() else {
+    let Some(&(_, first)) = named.first() else {
         return if kid.is_some() {
             Selection::UnknownKid
         } else {
             Selection::NoKeys
         };
     };
-    let fitting: Vec<&VerifyKey> = named.iter().copied().filter(|k| k.accepts(alg)).collect();
+    let fitting: Vec<(KeyOrigin, &VerifyKey)> = named
+        .iter()
+        .copied()
+        .filter(|(_, k)| k.accepts(alg))
+        .collect();
     if fitting.is_empty() {
         Selection::Mismatch(first)
     } else {

@@ -6,6 +6,10 @@
 //! request ever pays for waking the writer, and in steady state no line allocates. On shutdown
 //! [`AccessLog::close`] stops new lines and waits until everything pending is on disk: no line
 //! is lost on SIGTERM.
+//!
+//! Every string in a line is capped at `access_log.max_field_bytes` ([`CappingFormatter`]):
+//! paths, queries and methods are the caller's to choose, before any authentication, and a
+//! 60 KB query string must not become a 60 KB log line.
 
 use crate::observe::Metrics;
 use crate::util::lock;
@@ -13,6 +17,7 @@ use serde::{Serialize, Serializer};
 use std::cell::RefCell;
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -108,7 +113,12 @@ pub struct AccessLog {
     shared: Arc<Shared>,
     worker: Mutex<Option<JoinHandle<()>>>,
     metrics: Arc<Metrics>,
+    /// Longest string field written whole (`access_log.max_field_bytes`); reloadable.
+    max_field_bytes: AtomicUsize,
 }
+
+/// Default of `access_log.max_field_bytes`.
+pub const DEFAULT_MAX_FIELD_BYTES: usize = 1024;
 
 /// What request tasks and the writer share.
 struct Shared {
@@ -175,7 +185,13 @@ impl AccessLog {
             shared,
             worker: Mutex::new(Some(worker)),
             metrics,
+            max_field_bytes: AtomicUsize::new(DEFAULT_MAX_FIELD_BYTES),
         })
+    }
+
+    /// Cap every string field of later lines at `max` bytes (`access_log.max_field_bytes`).
+    pub fn set_max_field_bytes(&self, max: usize) {
+        self.max_field_bytes.store(max, Ordering::Relaxed);
     }
 
     /// Queue one record (an [`AccessRecord`] or an audit event). Never drops a line while the
@@ -191,7 +207,10 @@ impl AccessLog {
 
     fn encode_and_queue<T: Serialize>(&self, line: &mut Vec<u8>, rec: &T) {
         line.clear();
-        if serde_json::to_writer(&mut *line, rec).is_err() {
+        let max = self.max_field_bytes.load(Ordering::Relaxed);
+        let mut json =
+            serde_json::Serializer::with_formatter(&mut *line, CappingFormatter::new(max));
+        if rec.serialize(&mut json).is_err() {
             return;
         }
         line.push(b'\n');
@@ -220,6 +239,79 @@ impl AccessLog {
         if let Some(w) = lock(&self.worker).take() {
             let _ = w.join();
         }
+    }
+}
+
+/// Compact JSON in which no string is longer than `max` bytes of its original text: the rest is
+/// replaced by `…[cut N bytes]`, so a reader sees that, and how much, was left out.
+///
+/// Applied to every string of every line (access and audit alike) rather than to chosen fields,
+/// so that a field added later cannot forget it. It works on the fragments serde_json hands
+/// over while escaping, so it allocates nothing and costs a few comparisons per string.
+struct CappingFormatter {
+    max: usize,
+    /// Bytes of the current string seen so far (an escaped character counts as its one byte).
+    seen: usize,
+    /// Bytes of the current string written.
+    kept: usize,
+}
+
+impl CappingFormatter {
+    fn new(max: usize) -> Self {
+        CappingFormatter {
+            max,
+            seen: 0,
+            kept: 0,
+        }
+    }
+}
+
+impl serde_json::ser::Formatter for CappingFormatter {
+    fn begin_string<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.seen = 0;
+        self.kept = 0;
+        w.write_all(b"\"")
+    }
+
+    fn end_string<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        if self.seen > self.kept {
+            write!(w, "…[cut {} bytes]", self.seen - self.kept)?;
+        }
+        w.write_all(b"\"")
+    }
+
+    fn write_string_fragment<W: ?Sized + Write>(
+        &mut self,
+        w: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        let room = self.max.saturating_sub(self.seen);
+        self.seen += fragment.len();
+        let mut end = fragment.len().min(room);
+        // Cut on a character boundary: the line stays valid UTF-8.
+        while !fragment.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.kept += end;
+        w.write_all(&fragment.as_bytes()[..end])
+    }
+
+    fn write_char_escape<W: ?Sized + Write>(
+        &mut self,
+        w: &mut W,
+        escape: serde_json::ser::CharEscape,
+    ) -> std::io::Result<()> {
+        let room = self.max.saturating_sub(self.seen);
+        self.seen += 1;
+        if room == 0 {
+            return Ok(());
+        }
+        self.kept += 1;
+        serde_json::ser::Formatter::write_char_escape(
+            &mut serde_json::ser::CompactFormatter,
+            w,
+            escape,
+        )
     }
 }
 
@@ -264,6 +356,73 @@ mod tests {
         thread: usize,
         seq: usize,
         pad: &'static str,
+    }
+
+    /// The line `rec` encodes to with strings capped at `max` bytes.
+    fn capped<T: Serialize>(rec: &T, max: usize) -> String {
+        let mut out = Vec::new();
+        let mut json = serde_json::Serializer::with_formatter(&mut out, CappingFormatter::new(max));
+        rec.serialize(&mut json).unwrap();
+        String::from_utf8(out).expect("capped output is UTF-8")
+    }
+
+    #[test]
+    fn long_strings_are_cut_with_a_marker_and_short_ones_are_untouched() {
+        let long = "q".repeat(60_000);
+        let line = capped(&serde_json::json!({"query": long, "method": "GET"}), 1024);
+        assert!(line.len() < 1100, "{} bytes", line.len());
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            v["query"].as_str().unwrap(),
+            format!("{}…[cut 58976 bytes]", "q".repeat(1024))
+        );
+        assert_eq!(v["method"], "GET");
+
+        // Exactly at the cap: whole, no marker.
+        let exact = "x".repeat(16);
+        assert_eq!(capped(&exact, 16), format!("\"{exact}\""));
+
+        // Escaped characters count as their one byte of text and are never split; a cut never
+        // splits a multi-byte character; everything after the cut is counted, escapes included.
+        let tricky = format!("ab\"\n{}\"z", "é".repeat(4));
+        let v: String = serde_json::from_str(&capped(&tricky, 7)).unwrap();
+        assert_eq!(v, format!("ab\"\né…[cut {} bytes]", tricky.len() - 6));
+        let v: String = serde_json::from_str(&capped(&tricky, 4)).unwrap();
+        assert_eq!(v, format!("ab\"\n…[cut {} bytes]", tricky.len() - 4));
+        let v: String = serde_json::from_str(&capped(&tricky, 3)).unwrap();
+        assert_eq!(v, format!("ab\"…[cut {} bytes]", tricky.len() - 3));
+    }
+
+    #[test]
+    fn the_cap_applies_to_lines_written_by_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let log = AccessLog::start(Some(&path), Arc::new(Metrics::new())).unwrap();
+        let pad: &'static str = Box::leak("p".repeat(5000).into_boxed_str());
+        log.log(&Line {
+            thread: 0,
+            seq: 0,
+            pad,
+        });
+        log.set_max_field_bytes(100);
+        log.log(&Line {
+            thread: 0,
+            seq: 1,
+            pad,
+        });
+        log.close();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let pads: Vec<String> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["pad"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(pads[0], format!("{}…[cut 3976 bytes]", "p".repeat(1024)));
+        assert_eq!(pads[1], format!("{}…[cut 4900 bytes]", "p".repeat(100)));
     }
 
     #[test]

@@ -13,3 +13,4 @@ pub use snapshot::{
     ConnectionLimits, Credential, Secret, Settings, Snapshot, TokenService, Upstream,
     WebhookSettings,
 };
+pub use snapshot::{AdminSettings, AdminToken, MetricsAccess};

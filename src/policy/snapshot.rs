@@ -260,6 +260,8 @@ pub struct Settings {
     pub access_log: AccessLogTarget,
     /// Bounds on agent connections (read per new connection, so a reload applies to new ones).
     pub connections: ConnectionLimits,
+    /// Longest string field of an access-log line written whole (`access_log.max_field_bytes`).
+    pub access_log_max_field_bytes: usize,
 }
 
 /// What one client, or all of them, may hold open on the proxy listener.
@@ -283,6 +285,45 @@ impl Default for ConnectionLimits {
             max_connections: 10_000,
             max_connections_per_client: 1_000,
         }
+    }
+}
+
+/// An operator who may change the gateway's state through the admin listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminToken {
+    /// Name in the audit trail.
+    pub name: String,
+    /// SHA-256 of their bearer token.
+    pub token_sha256: [u8; 32],
+}
+
+/// Who may read `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MetricsAccess {
+    /// Anyone who reaches the admin listener (with an allowed `Host`).
+    #[default]
+    Open,
+    /// A bearer token: an admin token or the metrics token.
+    Token,
+}
+
+/// The `admin:` section, compiled.
+#[derive(Debug, Clone, Default)]
+pub struct AdminSettings {
+    /// Operators (`POST /reload`).
+    pub tokens: Vec<AdminToken>,
+    /// Extra allowed `Host` values, lowercase: `name` (any port) or `name:port`.
+    pub hosts: Vec<String>,
+    /// Who may read `/metrics`.
+    pub metrics: MetricsAccess,
+    /// SHA-256 of a token that may read `/metrics` and nothing else.
+    pub metrics_token_sha256: Option<[u8; 32]>,
+}
+
+impl AdminSettings {
+    /// The operator whose token hashes to `sha256`, if any.
+    pub fn token_by_hash(&self, sha256: &[u8; 32]) -> Option<&AdminToken> {
+        self.tokens.iter().find(|t| &t.token_sha256 == sha256)
     }
 }
 
@@ -323,6 +364,8 @@ pub struct Snapshot {
     pub token_service: Option<TokenService>,
     /// Human approval settings, if configured.
     pub approvals: Option<ApprovalSettings>,
+    /// Admin listener credentials and allowed names.
+    pub admin: AdminSettings,
 }
 
 impl fmt::Debug for Snapshot {

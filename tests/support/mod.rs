@@ -39,6 +39,8 @@ pub const LOCAL_AUD: &str = "portcullis";
 pub const SLOW: Duration = Duration::from_secs(3);
 /// Generous bound for every poll: the machine may be loaded.
 pub const POLL_TIMEOUT: Duration = Duration::from_secs(20);
+/// The operator token of the default `admin:` section ([`Setup::admin`]), name `ops`.
+pub const ADMIN_TOKEN: &str = "pca_test_operator_token_7b1d0c94e2";
 
 pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keys")
@@ -350,6 +352,17 @@ pub struct Setup {
     pub extra_server: String,
     /// YAML list items appended to `upstreams:` (indented by two spaces).
     pub extra_upstreams: String,
+    /// The `admin:` section, at the end of the file ([`admin_section`] by default: operator
+    /// `ops` with [`ADMIN_TOKEN`]); empty for none.
+    pub admin: String,
+}
+
+/// An `admin:` section with operator `ops` ([`ADMIN_TOKEN`]) and `extra` lines (indented by
+/// two spaces).
+pub fn admin_section(extra: &str) -> String {
+    use sha2::Digest;
+    let hash = hex::encode(sha2::Sha256::digest(ADMIN_TOKEN.as_bytes()));
+    format!("admin:\n  tokens:\n    - name: ops\n      token_sha256: \"{hash}\"\n{extra}")
 }
 
 impl Setup {
@@ -363,6 +376,7 @@ impl Setup {
             grace_period: "5s",
             extra_server: String::new(),
             extra_upstreams: String::new(),
+            admin: admin_section(""),
         }
     }
 }
@@ -497,6 +511,7 @@ routes:
 @EXTRA_ROUTES@
 access_log:
   path: @DIR@/access.log
+@ADMIN_SECTION@
 "#;
 
 /// The configuration text for `setup` laid out in `layout`.
@@ -521,6 +536,17 @@ pub fn render(setup: &Setup, layout: &Layout) -> String {
         .replace("@EXTRA_ROUTES@\n", &setup.extra_routes)
         .replace("@EXTRA_SERVER@\n", &setup.extra_server)
         .replace("@EXTRA_UPSTREAMS@\n", &setup.extra_upstreams)
+        .replace("@ADMIN_SECTION@\n", &setup.admin)
+}
+
+/// `POST /reload` on the admin listener with the operator token; the response.
+pub async fn reload(gw: &Gateway) -> reqwest::Response {
+    client()
+        .post(gw.admin_url("/reload"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
 }
 
 /// Replace a file the way editors and config managers do: write aside, then rename.
@@ -1113,6 +1139,7 @@ pub fn cli_env(args: &[&str], cwd: &Path, envs: &[(&str, &str)]) -> std::process
         .env("TEST_UPSTREAM_KEY", SECRET)
         .env_remove("PORTCULLIS_CONFIG")
         .env_remove("PORTCULLIS_APPROVER_TOKEN")
+        .env_remove("PORTCULLIS_ADMIN_TOKEN")
         .envs(envs.iter().copied())
         .stdin(Stdio::null())
         .output()
