@@ -267,12 +267,14 @@ impl CappingFormatter {
 }
 
 impl serde_json::ser::Formatter for CappingFormatter {
+    #[inline]
     fn begin_string<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
         self.seen = 0;
         self.kept = 0;
         w.write_all(b"\"")
     }
 
+    #[inline]
     fn end_string<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
         if self.seen > self.kept {
             write!(w, "…[cut {} bytes]", self.seen - self.kept)?;
@@ -280,6 +282,7 @@ impl serde_json::ser::Formatter for CappingFormatter {
         w.write_all(b"\"")
     }
 
+    #[inline]
     fn write_string_fragment<W: ?Sized + Write>(
         &mut self,
         w: &mut W,
@@ -287,7 +290,12 @@ impl serde_json::ser::Formatter for CappingFormatter {
     ) -> std::io::Result<()> {
         let room = self.max.saturating_sub(self.seen);
         self.seen += fragment.len();
-        let mut end = fragment.len().min(room);
+        if fragment.len() <= room {
+            // Almost every string: it fits whole.
+            self.kept += fragment.len();
+            return w.write_all(fragment.as_bytes());
+        }
+        let mut end = room;
         // Cut on a character boundary: the line stays valid UTF-8.
         while !fragment.is_char_boundary(end) {
             end -= 1;
@@ -296,6 +304,7 @@ impl serde_json::ser::Formatter for CappingFormatter {
         w.write_all(&fragment.as_bytes()[..end])
     }
 
+    #[inline]
     fn write_char_escape<W: ?Sized + Write>(
         &mut self,
         w: &mut W,

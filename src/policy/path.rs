@@ -131,7 +131,18 @@ impl NormalizedPath {
     /// Whether some segment carries `;` parameters, literal or encoded (`%3B`). Servers that
     /// strip matrix parameters (Tomcat, Jetty, Spring) read `/admin;x=1` as `/admin`.
     pub fn has_parameters(&self) -> bool {
-        self.0.contains(';') || self.0.contains("%3B")
+        // One vectorized scan for `;` or `%` (canonical encodings are uppercase); most paths
+        // have neither. Runs on every request.
+        let b = self.0.as_bytes();
+        let mut from = 0;
+        while let Some(at) = memchr::memchr2(b';', b'%', &b[from..]) {
+            let i = from + at;
+            if b[i] == b';' || b[i + 1..].starts_with(b"3B") {
+                return true;
+            }
+            from = i + 1;
+        }
+        false
     }
 
     /// The path as a server that strips `;` parameters reads it: every segment cut at its

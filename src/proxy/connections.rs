@@ -327,12 +327,16 @@ impl Deadlines {
         }
         let (since, mut end) = match self.phase {
             Phase::Request => return,
-            Phase::Idle { .. } => (Instant::now(), HeaderEnd::Leading),
-            Phase::Headers { since, end } => (since, end),
+            Phase::Idle { .. } => (None, HeaderEnd::Leading),
+            Phase::Headers { since, end } => (Some(since), end),
         };
         self.phase = match end.feed(bytes) {
             Some(_) => Phase::Request,
-            None => Phase::Headers { since, end },
+            // The clock is read only for headers that did not arrive in one read.
+            None => Phase::Headers {
+                since: since.unwrap_or_else(Instant::now),
+                end,
+            },
         };
     }
 }
