@@ -32,38 +32,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-config() { # PROXY_PORT ADMIN_PORT LOG
-  cat <<YAML
-listen:
-  proxy: ["127.0.0.1:$1"]
-  admin: 127.0.0.1:$2
-  threads: 1
-server:
-  watch_config: false
-issuers:
-  - name: bench-idp
-    issuer: https://idp.example.test
-    audiences: [tools-gateway]
-    algorithms: [ES256]
-    jwks_file: $D/jwks.json
-agents:
-  - id: bench-agent
-    owner: bench@example.com
-    scopes: [read:tickets]
-upstreams:
-  - name: up
-    url: http://127.0.0.1:9001
-    credential: {header: x-api-key, value: "bench-secret"}
-routes:
-  - name: tickets
-    methods: [GET]
-    path: /api/tickets/**
-    upstream: up
-    scopes: [read:tickets]
-access_log:
-  path: $3
-YAML
-}
 token=$(python3 "$kit/mkjwt.py" "$D" token bench-agent "read:tickets" 3000)
 
 # Send COUNT keep-alive GETs over 8 connections; fail on any non-200.
@@ -103,11 +71,11 @@ measure() { # NAME PORT CMD...
   wait "$pid" 2>/dev/null || true
 }
 
-config 9080 9981 "$work/access.log" > "$work/gateway.yaml"
+bench_gateway_config 9080 9981 "$work/access.log" > "$work/gateway.yaml"
 echo "callgrind, $n requests each, one worker:"
 measure "bare pingora" 9085 ./target/release/examples/pingora_floor 127.0.0.1:9085 127.0.0.1:9001
 measure portcullis 9080 ./target/release/portcullis run -c "$work/gateway.yaml"
 if [ -n "${BASELINE_BIN:-}" ]; then
-  config 9180 9982 "$work/access-baseline.log" > "$work/baseline.yaml"
+  bench_gateway_config 9180 9982 "$work/access-baseline.log" > "$work/baseline.yaml"
   measure "portcullis baseline" 9180 "$BASELINE_BIN" run -c "$work/baseline.yaml"
 fi

@@ -37,36 +37,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cat > "$work/gateway.yaml" <<YAML
-listen:
-  proxy: ["127.0.0.1:9080"]
-  admin: 127.0.0.1:9981
-  threads: 1                 # one worker, like each peer
-server:
-  watch_config: false
-issuers:
-  - name: bench-idp
-    issuer: https://idp.example.test
-    audiences: [tools-gateway]
-    algorithms: [ES256]
-    jwks_file: $D/jwks.json
-agents:
-  - id: bench-agent
-    owner: bench@example.com
-    scopes: [read:tickets]
-upstreams:
-  - name: up
-    url: http://127.0.0.1:9001
-    credential: {header: x-api-key, value: "bench-secret"}
-routes:
-  - name: tickets
-    methods: [GET]
-    path: /api/tickets/**
-    upstream: up
-    scopes: [read:tickets]
-access_log:
-  path: $work/access.log
-YAML
+bench_gateway_config 9080 9981 "$work/access.log" > "$work/gateway.yaml"
 ./target/release/portcullis run -c "$work/gateway.yaml" 2>"$work/gateway.err" &
 gw=$!
 for _ in $(seq 100); do curl -sf http://127.0.0.1:9981/readyz >/dev/null && break; sleep 0.1; done
@@ -81,8 +52,7 @@ echo "access-log lines written: $(wc -l < "$work/access.log")"
 ./target/release/examples/pingora_floor 127.0.0.1:9085 127.0.0.1:9001 2>"$work/floor.err" &
 floor=$!
 if [ -n "${BASELINE_BIN:-}" ]; then
-  sed -e 's/127.0.0.1:9080/127.0.0.1:9180/' -e 's/127.0.0.1:9981/127.0.0.1:9982/' \
-    -e "s#$work/access.log#$work/access-baseline.log#" "$work/gateway.yaml" > "$work/baseline.yaml"
+  bench_gateway_config 9180 9982 "$work/access-baseline.log" > "$work/baseline.yaml"
   "$BASELINE_BIN" run -c "$work/baseline.yaml" 2>"$work/baseline.err" &
   base=$!
   for _ in $(seq 100); do curl -sf http://127.0.0.1:9982/readyz >/dev/null && break; sleep 0.1; done

@@ -34,3 +34,40 @@ ensure_build_deps() {
 ensure_test_deps() {
   ensure_packages "for the console's browser test" chromium:chromium chromedriver:chromium-driver
 }
+
+# The benchmarked gateway: one worker; an ES256 token from the peer kit's key set (in $D);
+# route + scope check, credential injection, access log to a file. Both load scripts use it,
+# so their figures describe the same configuration.
+#   bench_gateway_config PROXY_PORT ADMIN_PORT ACCESS_LOG > gateway.yaml
+bench_gateway_config() {
+  cat <<YAML
+listen:
+  proxy: ["127.0.0.1:$1"]
+  admin: 127.0.0.1:$2
+  threads: 1                 # one worker, like each peer
+server:
+  watch_config: false
+issuers:
+  - name: bench-idp
+    issuer: https://idp.example.test
+    audiences: [tools-gateway]
+    algorithms: [ES256]
+    jwks_file: ${D:-/tmp/peerbench}/jwks.json
+agents:
+  - id: bench-agent
+    owner: bench@example.com
+    scopes: [read:tickets]
+upstreams:
+  - name: up
+    url: http://127.0.0.1:9001
+    credential: {header: x-api-key, value: "bench-secret"}
+routes:
+  - name: tickets
+    methods: [GET]
+    path: /api/tickets/**
+    upstream: up
+    scopes: [read:tickets]
+access_log:
+  path: $3
+YAML
+}

@@ -408,6 +408,20 @@ fn admin_base(admin: Option<String>, config: &Path) -> Result<String, String> {
     }
 }
 
+/// The admin listener's base URL and a runtime to talk to it on (the CLI commands that call
+/// the admin API).
+fn admin_session(
+    admin: Option<String>,
+    config: &Path,
+) -> Result<(String, tokio::runtime::Runtime), String> {
+    let base = admin_base(admin, config)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    Ok((base, rt))
+}
+
 fn reload_cli(admin: Option<String>, config: &Path, token: Option<String>) -> ExitCode {
     let fail = |m: String| {
         eprintln!("portcullis reload: {m}");
@@ -424,16 +438,9 @@ fn reload_cli(admin: Option<String>, config: &Path, token: Option<String>) -> Ex
                 .into(),
         );
     };
-    let base = match admin_base(admin, config) {
-        Ok(b) => b,
+    let (base, rt) = match admin_session(admin, config) {
+        Ok(x) => x,
         Err(e) => return fail(e),
-    };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return fail(e.to_string()),
     };
     let res = rt.block_on(async {
         let r = reqwest::Client::new()
@@ -490,16 +497,9 @@ fn approvals_cli(
     let Some(token) = token else {
         return fail("an approver token is needed: --token or PORTCULLIS_APPROVER_TOKEN".into());
     };
-    let base = match admin_base(admin, config) {
-        Ok(b) => b,
+    let (base, rt) = match admin_session(admin, config) {
+        Ok(x) => x,
         Err(e) => return fail(e),
-    };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return fail(e.to_string()),
     };
     let client = reqwest::Client::new();
     if let ApprovalsCommand::Body { id, raw } = &command {

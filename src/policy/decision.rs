@@ -239,15 +239,24 @@ mod tests {
     use crate::policy::normalize;
     use std::path::Path;
 
-    fn snap() -> Snapshot {
+    /// A snapshot of the fixture issuer plus `rest` (agents, upstreams, routes).
+    fn load_with_fixture_issuer(rest: &str) -> Snapshot {
         let yaml = format!(
+            "issuers:\n  - name: idp\n    issuer: https://idp.test\n    audiences: [t]\n    algorithms: [ES256]\n    jwks_file: {}/tests/fixtures/keys/jwks.json\n{rest}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        load_str(
+            &yaml,
+            Path::new("."),
+            "<t>",
+            &LoadContext::new(KeyStore::new(std::sync::Arc::new(|_| {})), 1),
+        )
+        .unwrap()
+    }
+
+    fn snap() -> Snapshot {
+        load_with_fixture_issuer(
             r#"
-issuers:
-  - name: idp
-    issuer: https://idp.test
-    audiences: [t]
-    algorithms: [ES256]
-    jwks_file: {}/tests/fixtures/keys/jwks.json
 agents:
   - id: bot
     owner: alice@example.com
@@ -265,12 +274,12 @@ upstreams:
 routes:
   - name: read
     methods: [GET]
-    path: /t/{{id}}
+    path: /t/{id}
     upstream: up
     scopes: [read]
   - name: write
     methods: [POST]
-    path: /t/{{id}}
+    path: /t/{id}
     upstream: up
     scopes: [read, write]
   - name: either
@@ -280,15 +289,7 @@ routes:
     scopes: [read]
     any_of: [write, admin]
 "#,
-            env!("CARGO_MANIFEST_DIR")
-        );
-        load_str(
-            &yaml,
-            Path::new("."),
-            "<t>",
-            &LoadContext::new(KeyStore::new(std::sync::Arc::new(|_| {})), 1),
         )
-        .unwrap()
     }
 
     fn token(sub: &str, scopes: &[&str]) -> VerifiedToken {
@@ -420,14 +421,8 @@ routes:
     }
 
     fn meaning_snap() -> Snapshot {
-        let yaml = format!(
+        load_with_fixture_issuer(
             r#"
-issuers:
-  - name: idp
-    issuer: https://idp.test
-    audiences: [t]
-    algorithms: [ES256]
-    jwks_file: {}/tests/fixtures/keys/jwks.json
 agents:
   - id: bot
     owner: alice@example.com
@@ -473,15 +468,7 @@ routes:
     scopes: [read]
     websocket: true
 "#,
-            env!("CARGO_MANIFEST_DIR")
-        );
-        load_str(
-            &yaml,
-            Path::new("."),
-            "<t>",
-            &LoadContext::new(KeyStore::new(std::sync::Arc::new(|_| {})), 1),
         )
-        .unwrap()
     }
 
     /// Attacks on request meaning, decided by a token that holds only `read`.
