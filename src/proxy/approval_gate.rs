@@ -4,13 +4,14 @@
 
 use super::headers::{strip_client_assertions, REQUEST_ID};
 use super::refusal::{Refusal, UpstreamFailure};
-use super::{Gateway, RequestCtx};
+use super::{upstream, Gateway, RequestCtx};
 use crate::approval::digest::{
     body_preview, body_sha256, headers_sha256, redacted_headers, request_digest, Binding,
 };
-use crate::approval::executor::{is_hop_by_hop, ExecError};
+use crate::approval::executor::is_hop_by_hop;
 use crate::approval::store::{Approval, Mode, NewApproval, Status, StoreError};
 use crate::approval::{now_ms, rfc3339_ms, HoldOutcome};
+use crate::observe::Outcome;
 use crate::policy::{ApprovalMode, ApprovalPolicy, ApprovalSettings};
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
@@ -216,8 +217,9 @@ impl Gateway {
                     // Completes only if the agent closes the connection while we wait.
                     _ = session.read_body_or_idle(true) => {
                         svc.abandon(&a.id).await;
-                        ctx.decision = "error";
-                        ctx.reason = Some("approval_abandoned");
+                        ctx.outcome = Outcome::Error {
+                            code: "approval_abandoned",
+                        };
                         // The agent's side ended the call: a downstream error, nothing to answer.
                         return Err(Error::explain(ErrorType::ConnectionClosed, "agent disconnected while its call was held for approval").into_down());
                     }
@@ -371,10 +373,8 @@ impl Gateway {
             votes: approving,
             quorum: a.quorum,
         };
-        self.refuse(session, ctx, r).await?;
-        // Not a refusal: the call is parked, the agent did nothing wrong.
-        ctx.decision = "held";
-        Ok(true)
+        // Not a refusal: the call is parked (`Refusal::outcome` makes it `Held`).
+        self.refuse(session, ctx, r).await
     }
 
     async fn denied(
@@ -418,32 +418,23 @@ impl Gateway {
         let mut resp = match sent {
             Ok(r) => r,
             Err(e) => {
-                let f = match e {
-                    ExecError::Connect => UpstreamFailure::Unavailable,
-                    ExecError::Timeout => UpstreamFailure::Timeout,
-                    ExecError::Protocol => UpstreamFailure::Protocol,
-                };
-                ctx.upstream_failure = Some(f);
-                self.state
-                    .metrics
-                    .upstream_errors
-                    .with_label_values(&[&up.name, f.kind()])
-                    .inc();
+                let f = UpstreamFailure::from(e);
+                upstream::record_failure(&self.state, ctx, f);
                 return self.refuse(session, ctx, Refusal::Upstream(f)).await;
             }
         };
         let mut h = ResponseHeader::build(resp.status().as_u16(), Some(resp.headers().len() + 2))?;
         for (k, v) in resp.headers() {
-            let credential = up.credential.as_ref().is_some_and(|c| c.header == *k);
-            if !is_hop_by_hop(k.as_str()) && !credential {
+            if !is_hop_by_hop(k.as_str()) {
                 h.append_header(k.clone(), v.clone())?;
             }
         }
+        upstream::sanitize_response(&mut h, &up);
         if let Some(len) = resp.content_length() {
             h.insert_header(http::header::CONTENT_LENGTH, len.to_string())?;
         }
         h.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
-        ctx.decision = "allow";
+        ctx.outcome = Outcome::Allowed;
         session.write_response_header(Box::new(h), false).await?;
         loop {
             match resp.chunk().await {
@@ -451,9 +442,7 @@ impl Gateway {
                 Ok(None) => break,
                 Err(e) => {
                     // Headers are out: all we can do is cut the connection.
-                    ctx.decision = "error";
-                    ctx.reason = Some("upstream_error");
-                    ctx.upstream_failure = Some(UpstreamFailure::Protocol);
+                    upstream::record_failure(&self.state, ctx, UpstreamFailure::Protocol);
                     return Error::e_because(
                         ErrorType::ReadError,
                         "upstream body of an approved call",

@@ -15,9 +15,10 @@ mod approval_gate;
 pub mod connections;
 pub mod headers;
 pub mod refusal;
+pub mod upstream;
 
 use crate::identity::VerifiedToken;
-use crate::observe::{AccessRecord, LogTime};
+use crate::observe::{AccessRecord, LogTime, Outcome};
 use crate::policy::{
     effective_scopes, evaluate, normalize, Agent, Decision, NormalizedPath, RequestFacts, Snapshot,
 };
@@ -32,7 +33,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
-use refusal::{Refusal, UpstreamFailure};
+use refusal::Refusal;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -69,10 +70,9 @@ pub struct RequestCtx {
     token: Option<Arc<VerifiedToken>>,
     agent: Option<Arc<Agent>>,
     route: Option<usize>,
-    decision: &'static str,
-    reason: Option<&'static str>,
+    /// How the call ended; set where that is decided, read once by `record`.
+    outcome: Outcome,
     upstream_started: Option<Instant>,
-    upstream_failure: Option<UpstreamFailure>,
     approval_id: Option<String>,
     /// Method, kept for the line written if the request is cut off before `logging`.
     method: Option<http::Method>,
@@ -91,8 +91,8 @@ impl Drop for RequestCtx {
         let Some(state) = self._in_flight.as_ref().map(|g| g.0.clone()) else {
             return;
         };
-        self.decision = "error";
-        self.reason = Some("aborted");
+        // Cut off mid-way: whatever was decided, the call did not complete.
+        self.outcome = Outcome::Error { code: "aborted" };
         let method = self.method.clone();
         let seen = Seen {
             method: method.as_ref().map_or("", |m| m.as_str()),
@@ -134,16 +134,13 @@ impl RequestCtx {
         // Only configured agent ids become label values.
         let agent_label = self.agent.as_ref().map(|a| &*a.id).unwrap_or("unknown");
         let m = &state.metrics;
+        let decision = self.outcome.decision();
+        let reason = self.outcome.reason();
         m.requests
-            .with_label_values(&[
-                agent_label,
-                &route,
-                self.decision,
-                status_label(seen.status),
-            ])
+            .with_label_values(&[agent_label, &route, decision, status_label(seen.status)])
             .inc();
-        if let (Some(r), "deny") = (self.reason, self.decision) {
-            m.denials.with_label_values(&[r]).inc();
+        if let Outcome::Denied { code } = self.outcome {
+            m.denials.with_label_values(&[code]).inc();
         }
         m.request_duration
             .with_label_values(&[&route])
@@ -175,9 +172,9 @@ impl RequestCtx {
             query: seen.query,
             client: seen.client.clone(),
             status: seen.status,
-            decision: self.decision,
-            reason: self.reason,
-            upstream: if self.decision == "allow" || self.upstream_failure.is_some() {
+            decision,
+            reason,
+            upstream: if self.outcome.reached_upstream() {
                 self.upstream().map(|u| &*u.name)
             } else {
                 None
@@ -213,8 +210,7 @@ impl Gateway {
         r: Refusal,
     ) -> Result<bool> {
         let out = r.render(&ctx.request_id, ctx.snap.as_deref());
-        ctx.decision = if out.status >= 500 { "error" } else { "deny" };
-        ctx.reason = Some(out.code);
+        ctx.outcome = r.outcome(out.code);
         if let Refusal::Token(e) = &r {
             self.state
                 .metrics
@@ -223,9 +219,9 @@ impl Gateway {
                 .inc();
         }
         if let Some(agent) = &ctx.agent {
-            tracing::info!(request_id = %ctx.request_id, agent = %agent.id, route = ctx.route_name(), decision = ctx.decision, reason = out.code, "refused");
+            tracing::info!(request_id = %ctx.request_id, agent = %agent.id, route = ctx.route_name(), decision = ctx.outcome.decision(), reason = out.code, "refused");
         } else {
-            tracing::debug!(request_id = %ctx.request_id, decision = ctx.decision, reason = out.code, "refused");
+            tracing::debug!(request_id = %ctx.request_id, decision = ctx.outcome.decision(), reason = out.code, "refused");
         }
         // A body we did not read would be taken for the next request on this connection.
         let req = session.req_header();
@@ -271,10 +267,8 @@ impl ProxyHttp for Gateway {
             token: None,
             agent: None,
             route: None,
-            decision: "error",
-            reason: None,
+            outcome: Outcome::Undecided,
             upstream_started: None,
-            upstream_failure: None,
             approval_id: None,
             method: None,
             logged: false,
@@ -347,10 +341,9 @@ impl ProxyHttp for Gateway {
                         .await;
                 }
                 if let Some(policy) = a.approval {
-                    ctx.decision = "held";
                     return self.approval_gate(session, ctx, policy).await;
                 }
-                ctx.decision = "allow";
+                ctx.outcome = Outcome::Allowed;
                 tracing::debug!(request_id = %ctx.request_id, agent = ctx.agent.as_ref().map(|a| &*a.id), route = ctx.route_name(), decision = "allow", "allowed");
                 Ok(false)
             }
@@ -374,20 +367,7 @@ impl ProxyHttp for Gateway {
                 "no route decided before upstream_peer",
             );
         };
-        let mut peer = HttpPeer::new(up.addr, up.tls, up.sni.clone());
-        peer.options.connection_timeout = Some(up.connect_timeout);
-        peer.options.total_connection_timeout = Some(up.connect_timeout * 2);
-        peer.options.read_timeout = Some(up.read_timeout);
-        peer.options.write_timeout = Some(up.write_timeout);
-        peer.options.idle_timeout = Some(up.idle_timeout);
-        // verify_cert and verify_hostname stay at their default (on): a private CA replaces
-        // the roots, never the checks.
-        if let Some(ca) = &up.tls_ca {
-            peer.options.ca = Some(ca.pingora.clone());
-            // The pool key ignores `ca`: without this, a connection verified against other
-            // roots (another upstream, or a previous CA file) could be reused.
-            peer.group_key = ca.id;
-        }
+        let peer = upstream::peer(up);
         ctx.upstream_started = Some(Instant::now());
         Ok(Box::new(peer))
     }
@@ -407,8 +387,8 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(c) = ctx.upstream().and_then(|u| u.credential.as_ref()) {
-            resp.remove_header(&c.header);
+        if let Some(up) = ctx.upstream() {
+            upstream::sanitize_response(resp, up);
         }
         resp.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
         Ok(())
@@ -420,41 +400,21 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let failure = match e.esource() {
-            ErrorSource::Upstream => Some(match e.etype() {
-                ErrorType::ConnectTimedout
-                | ErrorType::ReadTimedout
-                | ErrorType::WriteTimedout
-                | ErrorType::TLSHandshakeTimedout => UpstreamFailure::Timeout,
-                ErrorType::ConnectRefused
-                | ErrorType::ConnectNoRoute
-                | ErrorType::ConnectError
-                | ErrorType::TLSHandshakeFailure
-                | ErrorType::InvalidCert
-                | ErrorType::SocketError
-                | ErrorType::BindError => UpstreamFailure::Unavailable,
-                _ => UpstreamFailure::Protocol,
-            }),
-            _ => None,
-        };
+        let failure = upstream::classify(e);
         let refusal = match (failure, e.esource()) {
             (Some(f), _) => {
-                ctx.upstream_failure = Some(f);
-                if let Some(up) = ctx.upstream() {
-                    self.state
-                        .metrics
-                        .upstream_errors
-                        .with_label_values(&[&up.name, f.kind()])
-                        .inc();
-                }
+                upstream::record_failure(&self.state, ctx, f);
                 tracing::warn!(request_id = %ctx.request_id, upstream = ctx.upstream().map(|u| &*u.name), error = %e, "upstream failure");
                 Refusal::Upstream(f)
             }
             (None, ErrorSource::Downstream) => {
-                // The agent went away or sent garbage: nobody to answer, or a plain 400.
-                ctx.decision = "error";
-                // Keep a more precise reason set before (e.g. approval_abandoned).
-                ctx.reason = ctx.reason.or(Some("client_error"));
+                // The agent went away or sent garbage: nobody to answer, or a plain 400. A more
+                // precise ending set before (e.g. approval_abandoned) stays.
+                if !matches!(ctx.outcome, Outcome::Error { .. }) {
+                    ctx.outcome = Outcome::Error {
+                        code: "client_error",
+                    };
+                }
                 let code = match e.etype() {
                     ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
                     _ => 400,
@@ -474,8 +434,7 @@ impl ProxyHttp for Gateway {
         };
         if session.response_written().is_some() {
             // Headers already went out: the best we can do is cut the connection.
-            ctx.decision = "error";
-            ctx.reason = Some(refusal.render("", None).code);
+            ctx.outcome = refusal.outcome(refusal.render("", None).code);
             return FailToProxy {
                 error_code: 0,
                 can_reuse_downstream: false,

@@ -6,6 +6,7 @@
 
 use super::headers::BearerProblem;
 use crate::identity::TokenError;
+use crate::observe::Outcome;
 use crate::policy::{Denial, HostPattern, PathError, Snapshot};
 use http::Method;
 use serde_json::{json, Map, Value};
@@ -116,6 +117,15 @@ pub enum UpstreamFailure {
 }
 
 impl UpstreamFailure {
+    /// The refusal's machine code (`error`) and access-log reason.
+    pub fn code(self) -> &'static str {
+        match self {
+            UpstreamFailure::Unavailable => "upstream_unavailable",
+            UpstreamFailure::Timeout => "upstream_timeout",
+            UpstreamFailure::Protocol => "upstream_error",
+        }
+    }
+
     /// Metric label.
     pub fn kind(self) -> &'static str {
         match self {
@@ -145,6 +155,30 @@ fn quote(s: &str) -> String {
 }
 
 impl Refusal {
+    /// How a call answered with this refusal ended (`code` is its rendered machine code).
+    pub fn outcome(&self, code: &'static str) -> Outcome {
+        match self {
+            Refusal::ApprovalPending { .. } => Outcome::Held,
+            Refusal::Upstream(_) => Outcome::UpstreamError { code },
+            Refusal::ApprovalUnavailable | Refusal::Internal => Outcome::Error { code },
+            // Keys not loaded yet: the gateway cannot decide, the caller did nothing wrong.
+            Refusal::Token(TokenError::KeysUnavailable { .. }) => Outcome::Error { code },
+            Refusal::BadPath(_)
+            | Refusal::NoToken(_)
+            | Refusal::Token(_)
+            | Refusal::Policy(_)
+            | Refusal::BodyTooLarge { .. }
+            | Refusal::ApprovalDenied { .. }
+            | Refusal::ApprovalTimeout { .. }
+            | Refusal::ApprovalUsed { .. }
+            | Refusal::ForbiddenHeader { .. }
+            | Refusal::MethodOverrideParameter
+            | Refusal::TooManyConnections { .. }
+            | Refusal::TooManyPending { .. }
+            | Refusal::HeadersTooLarge { .. } => Outcome::Denied { code },
+        }
+    }
+
     /// Status, code, headers and JSON body.
     pub fn render(&self, request_id: &str, snap: Option<&Snapshot>) -> Rendered {
         let mut extra = Map::new();
@@ -337,9 +371,9 @@ impl Refusal {
             Refusal::Upstream(f) => {
                 retry_after = Some(1);
                 match f {
-                    UpstreamFailure::Unavailable => (502, "upstream_unavailable", "the upstream tool could not be reached; retry later".into()),
-                    UpstreamFailure::Timeout => (504, "upstream_timeout", "the upstream tool did not answer in time; retry later, and check whether the call took effect before repeating a write".into()),
-                    UpstreamFailure::Protocol => (502, "upstream_error", "the upstream tool failed while answering; retry later, and check whether the call took effect before repeating a write".into()),
+                    UpstreamFailure::Unavailable => (502, f.code(), "the upstream tool could not be reached; retry later".into()),
+                    UpstreamFailure::Timeout => (504, f.code(), "the upstream tool did not answer in time; retry later, and check whether the call took effect before repeating a write".into()),
+                    UpstreamFailure::Protocol => (502, f.code(), "the upstream tool failed while answering; retry later, and check whether the call took effect before repeating a write".into()),
                 }
             }
             Refusal::BodyTooLarge { limit } => {
