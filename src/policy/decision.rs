@@ -1,11 +1,9 @@
-//! The pure decision: given a snapshot and the facts of one request, allow or deny.
-//!
-//! No I/O, no clock, no `.await`: the proxy gathers the facts (normalized path, verified token)
-//! and acts on the result, so every rule here is testable from tables and benchmarkable alone.
+//! What a decision is made from and what it says: the facts of one request, and allow or deny
+//! with the reason. The decision itself is [`super::pipeline::evaluate`], an ordered list of
+//! the policies in their own files; the tables below test it as a whole.
 
 use super::path::NormalizedPath;
-use super::route::Lookup;
-use super::snapshot::{Agent, ApprovalPolicy, Snapshot};
+use super::snapshot::{Agent, ApprovalPolicy};
 use crate::identity::VerifiedToken;
 use http::Method;
 use std::sync::Arc;
@@ -130,113 +128,14 @@ pub enum Decision {
     Deny(Denial),
 }
 
-/// Decide one request.
-pub fn evaluate(snap: &Snapshot, facts: &RequestFacts<'_>) -> Decision {
-    let Some(agent) = snap.agents.get(facts.token.subject.as_str()) else {
-        return Decision::Deny(Denial::UnknownAgent {
-            subject: facts.token.subject.clone(),
-        });
-    };
-    if !agent.enabled {
-        return Decision::Deny(Denial::AgentDisabled {
-            agent: agent.clone(),
-        });
-    }
-    // `;` parameters: routes match the path as a parameter-stripping upstream reads it, and
-    // only upstreams that opted in (`path_parameters: allow`) may receive them at all.
-    let params = facts.path.has_parameters();
-    let stripped;
-    let route_path = if params {
-        stripped = facts.path.without_parameters();
-        &stripped
-    } else {
-        facts.path
-    };
-    let route = match snap.routes.lookup(facts.method, facts.host, route_path) {
-        Lookup::Found(i) => i,
-        Lookup::NotFound { .. } if params => {
-            return Decision::Deny(Denial::PathParameter {
-                agent: agent.clone(),
-            })
-        }
-        Lookup::NotFound { methods_on_path } => {
-            return Decision::Deny(Denial::NoRoute {
-                agent: agent.clone(),
-                methods_on_path,
-            })
-        }
-        Lookup::HostScoped { claimed_by, .. } => {
-            return Decision::Deny(Denial::HostScoped {
-                agent: agent.clone(),
-                claimed_by,
-            })
-        }
-    };
-    let r = &snap.routes.routes[route];
-    if params && !snap.upstreams[r.upstream].path_parameters {
-        return Decision::Deny(Denial::PathParameter {
-            agent: agent.clone(),
-        });
-    }
-    if let Some(protocol) = facts.upgrade {
-        if !(r.websocket && protocol.eq_ignore_ascii_case("websocket")) {
-            return Decision::Deny(Denial::UpgradeNotAllowed {
-                agent: agent.clone(),
-                route,
-                protocol: protocol.to_string(),
-            });
-        }
-    }
-    // Least privilege: a scope counts only if the token carries it AND the registry grants it
-    // to this agent; a token can narrow what the registry grants, never widen it. Only the
-    // route's few required scopes are looked up, so a token with many scopes costs nothing more.
-    let holds = |s: &String| agent.scopes.contains(s.as_str()) && facts.token.scopes.contains(s);
-    let missing_all: Vec<String> = r.scopes_all.iter().filter(|s| !holds(s)).cloned().collect();
-    let any_ok = r.scopes_any.is_empty() || r.scopes_any.iter().any(holds);
-    if !missing_all.is_empty() || !any_ok {
-        return Decision::Deny(Denial::InsufficientScope {
-            agent: agent.clone(),
-            route,
-            missing_all,
-            missing_any_of: if any_ok {
-                Vec::new()
-            } else {
-                r.scopes_any.clone()
-            },
-        });
-    }
-    // Tiered trust: the route's own approval rule first, else supervised agents' writes.
-    let approval = r.approval.clone().or_else(|| {
-        let write = !matches!(*facts.method, Method::GET | Method::HEAD | Method::OPTIONS);
-        match (&snap.approvals, agent.supervised && write) {
-            (Some(a), true) => Some(a.supervised.clone()),
-            _ => None,
-        }
-    });
-    Decision::Allow(Allowed {
-        route,
-        agent: agent.clone(),
-        approval,
-    })
-}
-
-/// The scopes an agent actually holds with this token: token scopes ∩ registry scopes, in token
-/// order. Computed only for calls that are forwarded (the `x-portcullis-scopes` header).
-pub fn effective_scopes(agent: &Agent, token: &VerifiedToken) -> Vec<String> {
-    token
-        .scopes
-        .iter()
-        .filter(|s| agent.scopes.contains(s.as_str()))
-        .cloned()
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{load_str, LoadContext};
     use crate::identity::KeyStore;
     use crate::policy::normalize;
+    use crate::policy::snapshot::Snapshot;
+    use crate::policy::{effective_scopes, evaluate};
     use std::path::Path;
 
     /// A snapshot of the fixture issuer plus `rest` (agents, upstreams, routes).

@@ -1,0 +1,23 @@
+//! Policy: tiered trust. Which human approval, if any, a call needs before it is forwarded.
+
+use super::route::Route;
+use super::snapshot::{Agent, ApprovalPolicy, Snapshot};
+use http::Method;
+use std::sync::Arc;
+
+/// The route's own approval rule first, else supervised agents' writes (anything but
+/// GET/HEAD/OPTIONS) under `approvals.supervised`.
+pub fn required(
+    snap: &Snapshot,
+    route: &Route,
+    agent: &Agent,
+    method: &Method,
+) -> Option<Arc<ApprovalPolicy>> {
+    route.approval.clone().or_else(|| {
+        let write = !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+        match (&snap.approvals, agent.supervised && write) {
+            (Some(a), true) => Some(a.supervised.clone()),
+            _ => None,
+        }
+    })
+}

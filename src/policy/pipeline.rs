@@ -1,0 +1,39 @@
+//! The decision, as an ordered list of policies. Each policy lives in its own file with its
+//! check; this file only says in which order they run and why. Everything here is pure: no
+//! I/O, no clock, no `.await`, so the whole pipeline is unit-tested from tables and
+//! benchmarked alone (`benches/decision.rs`).
+
+use super::decision::{Allowed, Decision, RequestFacts};
+use super::snapshot::Snapshot;
+use super::{agents, approval, routing, scopes, upgrade};
+
+/// Decide one call.
+pub fn evaluate(snap: &Snapshot, facts: &RequestFacts<'_>) -> Decision {
+    // 1. Identity first: the token was verified by the proxy; its subject must be a
+    //    registered, enabled agent. An unknown caller learns nothing about routes.
+    let agent = match agents::registered(snap, facts.token) {
+        Ok(a) => a,
+        Err(d) => return Decision::Deny(d),
+    };
+    // 2. Deny by default: the one route the call falls under, or none.
+    let route = match routing::route_of(snap, facts, agent) {
+        Ok(r) => r,
+        Err(d) => return Decision::Deny(d),
+    };
+    let r = &snap.routes.routes[route];
+    // 3. The request must not mean more than the route: no protocol switch it did not allow.
+    if let Err(d) = upgrade::check(snap, facts, agent, route) {
+        return Decision::Deny(d);
+    }
+    // 4. Least privilege: the route's scopes, from token ∩ registry.
+    if let Err(d) = scopes::check(r, route, agent, facts.token) {
+        return Decision::Deny(d);
+    }
+    // 5. Tiered trust last: only a call that would otherwise pass is put to a human.
+    let approval = approval::required(snap, r, agent, facts.method);
+    Decision::Allow(Allowed {
+        route,
+        agent: agent.clone(),
+        approval,
+    })
+}
