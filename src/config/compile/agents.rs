@@ -1,0 +1,82 @@
+//! Compiling `agents:`.
+
+use super::*;
+
+impl Compiler<'_> {
+    /// `routes` are the raw ones: a route that failed to compile still names its scopes, and
+    /// judging agents against compiled routes only would report every scope of a broken route
+    /// as a typo.
+    pub(super) fn agents(
+        &mut self,
+        raw: &[(usize, RawAgent)],
+        routes: &[(usize, RawRoute)],
+        has_approvals: bool,
+    ) -> HashMap<String, Arc<Agent>> {
+        self.unique(
+            "agent",
+            raw.iter()
+                .map(|(i, r)| (format!("agents[{i}].id"), r.id.as_str())),
+        );
+        let known: BTreeSet<&str> = routes
+            .iter()
+            .flat_map(|(_, r)| r.scopes.iter().chain(&r.any_of))
+            .map(String::as_str)
+            .collect();
+        let mut out = HashMap::new();
+        for (i, r) in raw {
+            let p = format!("agents[{i}]");
+            let supervised = match r.tier.as_deref() {
+                None | Some("standard") => false,
+                Some("supervised") => {
+                    if !has_approvals {
+                        self.invalid(
+                            format!("{p}.tier"),
+                            "a supervised agent's writes need approval: add an `approvals:` section",
+                        );
+                    }
+                    true
+                }
+                Some(other) => {
+                    self.invalid(
+                        format!("{p}.tier"),
+                        format!("`{other}` is not `standard` or `supervised`"),
+                    );
+                    false
+                }
+            };
+            if r.owner.trim().is_empty() {
+                self.invalid(
+                    format!("{p}.owner"),
+                    "every agent needs a named human owner",
+                );
+            }
+            for (j, s) in r.scopes.iter().enumerate() {
+                if !valid_scope(s) {
+                    self.invalid(
+                        format!("{p}.scopes[{j}]"),
+                        format!("`{s}` is not a scope (no spaces, not empty)"),
+                    );
+                } else if !known.contains(s.as_str()) {
+                    self.invalid(
+                        format!("{p}.scopes[{j}]"),
+                        format!(
+                            "scope `{s}` is not required by any route (a typo?); known scopes: {}",
+                            known.iter().copied().collect::<Vec<_>>().join(", ")
+                        ),
+                    );
+                }
+            }
+            out.entry(r.id.clone()).or_insert_with(|| {
+                Arc::new(Agent {
+                    id: r.id.as_str().into(),
+                    owner: r.owner.as_str().into(),
+                    description: r.description.clone().unwrap_or_default(),
+                    scopes: r.scopes.iter().cloned().collect(),
+                    enabled: r.enabled.unwrap_or(true),
+                    supervised,
+                })
+            });
+        }
+        out
+    }
+}

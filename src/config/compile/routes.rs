@@ -1,0 +1,121 @@
+//! Compiling `routes:`.
+
+use super::*;
+
+impl Compiler<'_> {
+    pub(super) fn routes(
+        &mut self,
+        raw: &[(usize, RawRoute)],
+        upstreams: &HashMap<String, usize>,
+        compiled_upstreams: &[Arc<Upstream>],
+        approvals: Option<&ApprovalSettings>,
+    ) -> Vec<Route> {
+        self.unique(
+            "route",
+            raw.iter()
+                .map(|(i, r)| (format!("routes[{i}].name"), r.name.as_str())),
+        );
+        let mut names: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        let mut out = Vec::new();
+        for (i, r) in raw {
+            let p = format!("routes[{i}]");
+            let mut ok = true;
+            let mut methods = Vec::new();
+            for (j, m) in r.methods.iter().enumerate() {
+                let valid = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+                if valid.contains(&m.as_str()) {
+                    methods.push(Method::from_bytes(m.as_bytes()).expect("known method"));
+                } else {
+                    self.invalid(
+                        format!("{p}.methods[{j}]"),
+                        format!("`{m}` is not one of {}", valid.join(", ")),
+                    );
+                    ok = false;
+                }
+            }
+            let upstream = upstreams.get(&r.upstream).copied();
+            let case_insensitive = upstream.is_some_and(|u| compiled_upstreams[u].case_insensitive);
+            let path = match (&r.path, &r.path_regex) {
+                (Some(t), None) => PathPattern::template(t)
+                    .map_err(|e| {
+                        self.invalid(format!("{p}.path"), format!("invalid template `{t}`: {e}"))
+                    })
+                    .ok(),
+                (None, Some(rx)) if case_insensitive => PathPattern::regex_case_insensitive(rx)
+                    .map_err(|e| {
+                        self.invalid(format!("{p}.path_regex"), format!("invalid regex: {e}"))
+                    })
+                    .ok(),
+                (None, Some(rx)) => PathPattern::regex(rx)
+                    .map_err(|e| {
+                        self.invalid(format!("{p}.path_regex"), format!("invalid regex: {e}"))
+                    })
+                    .ok(),
+                _ => {
+                    self.invalid(&p, "set exactly one of `path` and `path_regex`");
+                    None
+                }
+            };
+            let host = HostPattern::parse(r.host.as_deref())
+                .map_err(|e| self.invalid(format!("{p}.host"), e))
+                .ok();
+            if upstream.is_none() {
+                self.err(
+                    format!("{p}.upstream"),
+                    IssueKind::UnknownReference {
+                        what: "upstream",
+                        name: r.upstream.clone(),
+                        hint: hint(&names),
+                    },
+                );
+            }
+            if r.scopes.is_empty() && r.any_of.is_empty() {
+                self.invalid(&p, "a route must require at least one scope (`scopes` or `any_of`): deny by default");
+                ok = false;
+            }
+            for (field, list) in [("scopes", &r.scopes), ("any_of", &r.any_of)] {
+                for (j, s) in list.iter().enumerate() {
+                    if !valid_scope(s) {
+                        self.invalid(
+                            format!("{p}.{field}[{j}]"),
+                            format!("`{s}` is not a scope (no spaces, not empty)"),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            if r.websocket && r.approval.is_some() {
+                self.invalid(
+                    format!("{p}.websocket"),
+                    "a WebSocket route cannot need approval: an upgraded connection cannot be held or replayed",
+                );
+                ok = false;
+            }
+            let approval = r.approval.as_ref().map(|a| {
+                self.approval_policy(
+                    &format!("{p}.approval"),
+                    a,
+                    approvals,
+                    Duration::from_secs(600),
+                )
+            });
+            if let (true, Some(path), Some(host), Some(upstream)) = (ok, path, host, upstream) {
+                out.push(Route {
+                    name: r.name.as_str().into(),
+                    file_index: *i,
+                    methods,
+                    host,
+                    path,
+                    upstream,
+                    scopes_all: r.scopes.clone(),
+                    scopes_any: r.any_of.clone(),
+                    approval: approval.flatten().map(Arc::new),
+                    case_insensitive,
+                    websocket: r.websocket,
+                });
+            }
+        }
+        out
+    }
+}
