@@ -45,8 +45,8 @@ fn bad_file_reports_every_error_with_path_and_line() {
         "line 40: routes[1].upstream: unknown upstream `ticket`; defined: tickets",
         "line 43: routes[2].path_regex: invalid regex: regex parse error:\n    ^(?:/api/([)$\n              ^\nerror: unclosed character class",
         "line 46: routes[3]: a route must require at least one scope (`scopes` or `any_of`): deny by default",
-        "line 53: routes[4].timeout: unknown field `timeout`, expected one of `name`, `methods`, `path`, `path_regex`, `host`, `upstream`, `scopes`, `any_of`, `approval`, `websocket`",
-        "line 54: metrics: unknown section `metrics`, expected one of: listen, server, identity, issuers, token_service, agents, upstreams, routes, access_log, approvals, admin",
+        "line 53: routes[4].timeout: unknown field `timeout`, expected one of `name`, `methods`, `path`, `path_regex`, `host`, `upstream`, `scopes`, `any_of`, `approval`, `websocket`, `mode`, `shadow`",
+        "line 54: metrics: unknown section `metrics`, expected one of: listen, server, identity, issuers, token_service, agents, upstreams, routes, access_log, approvals, admin, enforcement",
     ];
     for (i, (g, e)) in got.iter().zip(expected.iter()).enumerate() {
         assert_eq!(g, e, "issue #{i} differs");
@@ -477,4 +477,61 @@ fn admin_mistakes_are_all_reported() {
         ["line 36: admin.metrics: `token` needs `admin.tokens` or `admin.metrics_token_sha256`: nobody could read /metrics"],
         "{got:#?}"
     );
+}
+
+#[test]
+fn shadow_modes_compile_and_merge_and_bad_names_are_reported() {
+    use portcullis::policy::Shadow;
+    let yaml = good_yaml().replace(
+        "    any_of: [tickets:write]\n",
+        "    any_of: [tickets:write]\n    shadow: [limits]\n",
+    ) + "enforcement:\n  shadow: [scopes]\n";
+    let snap = load_str(&yaml, Path::new("."), "<test>", &ctx()).expect("valid config");
+    let by_name = |n: &str| {
+        snap.routes
+            .routes
+            .iter()
+            .find(|r| &*r.name == n)
+            .unwrap()
+            .shadow
+    };
+    assert_eq!(
+        by_name("one"),
+        Shadow {
+            scopes: true,
+            conditions: false,
+            limits: true
+        }
+    );
+    assert_eq!(
+        by_name("wide"),
+        Shadow {
+            scopes: true,
+            ..Shadow::default()
+        }
+    );
+    let plain = load_str(&good_yaml(), Path::new("."), "<test>", &ctx()).unwrap();
+    assert!(plain
+        .routes
+        .routes
+        .iter()
+        .all(|r| r.shadow == Shadow::default()));
+
+    let bad = good_yaml().replace(
+        "    any_of: [tickets:write]\n",
+        "    any_of: [tickets:write]\n    mode: audit\n    shadow: [identity]\n",
+    ) + "enforcement:\n  mode: dry-run\n";
+    let err = load_str(&bad, Path::new("."), "<test>", &ctx()).unwrap_err();
+    let got: Vec<String> = err
+        .issues()
+        .iter()
+        .map(|i| format!("{}: {}", i.path, i.kind))
+        .collect();
+    for want in [
+        "enforcement.mode: `dry-run` is not `enforce` or `shadow`",
+        "routes[1].mode: `audit` is not `enforce` or `shadow`",
+        "routes[1].shadow[0]: `identity` is not a policy that can be shadowed; use scopes, conditions, limits (identity, routing and request-meaning checks always enforce)",
+    ] {
+        assert!(got.iter().any(|g| g == want), "missing {want:?} in {got:#?}");
+    }
 }

@@ -511,25 +511,14 @@ async fn thousands_of_idle_and_half_sent_connections_are_closed_in_time_while_ca
     );
     let a = get(&gw, "/api/tickets/1", Some(&t)).await;
     assert_eq!(a.status, 200, "{}", a.body);
-    let metrics = client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let timed_out = |phase: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|l| {
-                l.starts_with(&format!(
-                    "portcullis_connections_timed_out_total{{phase=\"{phase}\"}}"
-                ))
-            })
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
+    let metrics = gw.metrics().await;
+    let timed_out = |phase: &str| {
+        metric(
+            &metrics,
+            "portcullis_connections_timed_out_total",
+            &[("phase", phase)],
+        )
+        .unwrap_or(0.0)
     };
     assert!(timed_out("headers") >= 1000.0, "{metrics}");
 }

@@ -237,6 +237,12 @@ pub struct RawRoute {
     /// Allow WebSocket upgrades on this route (any other `Upgrade` is always refused).
     #[serde(default)]
     pub websocket: bool,
+    /// `enforce` (default) or `shadow`: this route's shadowable policies only record what
+    /// they would have refused, and the call goes ahead.
+    pub mode: Option<String>,
+    /// Shadow only these policies on this route (`scopes`, `conditions`, `limits`).
+    #[serde(default)]
+    pub shadow: Vec<String>,
 }
 
 /// How calls needing approval are handled.
@@ -325,6 +331,17 @@ pub struct RawJwtApprovers {
     pub claim: String,
 }
 
+/// `enforcement:` section: shadow mode for every route.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawEnforcement {
+    /// `enforce` (default) or `shadow` (every route's shadowable policies).
+    pub mode: Option<String>,
+    /// Shadow only these policies, on every route (`scopes`, `conditions`, `limits`).
+    #[serde(default)]
+    pub shadow: Vec<String>,
+}
+
 /// Access log settings.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -389,4 +406,6 @@ pub struct RawConfig {
     pub approvals: Option<RawApprovals>,
     /// `admin:`
     pub admin: RawAdmin,
+    /// `enforcement:`
+    pub enforcement: RawEnforcement,
 }

@@ -67,6 +67,9 @@ pub struct AccessRecord<'a> {
     pub config_version: u64,
     /// Approval the call waited for or used, if any.
     pub approval_id: Option<&'a str>,
+    /// Shadow mode: the refusal a shadowed policy would have made (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_deny: Option<&'static str>,
 }
 
 /// A wall-clock time that serializes as RFC 3339 UTC with milliseconds,

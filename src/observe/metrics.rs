@@ -60,6 +60,8 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     /// Agent connections closed by a deadline, by phase (`headers`, `idle`).
     pub connections_timed_out: IntCounterVec,
+    /// Calls a shadowed policy would have refused, by route and refusal code.
+    pub shadow_denials: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -240,8 +242,14 @@ impl Metrics {
             "Agent connections closed by a deadline: headers not complete in time, or idle too long.",
             &["phase"],
         );
+        let shadow_denials = counter(
+            "portcullis_shadow_denials_total",
+            "Calls forwarded in shadow mode that a policy would have refused, by route and refusal code.",
+            &["route", "reason"],
+        );
         config_last_reload_ok.set(1);
         Metrics {
+            shadow_denials,
             connections_open,
             connections_refused,
             connections_timed_out,

@@ -13,6 +13,12 @@ pub enum Outcome {
     Undecided,
     /// Forwarded to the upstream, which answered.
     Allowed,
+    /// Shadow mode: forwarded and answered, though a shadowed policy would have refused it
+    /// with `would_deny`.
+    ShadowDenied {
+        /// The code the refusal would have had.
+        would_deny: &'static str,
+    },
     /// Refused by the gateway; `code` is the refusal's machine code.
     Denied {
         /// The `error` code of the refusal.
@@ -37,7 +43,7 @@ impl Outcome {
     /// `held` or `error` (an upstream failure is an `error` of an allowed call).
     pub fn decision(&self) -> &'static str {
         match self {
-            Outcome::Allowed => "allow",
+            Outcome::Allowed | Outcome::ShadowDenied { .. } => "allow",
             Outcome::Denied { .. } => "deny",
             Outcome::Held => "held",
             Outcome::Undecided | Outcome::UpstreamError { .. } | Outcome::Error { .. } => "error",
@@ -52,13 +58,29 @@ impl Outcome {
             | Outcome::Error { code } => Some(code),
             Outcome::Held => Some("approval_pending"),
             Outcome::Undecided => Some("aborted"),
-            Outcome::Allowed => None,
+            Outcome::Allowed | Outcome::ShadowDenied { .. } => None,
+        }
+    }
+
+    /// What a shadowed policy would have refused (the access log's `would_deny`).
+    pub fn would_deny(&self) -> Option<&'static str> {
+        match self {
+            Outcome::ShadowDenied { would_deny } => Some(would_deny),
+            Outcome::Undecided
+            | Outcome::Allowed
+            | Outcome::Denied { .. }
+            | Outcome::Held
+            | Outcome::UpstreamError { .. }
+            | Outcome::Error { .. } => None,
         }
     }
 
     /// Whether the call reached the upstream (the access log then names it).
     pub fn reached_upstream(&self) -> bool {
-        matches!(self, Outcome::Allowed | Outcome::UpstreamError { .. })
+        matches!(
+            self,
+            Outcome::Allowed | Outcome::ShadowDenied { .. } | Outcome::UpstreamError { .. }
+        )
     }
 }
 
@@ -70,6 +92,14 @@ mod tests {
     fn each_outcome_has_one_decision_and_reason() {
         let cases = [
             (Outcome::Allowed, "allow", None, true),
+            (
+                Outcome::ShadowDenied {
+                    would_deny: "insufficient_scope",
+                },
+                "allow",
+                None,
+                true,
+            ),
             (
                 Outcome::Denied { code: "no_route" },
                 "deny",

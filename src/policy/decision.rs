@@ -33,6 +33,9 @@ pub struct Allowed {
     pub agent: Arc<Agent>,
     /// Set when the call must be approved by humans before it is forwarded.
     pub approval: Option<Arc<ApprovalPolicy>>,
+    /// Shadow mode: the refusal a shadowed policy would have made (the first one); the call
+    /// goes ahead and the access log and metrics record it.
+    pub would_deny: Option<Denial>,
 }
 
 /// Why the call is refused.

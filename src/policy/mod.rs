@@ -16,7 +16,7 @@ pub mod upgrade;
 pub use decision::{Allowed, Decision, Denial, RequestFacts};
 pub use path::{normalize, NormalizedPath, PathError};
 pub use pipeline::evaluate;
-pub use route::{HostPattern, Lookup, PathPattern, Route, RouteTable, Segment};
+pub use route::{HostPattern, Lookup, PathPattern, Route, RouteTable, Segment, Shadow};
 pub use scopes::effective_scopes;
 pub use snapshot::{
     AccessLogTarget, Agent, ApprovalMode, ApprovalPolicy, ApprovalSettings, Approver,

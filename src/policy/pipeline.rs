@@ -25,9 +25,22 @@ pub fn evaluate(snap: &Snapshot, facts: &RequestFacts<'_>) -> Decision {
     if let Err(d) = upgrade::check(snap, facts, agent, route) {
         return Decision::Deny(d);
     }
+    // From here on a policy may be in shadow mode on this route: it records what it would
+    // refuse (the first such refusal is kept) and the call goes on.
+    let mut would_deny = None;
+    let mut refuse = |d, shadowed: bool| {
+        if shadowed {
+            would_deny.get_or_insert(d);
+            None
+        } else {
+            Some(Decision::Deny(d))
+        }
+    };
     // 4. Least privilege: the route's scopes, from token ∩ registry.
     if let Err(d) = scopes::check(r, route, agent, facts.token) {
-        return Decision::Deny(d);
+        if let Some(deny) = refuse(d, r.shadow.scopes) {
+            return deny;
+        }
     }
     // 5. Tiered trust last: only a call that would otherwise pass is put to a human.
     let approval = approval::required(snap, r, agent, facts.method);
@@ -35,5 +48,6 @@ pub fn evaluate(snap: &Snapshot, facts: &RequestFacts<'_>) -> Decision {
         route,
         agent: agent.clone(),
         approval,
+        would_deny,
     })
 }

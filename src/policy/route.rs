@@ -256,6 +256,54 @@ pub struct Route {
     pub case_insensitive: bool,
     /// `websocket: true`: a WebSocket upgrade may pass; any other `Upgrade` never does.
     pub websocket: bool,
+    /// Policies that only record what they would refuse on this route (the route's own
+    /// `mode`/`shadow` and the global `enforcement:` section, merged at load time).
+    pub shadow: Shadow,
+}
+
+/// Which shadowable policies of a route record `would_deny` instead of refusing. Identity,
+/// routing and request-meaning checks are never shadowed: a bad token, an unrouted call or an
+/// override header is always refused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Shadow {
+    /// Scope checks.
+    pub scopes: bool,
+    /// Contextual conditions.
+    pub conditions: bool,
+    /// Rate and volume limits.
+    pub limits: bool,
+}
+
+impl Shadow {
+    /// Every shadowable policy.
+    pub const ALL: Shadow = Shadow {
+        scopes: true,
+        conditions: true,
+        limits: true,
+    };
+
+    /// Names accepted in `shadow:` lists.
+    pub const NAMES: [&'static str; 3] = ["scopes", "conditions", "limits"];
+
+    /// Add the policy named `name`; false for an unknown name.
+    pub fn add(&mut self, name: &str) -> bool {
+        match name {
+            "scopes" => self.scopes = true,
+            "conditions" => self.conditions = true,
+            "limits" => self.limits = true,
+            _ => return false,
+        }
+        true
+    }
+
+    /// Both sets.
+    pub fn union(self, other: Shadow) -> Shadow {
+        Shadow {
+            scopes: self.scopes || other.scopes,
+            conditions: self.conditions || other.conditions,
+            limits: self.limits || other.limits,
+        }
+    }
 }
 
 /// What a route with no `methods:` allows: the ordinary methods, never `TRACE`, `CONNECT` or a
@@ -435,6 +483,7 @@ mod tests {
             approval: None,
             case_insensitive: false,
             websocket: false,
+            shadow: Shadow::default(),
         }
     }
 

@@ -434,7 +434,7 @@ impl Gateway {
             h.insert_header(http::header::CONTENT_LENGTH, len.to_string())?;
         }
         h.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
-        ctx.outcome = Outcome::Allowed;
+        ctx.outcome = ctx.forwarded();
         session.write_response_header(Box::new(h), false).await?;
         loop {
             match resp.chunk().await {

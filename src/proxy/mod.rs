@@ -72,6 +72,8 @@ pub struct RequestCtx {
     route: Option<usize>,
     /// How the call ended; set where that is decided, read once by `record`.
     outcome: Outcome,
+    /// Shadow mode: the code of the refusal a shadowed policy would have made.
+    would_deny: Option<&'static str>,
     upstream_started: Option<Instant>,
     approval_id: Option<String>,
     /// Method, kept for the line written if the request is cut off before `logging`.
@@ -139,8 +141,17 @@ impl RequestCtx {
         m.requests
             .with_label_values(&[agent_label, &route, decision, status_label(seen.status)])
             .inc();
-        if let Outcome::Denied { code } = self.outcome {
-            m.denials.with_label_values(&[code]).inc();
+        match self.outcome {
+            Outcome::Denied { code } => m.denials.with_label_values(&[code]).inc(),
+            Outcome::ShadowDenied { would_deny } => m
+                .shadow_denials
+                .with_label_values(&[&route, would_deny])
+                .inc(),
+            Outcome::Undecided
+            | Outcome::Allowed
+            | Outcome::Held
+            | Outcome::UpstreamError { .. }
+            | Outcome::Error { .. } => {}
         }
         m.request_duration
             .with_label_values(&[&route])
@@ -185,7 +196,16 @@ impl RequestCtx {
             upstream_ms: upstream_time.map(millis),
             config_version: snap.version,
             approval_id: self.approval_id.as_deref(),
+            would_deny: self.outcome.would_deny(),
         });
+    }
+
+    /// The outcome of a call the upstream answered: allowed, or shadow-denied.
+    fn forwarded(&self) -> Outcome {
+        match self.would_deny {
+            Some(would_deny) => Outcome::ShadowDenied { would_deny },
+            None => Outcome::Allowed,
+        }
     }
 
     fn route_name(&self) -> &str {
@@ -268,6 +288,7 @@ impl ProxyHttp for Gateway {
             agent: None,
             route: None,
             outcome: Outcome::Undecided,
+            would_deny: None,
             upstream_started: None,
             approval_id: None,
             method: None,
@@ -326,6 +347,11 @@ impl ProxyHttp for Gateway {
             Decision::Allow(a) => {
                 ctx.route = Some(a.route);
                 ctx.agent = Some(a.agent);
+                if let Some(d) = a.would_deny {
+                    let code = Refusal::Policy(d).render("", Some(&snap)).code;
+                    tracing::info!(request_id = %ctx.request_id, route = ctx.route_name(), would_deny = code, "shadow mode: forwarded a call a policy would refuse");
+                    ctx.would_deny = Some(code);
+                }
                 // The request must not mean more upstream than what was just decided.
                 let req = session.req_header();
                 let up = ctx.upstream().expect("allowed call has an upstream");
@@ -343,7 +369,7 @@ impl ProxyHttp for Gateway {
                 if let Some(policy) = a.approval {
                     return self.approval_gate(session, ctx, policy).await;
                 }
-                ctx.outcome = Outcome::Allowed;
+                ctx.outcome = ctx.forwarded();
                 tracing::debug!(request_id = %ctx.request_id, agent = ctx.agent.as_ref().map(|a| &*a.id), route = ctx.route_name(), decision = "allow", "allowed");
                 Ok(false)
             }

@@ -25,7 +25,7 @@ use crate::policy::MetricsAccess;
 use crate::policy::{
     AccessLogTarget, AdminSettings, AdminToken, Agent, ApprovalMode, ApprovalPolicy,
     ApprovalSettings, Approver, ConnectionLimits, Credential, HostPattern, PathPattern, Route,
-    RouteTable, Secret, Settings, Snapshot, TokenService, Upstream, WebhookSettings,
+    RouteTable, Secret, Settings, Shadow, Snapshot, TokenService, Upstream, WebhookSettings,
 };
 use crate::proxy::headers::{DEFAULT_REFUSED_HEADERS, DEFAULT_STRIPPED_HEADERS};
 use base64::engine::general_purpose::STANDARD;
@@ -197,7 +197,18 @@ impl Compiler<'_> {
             .approvals
             .as_ref()
             .map(|a| self.approvals(a, &settings.admin_listen, &raw.issuers));
-        let routes = self.routes(&raw.routes, &upstream_index, &upstreams, approvals.as_ref());
+        let global_shadow = self.shadow(
+            "enforcement",
+            &raw.enforcement.mode,
+            &raw.enforcement.shadow,
+        );
+        let routes = self.routes(
+            &raw.routes,
+            &upstream_index,
+            &upstreams,
+            approvals.as_ref(),
+            global_shadow,
+        );
         identity.approver_claim = approvals
             .as_ref()
             .and_then(|a| a.jwt_approvers.as_ref())

@@ -9,6 +9,7 @@ impl Compiler<'_> {
         upstreams: &HashMap<String, usize>,
         compiled_upstreams: &[Arc<Upstream>],
         approvals: Option<&ApprovalSettings>,
+        global_shadow: Shadow,
     ) -> Vec<Route> {
         self.unique(
             "route",
@@ -113,9 +114,37 @@ impl Compiler<'_> {
                     approval: approval.flatten().map(Arc::new),
                     case_insensitive,
                     websocket: r.websocket,
+                    shadow: global_shadow.union(self.shadow(&p, &r.mode, &r.shadow)),
                 });
             }
         }
         out
+    }
+
+    /// A `mode` and `shadow` list pair (of a route, or of `enforcement:` when `p` is that).
+    pub(super) fn shadow(&mut self, p: &str, mode: &Option<String>, list: &[String]) -> Shadow {
+        let mut shadow = match mode.as_deref() {
+            None | Some("enforce") => Shadow::default(),
+            Some("shadow") => Shadow::ALL,
+            Some(other) => {
+                self.invalid(
+                    format!("{p}.mode"),
+                    format!("`{other}` is not `enforce` or `shadow`"),
+                );
+                Shadow::default()
+            }
+        };
+        for (j, name) in list.iter().enumerate() {
+            if !shadow.add(name) {
+                self.invalid(
+                    format!("{p}.shadow[{j}]"),
+                    format!(
+                        "`{name}` is not a policy that can be shadowed; use {} (identity, routing and request-meaning checks always enforce)",
+                        Shadow::NAMES.join(", ")
+                    ),
+                );
+            }
+        }
+        shadow
     }
 }
