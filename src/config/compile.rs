@@ -2,12 +2,14 @@
 //! collected. Expensive work (regexes, templates, key decoding, address resolution) happens
 //! here, once per load, never per request.
 
+use super::compile_limits::compile_limits;
 use super::error::{ConfigError, Issue, IssueKind};
 use super::locate::LineIndex;
 use super::parse::parse;
 use super::raw::*;
 use super::secret;
 use crate::identity::{IdentitySettings, IssuerConfig, KeySource, KeyStore, Verifier};
+use crate::policy::limits::Origin;
 use crate::policy::snapshot::{ApprovalLimits, UpstreamCa};
 use crate::policy::MetricsAccess;
 use crate::policy::{
@@ -1347,6 +1349,12 @@ impl Compiler<'_> {
                     Duration::from_secs(600),
                 )
             });
+            let limits = compile_limits(
+                &format!("{p}.limits"),
+                &r.limits,
+                Origin::Route,
+                &mut |path, msg| self.invalid(path, msg),
+            );
             if let (true, Some(path), Some(host), Some(upstream)) = (ok, path, host, upstream) {
                 out.push(Route {
                     name: r.name.as_str().into(),
@@ -1360,6 +1368,7 @@ impl Compiler<'_> {
                     approval: approval.flatten().map(Arc::new),
                     case_insensitive,
                     websocket: r.websocket,
+                    limits,
                 });
             }
         }
@@ -1437,6 +1446,12 @@ impl Compiler<'_> {
                     scopes: r.scopes.iter().cloned().collect(),
                     enabled: r.enabled.unwrap_or(true),
                     supervised,
+                    limits: compile_limits(
+                        &format!("{p}.limits"),
+                        &r.limits,
+                        Origin::Agent,
+                        &mut |path, msg| self.invalid(path, msg),
+                    ),
                 })
             });
         }

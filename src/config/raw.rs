@@ -159,6 +159,9 @@ pub struct RawAgent {
     pub enabled: Option<bool>,
     /// `standard` (default) or `supervised`: every write of a supervised agent needs approval.
     pub tier: Option<String>,
+    /// Rate and data-volume limits of this agent (scope `agent` or `agent_route`).
+    #[serde(default)]
+    pub limits: Vec<super::raw_limits::RawLimit>,
 }
 
 /// Header the gateway adds towards an upstream.
@@ -237,6 +240,9 @@ pub struct RawRoute {
     /// Allow WebSocket upgrades on this route (any other `Upgrade` is always refused).
     #[serde(default)]
     pub websocket: bool,
+    /// Rate and data-volume limits of this route (scope `route` or `agent_route`).
+    #[serde(default)]
+    pub limits: Vec<super::raw_limits::RawLimit>,
 }
 
 /// How calls needing approval are handled.

@@ -60,6 +60,12 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     /// Agent connections closed by a deadline, by phase (`headers`, `idle`).
     pub connections_timed_out: IntCounterVec,
+    /// Calls refused (or streams cut) by a rate or volume limit, by agent, route and limit kind
+    /// (`rate`, `volume`).
+    pub limited: IntCounterVec,
+    /// Body bytes charged to volume limits, by agent, route and direction (`request`,
+    /// `response`).
+    pub limit_volume_bytes: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -240,8 +246,20 @@ impl Metrics {
             "Agent connections closed by a deadline: headers not complete in time, or idle too long.",
             &["phase"],
         );
+        let limited = counter(
+            "portcullis_limited_total",
+            "Calls refused or streams cut by a limit, by agent, route and limit kind (rate, volume).",
+            &["agent", "route", "limit"],
+        );
+        let limit_volume_bytes = counter(
+            "portcullis_limit_volume_bytes_total",
+            "Body bytes charged to volume limits, by agent, route and direction (request, response).",
+            &["agent", "route", "direction"],
+        );
         config_last_reload_ok.set(1);
         Metrics {
+            limited,
+            limit_volume_bytes,
             connections_open,
             connections_refused,
             connections_timed_out,
@@ -311,6 +329,10 @@ mod tests {
             .with_label_values(&["a", "r", "allow", "200"])
             .inc();
         m.approval_decisions.with_label_values(&["approved"]).inc();
+        m.limited.with_label_values(&["a", "r", "rate"]).inc();
+        m.limit_volume_bytes
+            .with_label_values(&["a", "r", "response"])
+            .inc_by(10);
         let text = m.render();
         for name in [
             "portcullis_requests_total",
@@ -319,6 +341,8 @@ mod tests {
             "portcullis_approval_decisions_total",
             "portcullis_access_log_backpressure_total",
             "portcullis_token_verify_duration_seconds",
+            "portcullis_limited_total",
+            "portcullis_limit_volume_bytes_total",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

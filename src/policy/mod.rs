@@ -1,6 +1,7 @@
 //! Policy: the compiled [`Snapshot`] and the pure [`evaluate`] decision.
 
 pub mod decision;
+pub mod limits;
 pub mod path;
 pub mod route;
 pub mod snapshot;
