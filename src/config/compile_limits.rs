@@ -75,10 +75,18 @@ fn scope(
     Some(scope)
 }
 
+/// Longest period, and longest time a burst takes to refill: counters keep time in 64-bit
+/// nanoseconds (about 584 years), and no budget needs more than a year.
+const MAX_PERIOD: Duration = Duration::from_secs(366 * 86_400);
+
 fn period(path: &str, raw: &str, error: &mut dyn FnMut(String, String)) -> Option<Duration> {
     match humantime::parse_duration(raw) {
         Ok(d) if d.is_zero() => {
             error(path.into(), "the period must be greater than zero".into());
+            None
+        }
+        Ok(d) if d > MAX_PERIOD => {
+            error(path.into(), "the period must be at most 366 days".into());
             None
         }
         Ok(d) => Some(d),
@@ -124,6 +132,19 @@ fn rate_limit(
         error(
             format!("{p}.requests"),
             "more requests than nanoseconds in the period; use a longer `per`".into(),
+        );
+        return None;
+    }
+    let def = RateLimit {
+        requests,
+        per,
+        burst,
+    };
+    if def.interval().as_nanos() * u128::from(burst) > MAX_PERIOD.as_nanos() {
+        error(
+            format!("{p}.burst"),
+            "a burst this large takes more than 366 days to refill at this rate; lower `burst`"
+                .into(),
         );
         return None;
     }

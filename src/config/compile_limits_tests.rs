@@ -91,7 +91,9 @@ fn each_bad_value_is_reported_with_its_path() {
          - rate: {requests: 5000000000, per: 1s}\n\
          - rate: {requests: 2000, per: 1us}\n\
          - rate: {requests: 5, per: 1s}\n\
-         - rate: {requests: 5, per: 1s}\n",
+         - rate: {requests: 5, per: 1s}\n\
+         - volume: {bytes: 1, per: 1000y}\n\
+         - rate: {requests: 1, per: 1d, burst: 400}\n",
         Origin::Route,
     );
     let paths: Vec<&str> = errors.iter().map(|(p, _)| p.as_str()).collect();
@@ -111,6 +113,8 @@ fn each_bad_value_is_reported_with_its_path() {
             "routes[0].limits[7].rate.requests",
             "routes[0].limits[8].rate.requests",
             "routes[0].limits[10]",
+            "routes[0].limits[11].volume.per",
+            "routes[0].limits[12].rate.burst",
         ],
         "{errors:#?}"
     );

@@ -44,6 +44,20 @@
 //! the overshoot to one chunk per concurrent stream. The price is that a response crossing the
 //! budget is lost to the agent even though the tool did the work; operators size budgets well
 //! above the largest single legitimate response.
+//!
+//! # Wiring (what the proxy does)
+//!
+//! 1. Keep one [`crate::state::limits::LimitStore`] in the process state, outside the snapshot,
+//!    so counters survive reloads; call its `sweep` every few seconds.
+//! 2. In `request_filter`, once the route and agent are known:
+//!    `let applied = applicable(&agent.id, &agent.limits, &route.name, &route.limits);` then
+//!    [`decide`]`(&applied, &*store, content_length)`; on [`LimitDecision::Continue`] carry out the
+//!    rate part with [`crate::state::limits::acquire`] and keep the [`Charge`] in the CTX.
+//!    Either refusal → 429 with [`Refused::code`], [`refusal_message`], [`refusal_fields`] and
+//!    `Retry-After: `[`Refused::retry_after_secs`]; count `portcullis_limited_total`.
+//! 3. In `request_body_filter` / `response_body_filter`, for each chunk:
+//!    [`crate::state::limits::charge_chunk`]; on [`ChargeOutcome::Cut`] return an error so pingora
+//!    aborts the stream (do not forward the chunk), and count `portcullis_limited_total`.
 
 use std::fmt;
 use std::sync::Arc;
@@ -420,21 +434,17 @@ fn size(n: u64) -> String {
     }
 }
 
-fn whose(key: &LimitKey) -> String {
+/// "agent `bot` may make", "route `x` allows": who the limit binds, with the verb (`make` for
+/// requests, `move` for bytes).
+fn whose(key: &LimitKey, verb: &str) -> String {
+    let agent = key.agent.as_deref().unwrap_or_default();
+    let route = key.route.as_deref().unwrap_or_default();
     match (key.origin, key.scope) {
-        (Origin::Agent, Scope::Agent) => format!(
-            "agent `{}` may make",
-            key.agent.as_deref().unwrap_or_default()
-        ),
-        (Origin::Agent, _) => format!(
-            "agent `{}` may make, on each route (here `{}`),",
-            key.agent.as_deref().unwrap_or_default(),
-            key.route.as_deref().unwrap_or_default()
-        ),
-        (Origin::Route, _) => format!(
-            "route `{}` allows",
-            key.route.as_deref().unwrap_or_default()
-        ),
+        (Origin::Agent, Scope::Agent) => format!("agent `{agent}` may {verb}"),
+        (Origin::Agent, _) => {
+            format!("agent `{agent}` may {verb}, on each route (here `{route}`),")
+        }
+        (Origin::Route, _) => format!("route `{route}` allows"),
     }
 }
 
@@ -461,7 +471,7 @@ pub fn refusal_message(r: &Refused) -> String {
             };
             format!(
                 "{} {} requests per {}{}{burst}; this call was refused and nothing was sent to the tool; retry after {retry}, and slow down rather than retry in a loop",
-                whose(key),
+                whose(key, "make"),
                 l.requests,
                 Human(l.per),
                 suffix(key),
@@ -477,20 +487,59 @@ pub fn refusal_message(r: &Refused) -> String {
             match r.declared_bytes {
                 Some(n) => format!(
                     "{} {budget} of {what} per {}{}, and this call's body is {} (more than is left); it was refused and nothing was sent to the tool; send less data per call, or retry after {retry}",
-                    whose(key),
+                    whose(key, "move"),
                     Human(v.per),
                     suffix(key),
                     bytesize::ByteSize(n).display().si(),
                 ),
                 None => format!(
                     "{} {budget} of {what} per {}{}, and that budget is used up; this call was refused and nothing was sent to the tool; retry after {retry}",
-                    whose(key),
+                    whose(key, "move"),
                     Human(v.per),
                     suffix(key),
                 ),
             }
         }
     }
+}
+
+/// The extra fields of a 429 body, beside `error` ([`Refused::code`]), `message`
+/// ([`refusal_message`]) and `request_id`: which limit, in machine-readable form, so an agent
+/// framework can back off without parsing the sentence. `Retry-After` is
+/// [`Refused::retry_after_secs`].
+pub fn refusal_fields(r: &Refused) -> serde_json::Map<String, serde_json::Value> {
+    use serde_json::json;
+    let key = &r.applied.key;
+    let mut m = serde_json::Map::new();
+    m.insert("limit".into(), json!(r.metric_label()));
+    m.insert("limit_path".into(), json!(&*r.applied.limit.path));
+    m.insert("scope".into(), json!(key.scope.as_str()));
+    if let Some(a) = &key.agent {
+        m.insert("agent".into(), json!(&**a));
+    }
+    if let Some(route) = &key.route {
+        m.insert("route".into(), json!(&**route));
+    }
+    m.insert(
+        "retry_after_seconds".into(),
+        json!((r.retry_after.as_millis() as f64 / 1000.0).max(0.001)),
+    );
+    match r.applied.limit.def {
+        LimitDef::Rate(l) => {
+            m.insert("requests".into(), json!(l.requests));
+            m.insert("per_seconds".into(), json!(l.per.as_secs_f64()));
+            m.insert("burst".into(), json!(l.burst));
+        }
+        LimitDef::Volume(v) => {
+            m.insert("bytes".into(), json!(v.bytes));
+            m.insert("per_seconds".into(), json!(v.per.as_secs_f64()));
+            m.insert("direction".into(), json!(v.direction.as_str()));
+            if let Some(n) = r.declared_bytes {
+                m.insert("declared_bytes".into(), json!(n));
+            }
+        }
+    }
+    m
 }
 
 #[cfg(test)]

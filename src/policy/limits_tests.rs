@@ -278,10 +278,36 @@ fn messages_name_the_limit_its_scope_and_the_wait() {
         "{agent}"
     );
     let vol = msg(1, 1_800_000, None);
+    assert!(vol.starts_with("agent `bot` may move 50.0 MB"), "{vol}");
     assert!(
         vol.contains("50.0 MB of response bytes per 1h") && vol.contains("retry after 30m"),
         "{vol}"
     );
     let big = msg(1, 3_600_000, Some(2_000_000_000));
     assert!(big.contains("this call's body is 2.0 GB"), "{big}");
+}
+
+#[test]
+fn refusal_fields_say_which_limit_in_machine_form() {
+    let (a, r) = names();
+    let applied = applicable(
+        &a,
+        &Limits::default(),
+        &r,
+        &limits(&[(rate(10, 1_000, 10), Scope::AgentRoute)]),
+    );
+    let f = refusal_fields(&Refused {
+        applied: applied[0].clone(),
+        retry_after: Duration::from_millis(400),
+        declared_bytes: None,
+    });
+    let v = serde_json::Value::Object(f);
+    assert_eq!(
+        v,
+        serde_json::json!({
+            "limit": "rate", "limit_path": "x.limits[0]", "scope": "agent_route",
+            "agent": "bot", "route": "search", "retry_after_seconds": 0.4,
+            "requests": 10, "per_seconds": 1.0, "burst": 10
+        })
+    );
 }
