@@ -9,7 +9,7 @@ use super::parse::parse;
 use super::raw::*;
 use super::secret;
 use crate::identity::{IdentitySettings, IssuerConfig, KeySource, KeyStore, Verifier};
-use crate::policy::limits::Origin;
+use crate::policy::limits::{Limits, Origin};
 use crate::policy::snapshot::{ApprovalLimits, UpstreamCa};
 use crate::policy::MetricsAccess;
 use crate::policy::{
@@ -192,7 +192,18 @@ impl Compiler<'_> {
             .as_ref()
             .and_then(|a| a.jwt_approvers.as_ref())
             .map(|(_, claim)| claim.clone());
-        let agents = self.agents(&raw.agents, &raw.routes, approvals.is_some());
+        let default_limits = compile_limits(
+            "limits",
+            raw.limits.iter().map(|(i, l)| (*i, l)),
+            Origin::Agent,
+            &mut |path, msg| self.invalid(path, msg),
+        );
+        let agents = self.agents(
+            &raw.agents,
+            &raw.routes,
+            approvals.is_some(),
+            &default_limits,
+        );
         let admin = self.admin(&raw.admin);
 
         let verifier = if self.issues.is_empty() {
@@ -1351,7 +1362,7 @@ impl Compiler<'_> {
             });
             let limits = compile_limits(
                 &format!("{p}.limits"),
-                &r.limits,
+                r.limits.iter().enumerate(),
                 Origin::Route,
                 &mut |path, msg| self.invalid(path, msg),
             );
@@ -1383,6 +1394,7 @@ impl Compiler<'_> {
         raw: &[(usize, RawAgent)],
         routes: &[(usize, RawRoute)],
         has_approvals: bool,
+        default_limits: &Limits,
     ) -> HashMap<String, Arc<Agent>> {
         self.unique(
             "agent",
@@ -1446,12 +1458,15 @@ impl Compiler<'_> {
                     scopes: r.scopes.iter().cloned().collect(),
                     enabled: r.enabled.unwrap_or(true),
                     supervised,
-                    limits: compile_limits(
-                        &format!("{p}.limits"),
-                        &r.limits,
-                        Origin::Agent,
-                        &mut |path, msg| self.invalid(path, msg),
-                    ),
+                    limits: match &r.limits {
+                        Some(own) => compile_limits(
+                            &format!("{p}.limits"),
+                            own.iter().enumerate(),
+                            Origin::Agent,
+                            &mut |path, msg| self.invalid(path, msg),
+                        ),
+                        None => default_limits.clone(),
+                    },
                 })
             });
         }

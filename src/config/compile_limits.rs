@@ -8,16 +8,17 @@ use crate::policy::limits::{
 use std::time::Duration;
 
 /// Compile the `limits:` list found at `path` (e.g. `routes[3].limits`) of an agent
-/// ([`Origin::Agent`]) or a route ([`Origin::Route`]). Each problem is passed to
+/// ([`Origin::Agent`], also the top-level default) or a route ([`Origin::Route`]), given as
+/// (index in the file, item). Each problem is passed to
 /// `error(field path, message)`; the returned value is only meaningful when none was.
-pub fn compile_limits(
+pub fn compile_limits<'r>(
     path: &str,
-    raw: &[RawLimit],
+    raw: impl IntoIterator<Item = (usize, &'r RawLimit)>,
     origin: Origin,
     error: &mut dyn FnMut(String, String),
 ) -> Limits {
-    let mut items: Vec<Limit> = Vec::with_capacity(raw.len());
-    for (i, r) in raw.iter().enumerate() {
+    let mut items: Vec<Limit> = Vec::new();
+    for (i, r) in raw {
         let p = format!("{path}[{i}]");
         let limit = match (&r.rate, &r.volume) {
             (Some(rate), None) => rate_limit(&format!("{p}.rate"), rate, origin, error),

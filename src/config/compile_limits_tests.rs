@@ -9,9 +9,12 @@ use std::sync::Arc;
 fn compile(yaml: &str, origin: Origin) -> (Limits, Vec<(String, String)>) {
     let raw: Vec<RawLimit> = serde_yaml::from_str(yaml).expect("shape");
     let mut errors = Vec::new();
-    let limits = compile_limits("routes[0].limits", &raw, origin, &mut |p, m| {
-        errors.push((p, m))
-    });
+    let limits = compile_limits(
+        "routes[0].limits",
+        raw.iter().enumerate(),
+        origin,
+        &mut |p, m| errors.push((p, m)),
+    );
     (limits, errors)
 }
 
@@ -191,4 +194,41 @@ fn bad_limits_in_a_file_are_reported_with_path_and_line() {
         "agents[0].limits[0].volume.bytes",
         "{err}"
     );
+}
+
+#[test]
+fn top_level_limits_are_the_default_of_agents_without_their_own() {
+    let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys/jwks.json");
+    let yaml = |default: &str| {
+        format!(
+            "issuers:\n  - name: idp\n    issuer: https://idp.example.test\n    audiences: [tools]\n    algorithms: [ES256]\n    jwks_file: {keys}\n\
+             limits:\n{default}\
+             agents:\n  - id: plain\n    owner: alice@example.com\n    scopes: [t:read]\n\
+             \x20 - id: opted-out\n    owner: alice@example.com\n    scopes: [t:read]\n    limits: []\n\
+             \x20 - id: own\n    owner: alice@example.com\n    scopes: [t:read]\n    limits:\n      - rate: {{requests: 1, per: 1s}}\n\
+             upstreams:\n  - name: up\n    url: http://127.0.0.1:9/\n\
+             routes:\n  - name: all\n    path: /**\n    upstream: up\n    scopes: [t:read]\n"
+        )
+    };
+    let snap = load(&yaml("  - rate: {requests: 100, per: 1m}\n")).expect("valid");
+    let plain = &snap.agents["plain"].limits;
+    assert_eq!(plain.items.len(), 1);
+    assert_eq!(&*plain.items[0].path, "limits[0]");
+    assert_eq!(plain.items[0].scope, Scope::Agent);
+    assert!(snap.agents["opted-out"].limits.is_empty());
+    assert_eq!(
+        snap.agents["own"].limits.items[0].def,
+        LimitDef::Rate(RateLimit {
+            requests: 1,
+            per: Duration::from_secs(1),
+            burst: 1
+        })
+    );
+    let err = load(&yaml(
+        "  - rate: {requests: 100, per: 1m, scope: route}\n  - nonsense: 1\n",
+    ))
+    .unwrap_err();
+    let paths: Vec<&str> = err.issues().iter().map(|i| i.path.as_str()).collect();
+    assert!(paths.contains(&"limits[0].rate.scope"), "{err}");
+    assert!(paths.contains(&"limits[1].nonsense"), "{err}");
 }

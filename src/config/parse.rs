@@ -21,6 +21,7 @@ const SECTIONS: &[&str] = &[
     "access_log",
     "approvals",
     "admin",
+    "limits",
 ];
 
 /// Parse `text`; `Err` holds every problem found (syntax errors stop at the first, shape
@@ -86,6 +87,7 @@ pub fn parse(text: &str, index: &LineIndex) -> (RawConfig, Vec<Issue>) {
                 raw.approvals = a;
             }
             "admin" => ctx.one(&key, v, &mut raw.admin),
+            "limits" => raw.limits = ctx.list(&key, v),
             "issuers" => raw.issuers = ctx.list(&key, v),
             "agents" => raw.agents = ctx.list(&key, v),
             "upstreams" => raw.upstreams = ctx.list(&key, v),

@@ -159,9 +159,9 @@ pub struct RawAgent {
     pub enabled: Option<bool>,
     /// `standard` (default) or `supervised`: every write of a supervised agent needs approval.
     pub tier: Option<String>,
-    /// Rate and data-volume limits of this agent (scope `agent` or `agent_route`).
-    #[serde(default)]
-    pub limits: Vec<super::raw_limits::RawLimit>,
+    /// Rate and data-volume limits of this agent (scope `agent` or `agent_route`); absent = the
+    /// top-level `limits:`, `[]` = none.
+    pub limits: Option<Vec<super::raw_limits::RawLimit>>,
 }
 
 /// Header the gateway adds towards an upstream.
@@ -395,4 +395,6 @@ pub struct RawConfig {
     pub approvals: Option<RawApprovals>,
     /// `admin:`
     pub admin: RawAdmin,
+    /// `limits:` the limits of every agent that declares no `limits` of its own.
+    pub limits: Vec<(usize, super::raw_limits::RawLimit)>,
 }
