@@ -414,8 +414,9 @@ fn attack_a_huge_declared_length_is_refused_and_charges_nothing_a_lying_one_is_c
 
 #[test]
 fn attack_many_parallel_calls_share_one_rate() {
-    // Connections are not a key: 16 threads as 16 connections of the same agent.
-    let s = Arc::new(InProcessLimitStore::new());
+    // Connections are not a key: 16 threads as 16 connections of the same agent. The store is
+    // used the way the proxy holds it, as a trait object.
+    let s: Arc<dyn LimitStore> = Arc::new(InProcessLimitStore::new());
     let limits = one(
         LimitDef::Rate(rate(10, Duration::from_secs(3600), 10)),
         Scope::AgentRoute,
@@ -442,4 +443,38 @@ fn attack_many_parallel_calls_share_one_rate() {
         t.join().unwrap();
     }
     assert_eq!(admitted.load(Ordering::Relaxed), 10);
+}
+
+proptest::proptest! {
+    /// GCRA never admits more than `burst + elapsed / interval` requests over any run, whatever
+    /// the arrival pattern, and admits every request that a spacing of one interval allows.
+    #[test]
+    fn gcra_never_admits_more_than_burst_plus_the_rate(
+        requests in 1u32..50,
+        burst in 1u32..20,
+        gaps_ms in proptest::collection::vec(0u64..300, 1..200),
+    ) {
+        let (s, clock) = store();
+        let r = rate(requests, Duration::from_secs(1), burst);
+        let k = key(&on_route("bot", "r", LimitDef::Rate(r), Scope::Route));
+        let mut admitted = 0u64;
+        let mut elapsed = Duration::ZERO;
+        for gap in gaps_ms {
+            clock.advance(Duration::from_millis(gap));
+            elapsed += Duration::from_millis(gap);
+            match s.try_acquire(&k, &r) {
+                Ok(()) => admitted += 1,
+                Err(wait) => {
+                    // The wait it names is enough: after it, the request passes.
+                    proptest::prop_assert!(wait <= r.interval());
+                    clock.advance(wait);
+                    elapsed += wait;
+                    proptest::prop_assert_eq!(s.try_acquire(&k, &r), Ok(()));
+                    admitted += 1;
+                }
+            }
+            let bound = u64::from(burst) + (elapsed.as_nanos() / r.interval().as_nanos()) as u64;
+            proptest::prop_assert!(admitted <= bound, "{admitted} > {bound}");
+        }
+    }
 }
