@@ -373,8 +373,9 @@ pub fn decide<V: VolumeView + ?Sized>(
                     Ok(left) => {
                         if let Some(n) = declared_request_bytes {
                             if v.direction.counts(Direction::Request) && n > left {
-                                // A body larger than the whole budget can never pass: say so
-                                // with the full window, so the agent does not retry in a loop.
+                                // The view does not say when the window ends; the full
+                                // window is a safe upper bound (and a body larger than the
+                                // whole budget never passes: the message says so).
                                 return LimitDecision::Refuse(Refused {
                                     applied: a.clone(),
                                     retry_after: v.per,
