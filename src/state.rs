@@ -1,5 +1,8 @@
 //! Process-wide state shared by the proxy, the admin listener and the reloaders: the current
 //! [`Snapshot`] behind one `ArcSwap`, metrics, the access log, and the drain bookkeeping.
+//! Runtime counters live in submodules behind traits ([`limits`]).
+
+pub mod limits;
 
 use crate::approval::executor::Executor;
 use crate::approval::ApprovalService;

@@ -159,6 +159,9 @@ pub struct RawAgent {
     pub enabled: Option<bool>,
     /// `standard` (default) or `supervised`: every write of a supervised agent needs approval.
     pub tier: Option<String>,
+    /// Rate and data-volume limits of this agent (scope `agent` or `agent_route`); absent = the
+    /// top-level `limits:`, `[]` = none.
+    pub limits: Option<Vec<super::raw_limits::RawLimit>>,
 }
 
 /// Header the gateway adds towards an upstream.
@@ -243,6 +246,9 @@ pub struct RawRoute {
     /// Shadow only these policies on this route (`scopes`, `conditions`, `limits`).
     #[serde(default)]
     pub shadow: Vec<String>,
+    /// Rate and data-volume limits of this route (scope `route` or `agent_route`).
+    #[serde(default)]
+    pub limits: Vec<super::raw_limits::RawLimit>,
 }
 
 /// How calls needing approval are handled.
@@ -408,4 +414,6 @@ pub struct RawConfig {
     pub admin: RawAdmin,
     /// `enforcement:`
     pub enforcement: RawEnforcement,
+    /// `limits:` the limits of every agent that declares no `limits` of its own.
+    pub limits: Vec<(usize, super::raw_limits::RawLimit)>,
 }

@@ -62,6 +62,12 @@ pub struct Metrics {
     pub connections_timed_out: IntCounterVec,
     /// Calls a shadowed policy would have refused, by route and refusal code.
     pub shadow_denials: IntCounterVec,
+    /// Calls refused (or streams cut) by a rate or volume limit, by agent, route and limit kind
+    /// (`rate`, `volume`).
+    pub limited: IntCounterVec,
+    /// Body bytes charged to volume limits, by agent, route and direction (`request`,
+    /// `response`).
+    pub limit_volume_bytes: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -247,9 +253,21 @@ impl Metrics {
             "Calls forwarded in shadow mode that a policy would have refused, by route and refusal code.",
             &["route", "reason"],
         );
+        let limited = counter(
+            "portcullis_limited_total",
+            "Calls refused or streams cut by a limit, by agent, route and limit kind (rate, volume).",
+            &["agent", "route", "limit"],
+        );
+        let limit_volume_bytes = counter(
+            "portcullis_limit_volume_bytes_total",
+            "Body bytes charged to volume limits, by agent, route and direction (request, response).",
+            &["agent", "route", "direction"],
+        );
         config_last_reload_ok.set(1);
         Metrics {
             shadow_denials,
+            limited,
+            limit_volume_bytes,
             connections_open,
             connections_refused,
             connections_timed_out,
@@ -319,6 +337,10 @@ mod tests {
             .with_label_values(&["a", "r", "allow", "200"])
             .inc();
         m.approval_decisions.with_label_values(&["approved"]).inc();
+        m.limited.with_label_values(&["a", "r", "rate"]).inc();
+        m.limit_volume_bytes
+            .with_label_values(&["a", "r", "response"])
+            .inc_by(10);
         let text = m.render();
         for name in [
             "portcullis_requests_total",
@@ -327,6 +349,8 @@ mod tests {
             "portcullis_approval_decisions_total",
             "portcullis_access_log_backpressure_total",
             "portcullis_token_verify_duration_seconds",
+            "portcullis_limited_total",
+            "portcullis_limit_volume_bytes_total",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

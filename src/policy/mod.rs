@@ -5,6 +5,7 @@
 pub mod agents;
 pub mod approval;
 pub mod decision;
+pub mod limits;
 pub mod path;
 pub mod pipeline;
 pub mod route;

@@ -259,6 +259,8 @@ pub struct Route {
     /// Policies that only record what they would refuse on this route (the route's own
     /// `mode`/`shadow` and the global `enforcement:` section, merged at load time).
     pub shadow: Shadow,
+    /// Rate and data-volume limits declared on this route.
+    pub limits: super::limits::Limits,
 }
 
 /// Which shadowable policies of a route record `would_deny` instead of refusing. Identity,
@@ -484,6 +486,7 @@ mod tests {
             case_insensitive: false,
             websocket: false,
             shadow: Shadow::default(),
+            limits: Default::default(),
         }
     }
 

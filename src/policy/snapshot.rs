@@ -26,6 +26,8 @@ pub struct Agent {
     pub enabled: bool,
     /// `tier: supervised`: every write needs approval.
     pub supervised: bool,
+    /// Rate and data-volume limits declared on this agent.
+    pub limits: super::limits::Limits,
 }
 
 /// How a call that needs approval waits.

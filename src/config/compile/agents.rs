@@ -11,6 +11,7 @@ impl Compiler<'_> {
         raw: &[(usize, RawAgent)],
         routes: &[(usize, RawRoute)],
         has_approvals: bool,
+        default_limits: &Limits,
     ) -> HashMap<String, Arc<Agent>> {
         self.unique(
             "agent",
@@ -74,6 +75,15 @@ impl Compiler<'_> {
                     scopes: r.scopes.iter().cloned().collect(),
                     enabled: r.enabled.unwrap_or(true),
                     supervised,
+                    limits: match &r.limits {
+                        Some(own) => compile_limits(
+                            &format!("{p}.limits"),
+                            own.iter().enumerate(),
+                            Origin::Agent,
+                            &mut |path, msg| self.invalid(path, msg),
+                        ),
+                        None => default_limits.clone(),
+                    },
                 })
             });
         }

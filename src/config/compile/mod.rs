@@ -14,12 +14,14 @@ mod routes;
 mod settings;
 mod upstreams;
 
+use super::compile_limits::compile_limits;
 use super::error::{ConfigError, Issue, IssueKind};
 use super::locate::LineIndex;
 use super::parse::parse;
 use super::raw::*;
 use super::secret;
 use crate::identity::{IdentitySettings, IssuerConfig, KeySource, KeyStore, Verifier};
+use crate::policy::limits::{Limits, Origin};
 use crate::policy::snapshot::{ApprovalLimits, UpstreamCa};
 use crate::policy::MetricsAccess;
 use crate::policy::{
@@ -213,7 +215,18 @@ impl Compiler<'_> {
             .as_ref()
             .and_then(|a| a.jwt_approvers.as_ref())
             .map(|(_, claim)| claim.clone());
-        let agents = self.agents(&raw.agents, &raw.routes, approvals.is_some());
+        let default_limits = compile_limits(
+            "limits",
+            raw.limits.iter().map(|(i, l)| (*i, l)),
+            Origin::Agent,
+            &mut |path, msg| self.invalid(path, msg),
+        );
+        let agents = self.agents(
+            &raw.agents,
+            &raw.routes,
+            approvals.is_some(),
+            &default_limits,
+        );
         let admin = self.admin(&raw.admin);
 
         let verifier = if self.issues.is_empty() {

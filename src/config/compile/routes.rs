@@ -101,6 +101,12 @@ impl Compiler<'_> {
                     Duration::from_secs(600),
                 )
             });
+            let limits = compile_limits(
+                &format!("{p}.limits"),
+                r.limits.iter().enumerate(),
+                Origin::Route,
+                &mut |path, msg| self.invalid(path, msg),
+            );
             if let (true, Some(path), Some(host), Some(upstream)) = (ok, path, host, upstream) {
                 out.push(Route {
                     name: r.name.as_str().into(),
@@ -115,6 +121,7 @@ impl Compiler<'_> {
                     case_insensitive,
                     websocket: r.websocket,
                     shadow: global_shadow.union(self.shadow(&p, &r.mode, &r.shadow)),
+                    limits,
                 });
             }
         }
