@@ -11,6 +11,7 @@ use portcullis::identity::{
     IdentitySettings, IssuerConfig, KeySource, KeyStore, VerifiedToken, Verifier,
 };
 use portcullis::policy::{evaluate, normalize, Decision, RequestFacts, Snapshot};
+use portcullis::state::limits::InProcessLimitStore;
 use std::future::Future;
 use std::hint::black_box;
 use std::path::Path;
@@ -110,6 +111,8 @@ fn benches(c: &mut Criterion) {
     .map(|p| normalize(p, 4096).unwrap())
     .collect();
 
+    // What the proxy passes: the request's headers and the limit counters (no limits here).
+    let (no_headers, no_volumes) = (http::HeaderMap::new(), InProcessLimitStore::new());
     c.bench_function("route_match_and_scope_check_1000_routes", |b| {
         let mut i = 0;
         b.iter(|| {
@@ -120,6 +123,8 @@ fn benches(c: &mut Criterion) {
                 path: &paths[i],
                 token: &verified,
                 upgrade: None,
+                headers: &no_headers,
+                volumes: &no_volumes,
             };
             black_box(evaluate(&snap, black_box(&facts)))
         })
@@ -149,6 +154,8 @@ fn benches(c: &mut Criterion) {
                 path: &path,
                 token: &v,
                 upgrade: None,
+                headers: &no_headers,
+                volumes: &no_volumes,
             };
             let d = evaluate(&snap, &facts);
             assert!(matches!(d, Decision::Allow(_)));

@@ -153,6 +153,8 @@ impl pingora::services::background::BackgroundService for ApprovalSweeper {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tick.tick() => {
+                    // Idle limit counters (and those of limits a reload changed) go away.
+                    self.state.limits.sweep();
                     if let Some(svc) = self.state.approvals.load_full() {
                         svc.sweep().await;
                         let retention = self.state.snapshot.load().approvals.as_ref().map(|a| a.limits.retention);

@@ -43,6 +43,8 @@ pub struct GatewayState {
     pub approvals: ArcSwapOption<ApprovalService>,
     /// Forwards approved calls.
     pub executor: Executor,
+    /// Rate and volume counters. Outside the snapshot: a reload does not reset a budget.
+    pub limits: Arc<dyn limits::LimitStore>,
     next_version: AtomicU64,
     reload_lock: Mutex<()>,
     last_reload_error: Mutex<Option<String>>,
@@ -95,6 +97,7 @@ impl GatewayState {
             proxy_accepting: AtomicBool::new(false),
             approvals: ArcSwapOption::empty(),
             executor: Executor::new(),
+            limits: Arc::new(limits::InProcessLimitStore::new()),
             next_version: AtomicU64::new(next),
             reload_lock: Mutex::new(()),
             last_reload_error: Mutex::new(None),

@@ -2,6 +2,7 @@
 //! with the reason. The decision itself is [`super::pipeline::evaluate`], an ordered list of
 //! the policies in their own files; the tables below test it as a whole.
 
+use super::limits::{Charge, Refused, VolumeView};
 use super::path::NormalizedPath;
 use super::snapshot::{Agent, ApprovalPolicy};
 use crate::identity::VerifiedToken;
@@ -9,7 +10,6 @@ use http::Method;
 use std::sync::Arc;
 
 /// Everything the decision needs to know about a request.
-#[derive(Debug)]
 pub struct RequestFacts<'a> {
     /// Request method.
     pub method: &'a Method,
@@ -22,6 +22,22 @@ pub struct RequestFacts<'a> {
     /// The protocol the request asks to switch to (`Upgrade` header, or `""` when only
     /// `Connection: upgrade` is present); `None` for an ordinary request.
     pub upgrade: Option<&'a str>,
+    /// The request headers (read by the policies that need them, e.g. a declared body size).
+    pub headers: &'a http::HeaderMap,
+    /// Read-only view of the volume counters (the limits step reads, never writes them).
+    pub volumes: &'a dyn VolumeView,
+}
+
+impl std::fmt::Debug for RequestFacts<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestFacts")
+            .field("method", self.method)
+            .field("host", &self.host)
+            .field("path", self.path)
+            .field("subject", &self.token.subject)
+            .field("upgrade", &self.upgrade)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The call may go ahead.
@@ -36,6 +52,9 @@ pub struct Allowed {
     /// Shadow mode: the refusal a shadowed policy would have made (the first one); the call
     /// goes ahead and the access log and metrics record it.
     pub would_deny: Option<Denial>,
+    /// What the proxy must take from the limits' counters (rates before forwarding, volumes
+    /// as the bodies stream).
+    pub charge: Charge,
 }
 
 /// Why the call is refused.
@@ -82,6 +101,15 @@ pub enum Denial {
         /// Index of the host-scoped route.
         claimed_by: usize,
     },
+    /// A rate or volume limit refuses the call (429).
+    Limited {
+        /// The agent.
+        agent: Arc<Agent>,
+        /// Index of the route.
+        route: usize,
+        /// Which limit, and when a retry can pass.
+        refused: Box<Refused>,
+    },
     /// The request asks for a protocol upgrade the route does not allow.
     UpgradeNotAllowed {
         /// The agent.
@@ -103,6 +131,7 @@ impl Denial {
             | Denial::InsufficientScope { agent, .. }
             | Denial::PathParameter { agent }
             | Denial::HostScoped { agent, .. }
+            | Denial::Limited { agent, .. }
             | Denial::UpgradeNotAllowed { agent, .. } => Some(agent),
         }
     }
@@ -110,9 +139,9 @@ impl Denial {
     /// The route the call fell under, when one matched.
     pub fn route(&self) -> Option<usize> {
         match self {
-            Denial::InsufficientScope { route, .. } | Denial::UpgradeNotAllowed { route, .. } => {
-                Some(*route)
-            }
+            Denial::InsufficientScope { route, .. }
+            | Denial::UpgradeNotAllowed { route, .. }
+            | Denial::Limited { route, .. } => Some(*route),
             Denial::HostScoped { claimed_by, .. } => Some(*claimed_by),
             Denial::UnknownAgent { .. }
             | Denial::AgentDisabled { .. }
@@ -139,6 +168,7 @@ mod tests {
     use crate::policy::normalize;
     use crate::policy::snapshot::Snapshot;
     use crate::policy::{effective_scopes, evaluate};
+    use crate::state::limits::InProcessLimitStore;
     use std::path::Path;
 
     /// A snapshot of the fixture issuer plus `rest` (agents, upstreams, routes).
@@ -211,12 +241,15 @@ routes:
         let t = token(sub, scopes);
         let p = normalize(path, 999).unwrap();
         let m: Method = method.parse().unwrap();
+        let (no_headers, no_volumes) = (http::HeaderMap::new(), InProcessLimitStore::new());
         let facts = RequestFacts {
             method: &m,
             host: None,
             path: &p,
             token: &t,
             upgrade: None,
+            headers: &no_headers,
+            volumes: &no_volumes,
         };
         describe(s, evaluate(s, &facts))
     }
@@ -234,6 +267,7 @@ routes:
             Decision::Deny(Denial::UpgradeNotAllowed { protocol, .. }) => {
                 format!("upgrade_not_allowed {protocol}")
             }
+            Decision::Deny(Denial::Limited { refused, .. }) => refused.code().to_string(),
             Decision::Deny(Denial::InsufficientScope {
                 missing_all,
                 missing_any_of,
@@ -422,12 +456,15 @@ routes:
             let t = token("bot", &["read"]);
             let path = normalize(p, 999).unwrap();
             let method: Method = m.parse().unwrap();
+            let (no_headers, no_volumes) = (http::HeaderMap::new(), InProcessLimitStore::new());
             let facts = RequestFacts {
                 method: &method,
                 host: None,
                 path: &path,
                 token: &t,
                 upgrade: *up,
+                headers: &no_headers,
+                volumes: &no_volumes,
             };
             assert_eq!(describe(&s, evaluate(&s, &facts)), *want, "{m} {p} {up:?}");
         }

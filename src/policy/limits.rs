@@ -293,6 +293,9 @@ pub struct Refused {
     pub retry_after: Duration,
     /// For a declared request body larger than the budget left: its size.
     pub declared_bytes: Option<u64>,
+    /// The call was under way (its body crossed the budget and was cut): the tool may have
+    /// acted, so the message must not say that nothing was sent.
+    pub cut: bool,
 }
 
 impl Refused {
@@ -346,6 +349,14 @@ pub enum LimitDecision {
     Refuse(Refused),
 }
 
+/// The request body size a request declares (`Content-Length`), if it declares one.
+pub fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
 /// Decide whether a call may start. Pure: reads volume counters through `view`, changes
 /// nothing. Rate limits are not judged here but returned in the [`Charge`], because only an
 /// atomic take in the store keeps parallel calls from all passing the same last slot.
@@ -368,6 +379,7 @@ pub fn decide<V: VolumeView + ?Sized>(
                             applied: a.clone(),
                             retry_after,
                             declared_bytes: None,
+                            cut: false,
                         })
                     }
                     Ok(left) => {
@@ -380,6 +392,7 @@ pub fn decide<V: VolumeView + ?Sized>(
                                     applied: a.clone(),
                                     retry_after: v.per,
                                     declared_bytes: Some(n),
+                                    cut: false,
                                 });
                             }
                         }
@@ -492,6 +505,12 @@ pub fn refusal_message(r: &Refused) -> String {
                     Human(v.per),
                     suffix(key),
                     bytesize::ByteSize(n).display().si(),
+                ),
+                None if r.cut => format!(
+                    "{} {budget} of {what} per {}{}, and this call crossed it: the call was cut off part-way, so the tool may have acted on it; check before repeating a write, and retry after {retry}",
+                    whose(key, "move"),
+                    Human(v.per),
+                    suffix(key),
                 ),
                 None => format!(
                     "{} {budget} of {what} per {}{}, and that budget is used up; this call was refused and nothing was sent to the tool; retry after {retry}",

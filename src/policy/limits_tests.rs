@@ -222,6 +222,7 @@ fn retry_after_header_rounds_up_and_is_never_zero() {
         applied: applied.clone(),
         retry_after: d,
         declared_bytes: None,
+        cut: false,
     };
     assert_eq!(at(Duration::ZERO).retry_after_secs(), 1);
     assert_eq!(at(Duration::from_millis(400)).retry_after_secs(), 1);
@@ -262,6 +263,7 @@ fn messages_name_the_limit_its_scope_and_the_wait() {
             applied: applied[i].clone(),
             retry_after: Duration::from_millis(ms),
             declared_bytes: declared,
+            cut: false,
         })
     };
     let route = msg(2, 400, None);
@@ -300,6 +302,7 @@ fn refusal_fields_say_which_limit_in_machine_form() {
         applied: applied[0].clone(),
         retry_after: Duration::from_millis(400),
         declared_bytes: None,
+        cut: false,
     });
     let v = serde_json::Value::Object(f);
     assert_eq!(

@@ -3,7 +3,9 @@
 //! I/O, no clock, no `.await`, so the whole pipeline is unit-tested from tables and
 //! benchmarked alone (`benches/decision.rs`).
 
+use super::decision::Denial;
 use super::decision::{Allowed, Decision, RequestFacts};
+use super::limits::{self, Charge, LimitDecision};
 use super::snapshot::Snapshot;
 use super::{agents, approval, routing, scopes, upgrade};
 
@@ -42,12 +44,40 @@ pub fn evaluate(snap: &Snapshot, facts: &RequestFacts<'_>) -> Decision {
             return deny;
         }
     }
-    // 5. Tiered trust last: only a call that would otherwise pass is put to a human.
+    // 5. Rate and volume limits: volumes are read here (a budget already spent refuses the
+    //    call); rates are taken by the proxy with the returned charge, atomically.
+    let applied = limits::applicable(&agent.id, &agent.limits, &r.name, &r.limits);
+    let charge = if applied.is_empty() {
+        Charge::default()
+    } else {
+        let declared = limits::declared_length(facts.headers);
+        match limits::decide(&applied, facts.volumes, declared) {
+            LimitDecision::Continue(c) => c,
+            LimitDecision::Refuse(refused) => {
+                let d = Denial::Limited {
+                    agent: agent.clone(),
+                    route,
+                    refused: Box::new(refused),
+                };
+                if let Some(deny) = refuse(d, r.shadow.limits) {
+                    return deny;
+                }
+                Charge::default()
+            }
+        }
+    };
+    // 6. Tiered trust last: only a call that would otherwise pass is put to a human.
     let approval = approval::required(snap, r, agent, facts.method);
     Decision::Allow(Allowed {
         route,
         agent: agent.clone(),
         approval,
         would_deny,
+        charge: if r.shadow.limits {
+            // A shadowed limit only watches: it takes nothing and cuts nothing.
+            Charge::default()
+        } else {
+            charge
+        },
     })
 }

@@ -12,7 +12,8 @@ use crate::approval::executor::is_hop_by_hop;
 use crate::approval::store::{Approval, Mode, NewApproval, Status, StoreError};
 use crate::approval::{now_ms, rfc3339_ms, HoldOutcome};
 use crate::observe::Outcome;
-use crate::policy::{ApprovalMode, ApprovalPolicy, ApprovalSettings};
+use crate::policy::limits::Direction;
+use crate::policy::{ApprovalMode, ApprovalPolicy, ApprovalSettings, Denial};
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
@@ -72,12 +73,7 @@ fn headers_over_cap(headers: &[(String, Vec<u8>)], settings: &ApprovalSettings) 
 
 /// Read the whole request body, refusing (without reading on) once it passes `cap`.
 async fn read_body_capped(session: &mut Session, cap: u64) -> Result<Option<Bytes>> {
-    let declared = session
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let declared = crate::policy::limits::declared_length(&session.req_header().headers);
     if declared.is_some_and(|n| n > cap) {
         return Ok(None);
     }
@@ -402,6 +398,18 @@ impl Gateway {
             .upstream()
             .expect("allowed call has an upstream")
             .clone();
+        // The buffered body counts against request volume limits like a streamed one would.
+        let mut whole = Some(body);
+        if super::charge_body(&self.state, ctx, &mut whole, Direction::Request).is_err() {
+            let refused = ctx.cut.take().expect("set by charge_body");
+            let d = Denial::Limited {
+                agent: ctx.agent.clone().expect("allowed call has an agent"),
+                route: ctx.route.expect("allowed call has a route"),
+                refused,
+            };
+            return self.refuse(session, ctx, Refusal::Policy(d)).await;
+        }
+        let body = whole.unwrap_or_default();
         let mut req = session.req_header().clone();
         super::prepare_upstream(session, ctx, &mut req)?;
         let target = req
@@ -438,7 +446,25 @@ impl Gateway {
         session.write_response_header(Box::new(h), false).await?;
         loop {
             match resp.chunk().await {
-                Ok(Some(c)) => session.write_response_body(Some(c), false).await?,
+                Ok(Some(c)) => {
+                    let mut chunk = Some(c);
+                    if super::charge_body(&self.state, ctx, &mut chunk, Direction::Response)
+                        .is_err()
+                    {
+                        // Past a response volume budget: cut, as on the streaming path.
+                        ctx.cut = None;
+                        ctx.outcome = Outcome::Error {
+                            code: "volume_exceeded",
+                        };
+                        return Error::e_explain(
+                            ErrorType::Custom("volume_exceeded"),
+                            "volume budget crossed by an approved call's response",
+                        );
+                    }
+                    if let Some(c) = chunk {
+                        session.write_response_body(Some(c), false).await?;
+                    }
+                }
                 Ok(None) => break,
                 Err(e) => {
                     // Headers are out: all we can do is cut the connection.

@@ -19,9 +19,12 @@ pub mod upstream;
 
 use crate::identity::VerifiedToken;
 use crate::observe::{AccessRecord, LogTime, Outcome};
+use crate::policy::limits::{Charge, ChargeOutcome, Direction, Refused};
 use crate::policy::{
-    effective_scopes, evaluate, normalize, Agent, Decision, NormalizedPath, RequestFacts, Snapshot,
+    effective_scopes, evaluate, normalize, Agent, Decision, Denial, NormalizedPath, RequestFacts,
+    Snapshot,
 };
+use crate::state::limits::{acquire, charge_chunk};
 use crate::state::GatewayState;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -74,6 +77,10 @@ pub struct RequestCtx {
     outcome: Outcome,
     /// Shadow mode: the code of the refusal a shadowed policy would have made.
     would_deny: Option<&'static str>,
+    /// Volume limits to charge as the bodies stream (rates were taken before forwarding).
+    charge: Charge,
+    /// The volume limit that cut this call's stream, for `fail_to_proxy` to answer with.
+    cut: Option<Box<Refused>>,
     upstream_started: Option<Instant>,
     approval_id: Option<String>,
     /// Method, kept for the line written if the request is cut off before `logging`.
@@ -138,6 +145,11 @@ impl RequestCtx {
         let m = &state.metrics;
         let decision = self.outcome.decision();
         let reason = self.outcome.reason();
+        if let Some(kind) = reason.and_then(limit_kind) {
+            m.limited
+                .with_label_values(&[agent_label, &route, kind])
+                .inc();
+        }
         m.requests
             .with_label_values(&[agent_label, &route, decision, status_label(seen.status)])
             .inc();
@@ -289,6 +301,8 @@ impl ProxyHttp for Gateway {
             route: None,
             outcome: Outcome::Undecided,
             would_deny: None,
+            charge: Charge::default(),
+            cut: None,
             upstream_started: None,
             approval_id: None,
             method: None,
@@ -340,6 +354,8 @@ impl ProxyHttp for Gateway {
                 path: ctx.path.as_ref().expect("set above"),
                 token: &verified,
                 upgrade: requested_upgrade(session.req_header()),
+                headers: &session.req_header().headers,
+                volumes: &*self.state.limits,
             };
             evaluate(&snap, &facts)
         };
@@ -352,6 +368,20 @@ impl ProxyHttp for Gateway {
                     tracing::info!(request_id = %ctx.request_id, route = ctx.route_name(), would_deny = code, "shadow mode: forwarded a call a policy would refuse");
                     ctx.would_deny = Some(code);
                 }
+                // Rates are taken here, atomically per limit: a call that is refused later
+                // (override header, approval) still counts, as an attempt.
+                if !a.charge.rates.is_empty() {
+                    if let Err(refused) = acquire(&*self.state.limits, &a.charge) {
+                        let agent = ctx.agent.clone().expect("set above");
+                        let d = Denial::Limited {
+                            agent,
+                            route: a.route,
+                            refused,
+                        };
+                        return self.refuse(session, ctx, Refusal::Policy(d)).await;
+                    }
+                }
+                ctx.charge = a.charge;
                 // The request must not mean more upstream than what was just decided.
                 let req = session.req_header();
                 let up = ctx.upstream().expect("allowed call has an upstream");
@@ -420,12 +450,62 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    /// Volume limits on what the agent sends: a chunk past the budget is not forwarded and the
+    /// call is cut (see `policy::limits`).
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        charge_body(&self.state, ctx, body, Direction::Request)
+    }
+
+    /// Volume limits on what the tool answers, chunk by chunk.
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        charge_body(&self.state, ctx, body, Direction::Response)?;
+        Ok(None)
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        if let Some(refused) = ctx.cut.take() {
+            // A volume budget cut the stream: a 429 if nothing was answered yet, else the
+            // connection is cut mid-response.
+            let route = ctx.route.expect("a charged call has a route");
+            let agent = ctx.agent.clone().expect("a charged call has an agent");
+            let d = Denial::Limited {
+                agent,
+                route,
+                refused,
+            };
+            if session.response_written().is_none()
+                && self.refuse(session, ctx, Refusal::Policy(d)).await.is_ok()
+            {
+                return FailToProxy {
+                    error_code: 429,
+                    can_reuse_downstream: false,
+                };
+            }
+            ctx.outcome = Outcome::Error {
+                code: "volume_exceeded",
+            };
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
         let failure = upstream::classify(e);
         let refusal = match (failure, e.esource()) {
             (Some(f), _) => {
@@ -459,8 +539,14 @@ impl ProxyHttp for Gateway {
             }
         };
         if session.response_written().is_some() {
-            // Headers already went out: the best we can do is cut the connection.
-            ctx.outcome = refusal.outcome(refusal.render("", None).code);
+            // Headers already went out: the best we can do is cut the connection. An ending
+            // recorded where it happened (an upstream or volume cut) is the more precise one.
+            if !matches!(
+                ctx.outcome,
+                Outcome::Error { .. } | Outcome::UpstreamError { .. }
+            ) {
+                ctx.outcome = refusal.outcome(refusal.render("", None).code);
+            }
             return FailToProxy {
                 error_code: 0,
                 can_reuse_downstream: false,
@@ -518,6 +604,56 @@ fn prepare_upstream(session: &Session, ctx: &RequestCtx, req: &mut RequestHeader
         query: session.req_header().uri.query(),
     };
     prepare_upstream_request(req, &forwarding)
+}
+
+/// Charge a body chunk to the call's volume limits; past a budget the chunk is dropped and
+/// the stream is cut with an error (the agent sees an incomplete response, never a shorter
+/// one that looks whole).
+fn charge_body(
+    state: &GatewayState,
+    ctx: &mut RequestCtx,
+    body: &mut Option<Bytes>,
+    flow: Direction,
+) -> Result<()> {
+    if ctx.charge.volumes.is_empty() {
+        return Ok(());
+    }
+    let Some(chunk) = body.as_ref() else {
+        return Ok(());
+    };
+    let n = chunk.len() as u64;
+    if let (Some(agent), true) = (&ctx.agent, n > 0) {
+        let dir = match flow {
+            Direction::Request => "request",
+            Direction::Response | Direction::Both => "response",
+        };
+        state
+            .metrics
+            .limit_volume_bytes
+            .with_label_values(&[&agent.id, ctx.route_name(), dir])
+            .inc_by(n);
+    }
+    match charge_chunk(&*state.limits, &ctx.charge, flow, n) {
+        ChargeOutcome::Continue => Ok(()),
+        ChargeOutcome::Cut(refused) => {
+            *body = None;
+            tracing::info!(request_id = %ctx.request_id, route = ctx.route_name(), limit = %refused.applied.limit.path, "volume budget crossed: stream cut");
+            ctx.cut = Some(Box::new(refused));
+            Error::e_explain(VOLUME_CUT, "volume budget crossed")
+        }
+    }
+}
+
+/// The error that cuts a stream at a volume budget (`fail_to_proxy` recognises it).
+const VOLUME_CUT: ErrorType = ErrorType::Custom("volume_exceeded");
+
+/// The `limit` label of `portcullis_limited_total` for a refusal code of a limit.
+fn limit_kind(code: &str) -> Option<&'static str> {
+    match code {
+        "rate_limited" => Some("rate"),
+        "volume_exceeded" => Some("volume"),
+        _ => None,
+    }
 }
 
 /// The agent's IP address.

@@ -7,6 +7,7 @@
 use super::headers::BearerProblem;
 use crate::identity::TokenError;
 use crate::observe::Outcome;
+use crate::policy::limits;
 use crate::policy::{Denial, HostPattern, PathError, Snapshot};
 use http::Method;
 use serde_json::{json, Map, Value};
@@ -328,6 +329,11 @@ impl Refusal {
                         (403, "no_route", format!(
                             "this method and path are reserved to host `{host}` (route `{route_name}`); send the call with that Host and a token the route accepts"
                         ))
+                    }
+                    Denial::Limited { refused, .. } => {
+                        retry_after = Some(refused.retry_after_secs());
+                        extra.extend(limits::refusal_fields(refused));
+                        (429, refused.code(), limits::refusal_message(refused))
                     }
                     Denial::UpgradeNotAllowed {
                         agent,

@@ -249,6 +249,7 @@ pub fn acquire(store: &dyn LimitStore, charge: &Charge) -> Result<(), Box<Refuse
                 applied: applied.clone(),
                 retry_after,
                 declared_bytes: None,
+                cut: false,
             }));
         }
     }
@@ -275,6 +276,7 @@ pub fn charge_chunk(
                 applied: applied.clone(),
                 retry_after,
                 declared_bytes: None,
+                cut: true,
             });
         }
     }
