@@ -2,12 +2,15 @@
 //! collected. Expensive work (regexes, templates, key decoding, address resolution) happens
 //! here, once per load, never per request.
 
+use super::compile_conditions::compile_conditions;
 use super::error::{ConfigError, Issue, IssueKind};
 use super::locate::LineIndex;
 use super::parse::parse;
 use super::raw::*;
+use super::raw_conditions::RawCondition;
 use super::secret;
 use crate::identity::{IdentitySettings, IssuerConfig, KeySource, KeyStore, Verifier};
+use crate::policy::conditions::Conditions;
 use crate::policy::snapshot::{ApprovalLimits, UpstreamCa};
 use crate::policy::MetricsAccess;
 use crate::policy::{
@@ -1347,6 +1350,7 @@ impl Compiler<'_> {
                     Duration::from_secs(600),
                 )
             });
+            let conditions = self.conditions(&format!("{p}.conditions"), &r.conditions);
             if let (true, Some(path), Some(host), Some(upstream)) = (ok, path, host, upstream) {
                 out.push(Route {
                     name: r.name.as_str().into(),
@@ -1360,6 +1364,7 @@ impl Compiler<'_> {
                     approval: approval.flatten().map(Arc::new),
                     case_insensitive,
                     websocket: r.websocket,
+                    conditions,
                 });
             }
         }
@@ -1429,6 +1434,7 @@ impl Compiler<'_> {
                     );
                 }
             }
+            let conditions = self.conditions(&format!("{p}.conditions"), &r.conditions);
             out.entry(r.id.clone()).or_insert_with(|| {
                 Arc::new(Agent {
                     id: r.id.as_str().into(),
@@ -1437,10 +1443,21 @@ impl Compiler<'_> {
                     scopes: r.scopes.iter().cloned().collect(),
                     enabled: r.enabled.unwrap_or(true),
                     supervised,
+                    conditions,
                 })
             });
         }
         out
+    }
+
+    /// A `conditions:` list; its problems become issues at their field paths.
+    fn conditions(&mut self, base: &str, raw: &[RawCondition]) -> Conditions {
+        let mut errors = Vec::new();
+        let c = compile_conditions(base, raw, &mut errors);
+        for (path, msg) in errors {
+            self.invalid(path, msg);
+        }
+        c
     }
 }
 

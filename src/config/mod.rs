@@ -2,10 +2,12 @@
 //! and the compile step into the immutable [`crate::policy::Snapshot`] ([`compile`]).
 
 pub mod compile;
+pub mod compile_conditions;
 pub mod error;
 pub mod locate;
 pub mod parse;
 pub mod raw;
+pub mod raw_conditions;
 pub mod secret;
 
 pub use compile::{load_file, load_str, LoadContext};

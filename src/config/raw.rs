@@ -159,6 +159,9 @@ pub struct RawAgent {
     pub enabled: Option<bool>,
     /// `standard` (default) or `supervised`: every write of a supervised agent needs approval.
     pub tier: Option<String>,
+    /// Conditions every call of this agent must meet, on any route.
+    #[serde(default)]
+    pub conditions: Vec<super::raw_conditions::RawCondition>,
 }
 
 /// Header the gateway adds towards an upstream.
@@ -237,6 +240,10 @@ pub struct RawRoute {
     /// Allow WebSocket upgrades on this route (any other `Upgrade` is always refused).
     #[serde(default)]
     pub websocket: bool,
+    /// Contextual conditions (time, network, claims, request facts, CEL); see README
+    /// `## Conditions`.
+    #[serde(default)]
+    pub conditions: Vec<super::raw_conditions::RawCondition>,
 }
 
 /// How calls needing approval are handled.

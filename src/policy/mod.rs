@@ -1,5 +1,6 @@
 //! Policy: the compiled [`Snapshot`] and the pure [`evaluate`] decision.
 
+pub mod conditions;
 pub mod decision;
 pub mod path;
 pub mod route;

@@ -256,6 +256,8 @@ pub struct Route {
     pub case_insensitive: bool,
     /// `websocket: true`: a WebSocket upgrade may pass; any other `Upgrade` never does.
     pub websocket: bool,
+    /// Contextual conditions of the route (empty: none).
+    pub conditions: super::conditions::Conditions,
 }
 
 /// What a route with no `methods:` allows: the ordinary methods, never `TRACE`, `CONNECT` or a
@@ -435,6 +437,7 @@ mod tests {
             approval: None,
             case_insensitive: false,
             websocket: false,
+            conditions: Default::default(),
         }
     }
 

@@ -26,6 +26,8 @@ pub struct Agent {
     pub enabled: bool,
     /// `tier: supervised`: every write needs approval.
     pub supervised: bool,
+    /// Conditions every call of the agent must meet (empty: none).
+    pub conditions: super::conditions::Conditions,
 }
 
 /// How a call that needs approval waits.
