@@ -463,6 +463,17 @@ fn value_test(p: &str, r: &RawValueTest, field_key: &str, err: &mut Err<'_>) -> 
     .into_iter()
     .filter_map(|(c, n)| n.clone().map(|n| (c, n)))
     .collect();
+    let lower = r.gt.as_ref().or(r.gte.as_ref()).and_then(|n| n.as_f64());
+    let upper = r.lt.as_ref().or(r.lte.as_ref()).and_then(|n| n.as_f64());
+    if let (Some(lo), Some(hi)) = (lower, upper) {
+        if lo > hi {
+            err(
+                p.into(),
+                format!("the lower bound {lo} is above the upper bound {hi}: it never holds"),
+            );
+            ok = false;
+        }
+    }
     let tests = r.equals.is_some() as usize
         + r.any_of.is_some() as usize
         + r.contains.is_some() as usize
@@ -550,4 +561,198 @@ fn param_test(p: &str, r: &RawParamTest, header: bool, err: &mut Err<'_>) -> Opt
         present: r.present,
         regex,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{load_str, LoadContext};
+    use crate::identity::KeyStore;
+    use crate::policy::conditions::ConditionKind;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    fn ctx() -> LoadContext {
+        LoadContext::new(KeyStore::new(Arc::new(|_| {})), 1)
+    }
+
+    /// A valid gateway file whose first route and agent carry `route` and `agent` conditions.
+    fn config(route: &str, agent: &str) -> String {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys");
+        format!(
+            r#"issuers:
+  - name: idp
+    issuer: https://idp.example.test
+    audiences: [tools]
+    algorithms: [ES256]
+    jwks_file: {dir}/jwks.json
+agents:
+  - id: bot
+    owner: alice@example.com
+    scopes: [tickets:read]
+    conditions:
+{agent}
+upstreams:
+  - name: tickets
+    url: http://127.0.0.1:9/
+routes:
+  - name: tickets
+    path: /api/**
+    upstream: tickets
+    scopes: [tickets:read]
+    conditions:
+{route}
+"#
+        )
+    }
+
+    #[test]
+    fn conditions_config_compiles_into_routes_and_agents() {
+        let route = r#"      - name: business-hours
+        time: {days: [mon, tue, wed, thu, fri], hours: "09:00-18:00", zone: Europe/Paris}
+      - network: {from: [10.0.0.0/8, 192.168.0.0/16], not_from: [10.6.0.0/16]}
+      - claim: {name: env, equals: prod}
+      - claim: {name: device_trust, gte: 3}
+      - json: {field: amount, lte: 100, max_body_bytes: 4096}
+        on_fail: approve
+      - query: {name: limit, regex: "[0-9]{1,3}"}
+      - header: {name: X-Env, in: [prod, staging]}
+      - max_body_bytes: 1048576
+      - cel: 'request.method == "GET" || token.claims.env == "prod"'"#;
+        let agent = "      - time: {hours: [\"08:00-12:00\", \"22:00-02:00\"], zone: UTC}";
+        let snap = load_str(&config(route, agent), Path::new("."), "<test>", &ctx())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let r = &snap.routes.routes[0];
+        assert_eq!(r.conditions.len(), 9);
+        assert_eq!(r.conditions.needs_body(), Some(4096));
+        let names: Vec<&str> = r.conditions.iter().map(|c| &**c.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "business-hours",
+                "network[1]",
+                "claim[2]",
+                "claim[3]",
+                "json[4]",
+                "query[5]",
+                "header[6]",
+                "max_body_bytes[7]",
+                "cel[8]"
+            ]
+        );
+        match r.conditions.iter().next().unwrap().kind() {
+            ConditionKind::Time(t) => assert_eq!(t.text, "Mon-Fri 09:00-18:00 Europe/Paris"),
+            other => panic!("{other:?}"),
+        }
+        let a = &snap.agents["bot"];
+        assert_eq!(a.conditions.len(), 1);
+        assert_eq!(a.conditions.needs_body(), None);
+    }
+
+    #[test]
+    fn conditions_config_reports_each_bad_value_with_its_path_and_line() {
+        let route = r#"      - time: {days: [mon, funday], hours: "9-18", zone: Europe/Pariss}
+      - network: {from: [10.0.0.300/8, 10.1.0.0/8]}
+      - claim: {name: env, equals: [prod]}
+      - claim: {name: device_trust, gte: 3.5, lte: 2}
+      - json: {field: amount}
+      - query: {name: limit, regex: "[0-9"}
+      - header: {name: "bad header", equals: x}
+      - cel: 'request.method =='
+      - cel: 'reqest.method == "GET"'
+      - claim: {name: env, equals: prod}
+        network: {from: [10.0.0.0/8]}
+        on_fail: maybe
+      - name: twice
+        max_body_bytes: 1
+      - name: twice
+        max_body_bytes: 2
+      - {}"#;
+        let agent = "      - network: {not_from: ['::ffff:10.0.0.1/200']}";
+        let err = load_str(&config(route, agent), Path::new("."), "<test>", &ctx())
+            .expect_err("must be refused");
+        let got: Vec<(String, Option<usize>, String)> = err
+            .issues()
+            .iter()
+            .map(|i| (i.path.clone(), i.line, i.kind.to_string()))
+            .collect();
+        let has = |path: &str, text: &str| {
+            assert!(
+                got.iter()
+                    .any(|(p, line, m)| p == path && line.is_some() && m.contains(text)),
+                "no `{text}` at {path} in {got:#?}"
+            )
+        };
+        let c = "routes[0].conditions";
+        has(&format!("{c}[0].time.days[1]"), "`funday` is not a day");
+        has(&format!("{c}[0].time.hours"), "`9-18` is not a range");
+        has(
+            &format!("{c}[0].time.zone"),
+            "`Europe/Pariss` is not an IANA time zone",
+        );
+        has(
+            &format!("{c}[1].network.from[0]"),
+            "`10.0.0.300/8` is not a network",
+        );
+        has(
+            &format!("{c}[1].network.from[1]"),
+            "did you mean `10.0.0.0/8`?",
+        );
+        has(
+            &format!("{c}[2].claim.equals"),
+            "must be a string, number or boolean",
+        );
+        has(&format!("{c}[3].claim"), "never holds");
+        has(&format!("{c}[4].json"), "set a test");
+        has(&format!("{c}[5].query.regex"), "invalid regex");
+        has(&format!("{c}[6].header.name"), "is not a header name");
+        has(
+            &format!("{c}[7].cel"),
+            "invalid CEL expression: expression line 1 column",
+        );
+        has(&format!("{c}[8].cel"), "unknown variable `reqest`");
+        has(&format!("{c}[9]"), "one condition per entry");
+        has(
+            &format!("{c}[9].on_fail"),
+            "`maybe` is not `deny` or `approve`",
+        );
+        has(&format!("{c}[11].name"), "duplicate condition name `twice`");
+        has(&format!("{c}[12]"), "set one of time, network");
+        has(
+            "agents[0].conditions[0].network.not_from[0]",
+            "is not a network",
+        );
+    }
+
+    /// Shape errors come from the YAML parser (the route is then left out as a whole), with
+    /// their path and line too.
+    #[test]
+    fn conditions_config_shape_errors_name_their_field() {
+        for (cond, path, text) in [
+            (
+                "      - claim: {name: device_trust, gte: \"3\"}",
+                "routes[0].conditions[0].claim.gte",
+                "expected a JSON number",
+            ),
+            (
+                "      - clam: {name: env, equals: prod}",
+                "routes[0].conditions[0]",
+                "unknown field `clam`",
+            ),
+            (
+                "      - time: {zone: UTC, hour: \"09:00-10:00\"}",
+                "routes[0].conditions[0].time",
+                "unknown field `hour`",
+            ),
+        ] {
+            let agent = "      - max_body_bytes: 10";
+            let err = load_str(&config(cond, agent), Path::new("."), "<test>", &ctx())
+                .expect_err("must be refused");
+            assert!(
+                err.issues().iter().any(|i| i.path.starts_with(path)
+                    && i.line.is_some()
+                    && i.kind.to_string().contains(text)),
+                "{cond}: {err}"
+            );
+        }
+    }
 }

@@ -839,7 +839,15 @@ impl Eq for CelCondition {}
 impl CelCondition {
     /// Compile `source`; the error is readable and names the line and column of a syntax error.
     pub fn compile(source: &str, max_body_bytes: u64) -> Result<CelCondition, String> {
-        let program = CEL_ENV.compile(source).map_err(|e| e.to_string())?;
+        let program = CEL_ENV.compile(source).map_err(|e| {
+            // One line per error, positions within the expression (the config issue carries
+            // the file line).
+            e.errors
+                .iter()
+                .map(|e| format!("expression line {} column {}: {}", e.pos.0, e.pos.1, e.msg))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
         let refs = program.references();
         let mut unknown: Vec<&str> = refs
             .variables()
