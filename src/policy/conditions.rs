@@ -54,7 +54,8 @@ pub enum BodyFact<'a> {
 }
 
 /// The facts of one request that conditions read. Everything is borrowed: the proxy owns it.
-#[derive(Debug, Clone, Copy)]
+/// (`Debug` leaves out header values and claims: they hold credentials.)
+#[derive(Clone, Copy)]
 pub struct ConditionFacts<'a> {
     /// The time of the decision.
     pub now: SystemTime,
@@ -78,6 +79,25 @@ pub struct ConditionFacts<'a> {
     /// The body, as far as it was read.
     pub body: BodyFact<'a>,
 }
+
+impl fmt::Debug for ConditionFacts<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConditionFacts")
+            .field("now", &self.now)
+            .field("client_ip", &self.client_ip)
+            .field("method", self.method)
+            .field("path", &self.path)
+            .field("headers", &self.headers.len())
+            .field("body_len", &self.body_len)
+            .field("claims", &self.claims.len())
+            .field("agent", &self.agent)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Headers CEL expressions never see: the agent's own credential must not reach an expression
+/// whose error text could quote it into a refusal or a log line. Its claims are `token.claims`.
+const CEL_HIDDEN_HEADERS: [&str; 3] = ["authorization", "proxy-authorization", "cookie"];
 
 /// What a failing condition does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -958,6 +978,9 @@ impl CelCondition {
         if self.uses.headers {
             let mut h: HashMap<String, cel::Value> = HashMap::new();
             for name in f.headers.keys() {
+                if CEL_HIDDEN_HEADERS.contains(&name.as_str()) {
+                    continue;
+                }
                 let mut all = f.headers.get_all(name).iter();
                 let first = all.next();
                 if all.next().is_some() && self.mentions(name.as_str()) {

@@ -427,6 +427,9 @@ fn conditions_json_body_parser_refuses_duplicate_keys() {
     }
     let e = parse_json_body(br#"{"amount": 5, "amount": 5000}"#).unwrap_err();
     assert!(e.contains("`amount` appears more than once"), "{e}");
+    // Nesting is bounded (serde_json's recursion limit), so a deep body cannot exhaust the stack.
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    assert!(parse_json_body(deep.as_bytes()).is_err());
     // Escaped key spellings are the same key once decoded.
     assert!(parse_json_body(br#"{"amount": 5, "\u0061mount": 5000}"#).is_err());
 }
@@ -616,6 +619,14 @@ fn conditions_cel_expressions() {
                 .header("x-mode", "safe"),
             false,
             "repeated header it names",
+        ),
+        (
+            r#"!("authorization" in request.headers) && !("cookie" in request.headers)"#,
+            Req::new()
+                .header("authorization", "Bearer x")
+                .header("cookie", "a=b"),
+            true,
+            "the credential is hidden",
         ),
         (
             r#"request.body.amount <= 100"#,
