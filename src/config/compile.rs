@@ -1350,7 +1350,11 @@ impl Compiler<'_> {
                     Duration::from_secs(600),
                 )
             });
-            let conditions = self.conditions(&format!("{p}.conditions"), &r.conditions);
+            let conditions = self.conditions(
+                &format!("{p}.conditions"),
+                &r.conditions,
+                approvals.is_some(),
+            );
             if let (true, Some(path), Some(host), Some(upstream)) = (ok, path, host, upstream) {
                 out.push(Route {
                     name: r.name.as_str().into(),
@@ -1434,7 +1438,8 @@ impl Compiler<'_> {
                     );
                 }
             }
-            let conditions = self.conditions(&format!("{p}.conditions"), &r.conditions);
+            let conditions =
+                self.conditions(&format!("{p}.conditions"), &r.conditions, has_approvals);
             out.entry(r.id.clone()).or_insert_with(|| {
                 Arc::new(Agent {
                     id: r.id.as_str().into(),
@@ -1451,9 +1456,17 @@ impl Compiler<'_> {
     }
 
     /// A `conditions:` list; its problems become issues at their field paths.
-    fn conditions(&mut self, base: &str, raw: &[RawCondition]) -> Conditions {
+    fn conditions(&mut self, base: &str, raw: &[RawCondition], has_approvals: bool) -> Conditions {
         let mut errors = Vec::new();
         let c = compile_conditions(base, raw, &mut errors);
+        for (i, r) in raw.iter().enumerate() {
+            if !has_approvals && r.on_fail.as_deref() == Some("approve") {
+                errors.push((
+                    format!("{base}[{i}].on_fail"),
+                    "`approve` needs an `approvals:` section (store and approvers)".into(),
+                ));
+            }
+        }
         for (path, msg) in errors {
             self.invalid(path, msg);
         }

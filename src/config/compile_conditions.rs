@@ -577,6 +577,11 @@ mod tests {
 
     /// A valid gateway file whose first route and agent carry `route` and `agent` conditions.
     fn config(route: &str, agent: &str) -> String {
+        config_with(route, agent, "")
+    }
+
+    /// [`config`] with `extra` top-level sections.
+    fn config_with(route: &str, agent: &str, extra: &str) -> String {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys");
         format!(
             r#"issuers:
@@ -601,7 +606,7 @@ routes:
     scopes: [tickets:read]
     conditions:
 {route}
-"#
+{extra}"#
         )
     }
 
@@ -619,8 +624,17 @@ routes:
       - max_body_bytes: 1048576
       - cel: 'request.method == "GET" || token.claims.env == "prod"'"#;
         let agent = "      - time: {hours: [\"08:00-12:00\", \"22:00-02:00\"], zone: UTC}";
-        let snap = load_str(&config(route, agent), Path::new("."), "<test>", &ctx())
-            .unwrap_or_else(|e| panic!("{e}"));
+        let approvals = format!(
+            "approvals:\n  store: a.db\n  approvers:\n    - {{name: alice, token_sha256: \"{}\"}}\n",
+            "ab".repeat(32)
+        );
+        let snap = load_str(
+            &config_with(route, agent, &approvals),
+            Path::new("."),
+            "<test>",
+            &ctx(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let r = &snap.routes.routes[0];
         assert_eq!(r.conditions.len(), 9);
         assert_eq!(r.conditions.needs_body(), Some(4096));
@@ -666,7 +680,9 @@ routes:
         max_body_bytes: 1
       - name: twice
         max_body_bytes: 2
-      - {}"#;
+      - {}
+      - max_body_bytes: 3
+        on_fail: approve"#;
         let agent = "      - network: {not_from: ['::ffff:10.0.0.1/200']}";
         let err = load_str(&config(route, agent), Path::new("."), "<test>", &ctx())
             .expect_err("must be refused");
@@ -720,6 +736,10 @@ routes:
         has(
             "agents[0].conditions[0].network.not_from[0]",
             "is not a network",
+        );
+        has(
+            &format!("{c}[13].on_fail"),
+            "`approve` needs an `approvals:` section",
         );
     }
 
