@@ -18,6 +18,16 @@
 //! first condition with `on_fail: deny` that fails ends the check ([`ConditionOutcome::Deny`]);
 //! a failing `on_fail: approve` condition is remembered and the check goes on, since a later
 //! deny must win over a step-up. The trace lists every condition that ran.
+//!
+//! # Calling it
+//!
+//! A route's and an agent's conditions are both [`Conditions`]. Before the check, the proxy
+//! asks [`Conditions::needs_body`] of both; when either is `Some(max)`, it buffers up to `max`
+//! bytes and parses them with [`parse_json_body`] into a [`BodyFact`] (`TooLarge` past the
+//! limit, `NotJson` on a parse error). It then fills one [`ConditionFacts`] and calls
+//! [`Conditions::check`] on each; a `Deny` from either wins over a `RequireApproval`.
+//! `client_ip` is the effective client address: choosing it (TCP peer, or `X-Forwarded-For`
+//! behind trusted proxies) is the proxy's job, not this module's.
 
 use chrono::{Datelike, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
