@@ -35,7 +35,7 @@ fn bad_file_reports_every_error_with_path_and_line() {
         "line 17: issuers[1].jwks_url: `ftp://nope` is not an http(s) URL",
         "line 20: agents[0].owner: every agent needs a named human owner",
         "line 21: agents[0].scopes[1]: scope `tickets:raed` is not required by any route (a typo?); known scopes: tickets:read",
-        "line 24: agents[1].colour: unknown field `colour`, expected one of `id`, `owner`, `description`, `scopes`, `enabled`, `tier`, `limits`",
+        "line 24: agents[1].colour: unknown field `colour`, expected one of `id`, `owner`, `description`, `scopes`, `enabled`, `tier`, `limits`, `conditions`",
         "line 28: upstreams[0].read_timeout: `5 parsecs` is not a duration (unknown time unit \"parsecs\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)); write e.g. `30s`, `5m`, `1h`",
         "line 31: upstreams[0].credential.value: environment variable `PORTCULLIS_TEST_UNSET_SECRET` is not set",
         "line 34: routes[0].methods[1]: `FETCH` is not one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
@@ -45,7 +45,7 @@ fn bad_file_reports_every_error_with_path_and_line() {
         "line 40: routes[1].upstream: unknown upstream `ticket`; defined: tickets",
         "line 43: routes[2].path_regex: invalid regex: regex parse error:\n    ^(?:/api/([)$\n              ^\nerror: unclosed character class",
         "line 46: routes[3]: a route must require at least one scope (`scopes` or `any_of`): deny by default",
-        "line 53: routes[4].timeout: unknown field `timeout`, expected one of `name`, `methods`, `path`, `path_regex`, `host`, `upstream`, `scopes`, `any_of`, `approval`, `websocket`, `mode`, `shadow`, `limits`",
+        "line 53: routes[4].timeout: unknown field `timeout`, expected one of `name`, `methods`, `path`, `path_regex`, `host`, `upstream`, `scopes`, `any_of`, `approval`, `websocket`, `mode`, `shadow`, `limits`, `conditions`",
         "line 54: metrics: unknown section `metrics`, expected one of: listen, server, identity, issuers, token_service, agents, upstreams, routes, access_log, approvals, admin, enforcement, limits",
     ];
     for (i, (g, e)) in got.iter().zip(expected.iter()).enumerate() {

@@ -2,11 +2,13 @@
 //! and the compile step into the immutable [`crate::policy::Snapshot`] ([`compile`]).
 
 pub mod compile;
+pub mod compile_conditions;
 pub mod compile_limits;
 pub mod error;
 pub mod locate;
 pub mod parse;
 pub mod raw;
+pub mod raw_conditions;
 pub mod raw_limits;
 pub mod secret;
 

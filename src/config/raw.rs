@@ -162,6 +162,9 @@ pub struct RawAgent {
     /// Rate and data-volume limits of this agent (scope `agent` or `agent_route`); absent = the
     /// top-level `limits:`, `[]` = none.
     pub limits: Option<Vec<super::raw_limits::RawLimit>>,
+    /// Conditions every call of this agent must meet, on any route.
+    #[serde(default)]
+    pub conditions: Vec<super::raw_conditions::RawCondition>,
 }
 
 /// Header the gateway adds towards an upstream.
@@ -249,6 +252,10 @@ pub struct RawRoute {
     /// Rate and data-volume limits of this route (scope `route` or `agent_route`).
     #[serde(default)]
     pub limits: Vec<super::raw_limits::RawLimit>,
+    /// Contextual conditions (time, network, claims, request facts, CEL); see README
+    /// `## Conditions`.
+    #[serde(default)]
+    pub conditions: Vec<super::raw_conditions::RawCondition>,
 }
 
 /// How calls needing approval are handled.

@@ -4,6 +4,7 @@
 
 pub mod agents;
 pub mod approval;
+pub mod conditions;
 pub mod decision;
 pub mod limits;
 pub mod path;

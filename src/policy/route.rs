@@ -261,6 +261,8 @@ pub struct Route {
     pub shadow: Shadow,
     /// Rate and data-volume limits declared on this route.
     pub limits: super::limits::Limits,
+    /// Contextual conditions of the route (empty: none).
+    pub conditions: super::conditions::Conditions,
 }
 
 /// Which shadowable policies of a route record `would_deny` instead of refusing. Identity,
@@ -487,6 +489,7 @@ mod tests {
             websocket: false,
             shadow: Shadow::default(),
             limits: Default::default(),
+            conditions: Default::default(),
         }
     }
 

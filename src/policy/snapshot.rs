@@ -28,6 +28,8 @@ pub struct Agent {
     pub supervised: bool,
     /// Rate and data-volume limits declared on this agent.
     pub limits: super::limits::Limits,
+    /// Conditions every call of the agent must meet (empty: none).
+    pub conditions: super::conditions::Conditions,
 }
 
 /// How a call that needs approval waits.

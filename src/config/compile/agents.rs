@@ -67,6 +67,8 @@ impl Compiler<'_> {
                     );
                 }
             }
+            let conditions =
+                self.conditions(&format!("{p}.conditions"), &r.conditions, has_approvals);
             out.entry(r.id.clone()).or_insert_with(|| {
                 Arc::new(Agent {
                     id: r.id.as_str().into(),
@@ -84,9 +86,33 @@ impl Compiler<'_> {
                         ),
                         None => default_limits.clone(),
                     },
+                    conditions,
                 })
             });
         }
         out
+    }
+
+    /// A `conditions:` list; its problems become issues at their field paths.
+    pub(super) fn conditions(
+        &mut self,
+        base: &str,
+        raw: &[RawCondition],
+        has_approvals: bool,
+    ) -> Conditions {
+        let mut errors = Vec::new();
+        let c = compile_conditions(base, raw, &mut errors);
+        for (i, r) in raw.iter().enumerate() {
+            if !has_approvals && r.on_fail.as_deref() == Some("approve") {
+                errors.push((
+                    format!("{base}[{i}].on_fail"),
+                    "`approve` needs an `approvals:` section (store and approvers)".into(),
+                ));
+            }
+        }
+        for (path, msg) in errors {
+            self.invalid(path, msg);
+        }
+        c
     }
 }

@@ -14,13 +14,16 @@ mod routes;
 mod settings;
 mod upstreams;
 
+use super::compile_conditions::compile_conditions;
 use super::compile_limits::compile_limits;
 use super::error::{ConfigError, Issue, IssueKind};
 use super::locate::LineIndex;
 use super::parse::parse;
 use super::raw::*;
+use super::raw_conditions::RawCondition;
 use super::secret;
 use crate::identity::{IdentitySettings, IssuerConfig, KeySource, KeyStore, Verifier};
+use crate::policy::conditions::Conditions;
 use crate::policy::limits::{Limits, Origin};
 use crate::policy::snapshot::{ApprovalLimits, UpstreamCa};
 use crate::policy::MetricsAccess;

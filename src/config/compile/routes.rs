@@ -107,6 +107,11 @@ impl Compiler<'_> {
                 Origin::Route,
                 &mut |path, msg| self.invalid(path, msg),
             );
+            let conditions = self.conditions(
+                &format!("{p}.conditions"),
+                &r.conditions,
+                approvals.is_some(),
+            );
             if let (true, Some(path), Some(host), Some(upstream)) = (ok, path, host, upstream) {
                 out.push(Route {
                     name: r.name.as_str().into(),
@@ -122,6 +127,7 @@ impl Compiler<'_> {
                     websocket: r.websocket,
                     shadow: global_shadow.union(self.shadow(&p, &r.mode, &r.shadow)),
                     limits,
+                    conditions,
                 });
             }
         }
