@@ -125,6 +125,11 @@ fn benches(c: &mut Criterion) {
                 upgrade: None,
                 headers: &no_headers,
                 volumes: &no_volumes,
+                now: std::time::SystemTime::now(),
+                client_ip: None,
+                query: None,
+                body: portcullis::policy::conditions::BodyFact::NotRead,
+                body_len: None,
             };
             black_box(evaluate(&snap, black_box(&facts)))
         })
@@ -156,6 +161,11 @@ fn benches(c: &mut Criterion) {
                 upgrade: None,
                 headers: &no_headers,
                 volumes: &no_volumes,
+                now: std::time::SystemTime::now(),
+                client_ip: None,
+                query: None,
+                body: portcullis::policy::conditions::BodyFact::NotRead,
+                body_len: None,
             };
             let d = evaluate(&snap, &facts);
             assert!(matches!(d, Decision::Allow(_)));

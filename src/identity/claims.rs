@@ -27,6 +27,9 @@ pub struct VerifiedToken {
     /// Approver name, when `IdentitySettings::approver_claim` is set and the token carries it
     /// (`true` → the subject, a non-empty string → that name). Only the admin API reads it.
     pub approver: Option<String>,
+    /// Every claim of the token, for contextual conditions (`claim:`, CEL `token.claims`).
+    /// Kept once per verified token (the cache holds the `Arc`), never per call.
+    pub claims: Arc<Map<String, Value>>,
 }
 
 /// What the claim checks need to know about the issuer.
@@ -95,6 +98,7 @@ pub(crate) fn check(
         iat,
         exp,
         approver,
+        claims: Arc::new(claims.clone()),
     })
 }
 

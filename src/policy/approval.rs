@@ -5,6 +5,16 @@ use super::snapshot::{Agent, ApprovalPolicy, Snapshot};
 use http::Method;
 use std::sync::Arc;
 
+/// The approval a failed `on_fail: approve` condition asks for: the route's own rule, else the
+/// policy of supervised agents' writes (`approvals.supervised`). `None` only without an
+/// `approvals:` section, which the config refuses for such conditions.
+pub fn step_up(snap: &Snapshot, route: &Route) -> Option<Arc<ApprovalPolicy>> {
+    route
+        .approval
+        .clone()
+        .or_else(|| snap.approvals.as_ref().map(|a| a.supervised.clone()))
+}
+
 /// The route's own approval rule first, else supervised agents' writes (anything but
 /// GET/HEAD/OPTIONS) under `approvals.supervised`.
 pub fn required(

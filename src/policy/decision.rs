@@ -2,6 +2,7 @@
 //! with the reason. The decision itself is [`super::pipeline::evaluate`], an ordered list of
 //! the policies in their own files; the tables below test it as a whole.
 
+use super::conditions::BodyFact;
 use super::limits::{Charge, Refused, VolumeView};
 use super::path::NormalizedPath;
 use super::snapshot::{Agent, ApprovalPolicy};
@@ -26,6 +27,16 @@ pub struct RequestFacts<'a> {
     pub headers: &'a http::HeaderMap,
     /// Read-only view of the volume counters (the limits step reads, never writes them).
     pub volumes: &'a dyn VolumeView,
+    /// The time of the decision (time-window conditions).
+    pub now: std::time::SystemTime,
+    /// The client's address (network conditions).
+    pub client_ip: Option<std::net::IpAddr>,
+    /// The raw query string.
+    pub query: Option<&'a str>,
+    /// The request body, when a condition asked for it and the proxy read it.
+    pub body: BodyFact<'a>,
+    /// The body's length when it was read (else `Content-Length` counts).
+    pub body_len: Option<u64>,
 }
 
 impl std::fmt::Debug for RequestFacts<'_> {
@@ -101,6 +112,17 @@ pub enum Denial {
         /// Index of the host-scoped route.
         claimed_by: usize,
     },
+    /// A contextual condition (of the agent or the route) failed with `on_fail: deny`.
+    Condition {
+        /// The agent.
+        agent: Arc<Agent>,
+        /// Index of the route.
+        route: usize,
+        /// Name of the condition.
+        condition: Arc<str>,
+        /// What failed, in words.
+        reason: String,
+    },
     /// A rate or volume limit refuses the call (429).
     Limited {
         /// The agent.
@@ -132,6 +154,7 @@ impl Denial {
             | Denial::PathParameter { agent }
             | Denial::HostScoped { agent, .. }
             | Denial::Limited { agent, .. }
+            | Denial::Condition { agent, .. }
             | Denial::UpgradeNotAllowed { agent, .. } => Some(agent),
         }
     }
@@ -141,7 +164,8 @@ impl Denial {
         match self {
             Denial::InsufficientScope { route, .. }
             | Denial::UpgradeNotAllowed { route, .. }
-            | Denial::Limited { route, .. } => Some(*route),
+            | Denial::Limited { route, .. }
+            | Denial::Condition { route, .. } => Some(*route),
             Denial::HostScoped { claimed_by, .. } => Some(*claimed_by),
             Denial::UnknownAgent { .. }
             | Denial::AgentDisabled { .. }
@@ -151,9 +175,11 @@ impl Denial {
     }
 }
 
-/// Allow or deny.
+/// Allow or deny, or ask for the body first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
+    /// A condition reads the body: read at most this many bytes, then decide again with it.
+    NeedBody(u64),
     /// Forward.
     Allow(Allowed),
     /// Refuse.
@@ -233,6 +259,7 @@ routes:
             iat: 0,
             exp: u64::MAX,
             approver: None,
+            claims: Default::default(),
         }
     }
 
@@ -250,6 +277,11 @@ routes:
             upgrade: None,
             headers: &no_headers,
             volumes: &no_volumes,
+            now: std::time::SystemTime::now(),
+            client_ip: None,
+            query: None,
+            body: crate::policy::conditions::BodyFact::NotRead,
+            body_len: None,
         };
         describe(s, evaluate(s, &facts))
     }
@@ -268,6 +300,8 @@ routes:
                 format!("upgrade_not_allowed {protocol}")
             }
             Decision::Deny(Denial::Limited { refused, .. }) => refused.code().to_string(),
+            Decision::Deny(Denial::Condition { condition, .. }) => format!("condition {condition}"),
+            Decision::NeedBody(n) => format!("need_body {n}"),
             Decision::Deny(Denial::InsufficientScope {
                 missing_all,
                 missing_any_of,
@@ -465,6 +499,11 @@ routes:
                 upgrade: *up,
                 headers: &no_headers,
                 volumes: &no_volumes,
+                now: std::time::SystemTime::now(),
+                client_ip: None,
+                query: None,
+                body: crate::policy::conditions::BodyFact::NotRead,
+                body_len: None,
             };
             assert_eq!(describe(&s, evaluate(&s, &facts)), *want, "{m} {p} {up:?}");
         }

@@ -3,6 +3,7 @@
 //! I/O, no clock, no `.await`, so the whole pipeline is unit-tested from tables and
 //! benchmarked alone (`benches/decision.rs`).
 
+use super::conditions::{BodyFact, ConditionFacts, ConditionOutcome};
 use super::decision::Denial;
 use super::decision::{Allowed, Decision, RequestFacts};
 use super::limits::{self, Charge, LimitDecision};
@@ -44,7 +45,55 @@ pub fn evaluate(snap: &Snapshot, facts: &RequestFacts<'_>) -> Decision {
             return deny;
         }
     }
-    // 5. Rate and volume limits: volumes are read here (a budget already spent refuses the
+    // 5. Context: the agent's and the route's conditions (time, network, claims, request
+    //    facts, CEL). A deny refuses (deny wins); an `approve` puts the call to a human.
+    let mut step_up = None;
+    if !agent.conditions.is_empty() || !r.conditions.is_empty() {
+        let needs = [&agent.conditions, &r.conditions]
+            .iter()
+            .filter_map(|c| c.needs_body())
+            .max();
+        if let (Some(max), BodyFact::NotRead) = (needs, facts.body) {
+            if facts.body_len != Some(0) {
+                return Decision::NeedBody(max);
+            }
+        }
+        let cf = ConditionFacts {
+            now: facts.now,
+            client_ip: facts.client_ip,
+            method: facts.method,
+            path: facts.path.as_str(),
+            query: facts.query,
+            headers: facts.headers,
+            body_len: facts
+                .body_len
+                .or_else(|| limits::declared_length(facts.headers)),
+            claims: &facts.token.claims,
+            agent: &agent.id,
+            body: facts.body,
+        };
+        for set in [&agent.conditions, &r.conditions] {
+            match set.check(&cf).outcome {
+                ConditionOutcome::Pass => {}
+                ConditionOutcome::Deny { condition, reason } => {
+                    let d = Denial::Condition {
+                        agent: agent.clone(),
+                        route,
+                        condition,
+                        reason,
+                    };
+                    if let Some(deny) = refuse(d, r.shadow.conditions) {
+                        return deny;
+                    }
+                }
+                ConditionOutcome::RequireApproval { .. } if r.shadow.conditions => {}
+                ConditionOutcome::RequireApproval { .. } => {
+                    step_up = Some(approval::step_up(snap, r));
+                }
+            }
+        }
+    }
+    // 6. Rate and volume limits: volumes are read here (a budget already spent refuses the
     //    call); rates are taken by the proxy with the returned charge, atomically.
     let applied = limits::applicable(&agent.id, &agent.limits, &r.name, &r.limits);
     let charge = if applied.is_empty() {
@@ -66,8 +115,8 @@ pub fn evaluate(snap: &Snapshot, facts: &RequestFacts<'_>) -> Decision {
             }
         }
     };
-    // 6. Tiered trust last: only a call that would otherwise pass is put to a human.
-    let approval = approval::required(snap, r, agent, facts.method);
+    // 7. Tiered trust last: only a call that would otherwise pass is put to a human.
+    let approval = approval::required(snap, r, agent, facts.method).or(step_up.flatten());
     Decision::Allow(Allowed {
         route,
         agent: agent.clone(),

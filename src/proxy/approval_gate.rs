@@ -72,7 +72,7 @@ fn headers_over_cap(headers: &[(String, Vec<u8>)], settings: &ApprovalSettings) 
 }
 
 /// Read the whole request body, refusing (without reading on) once it passes `cap`.
-async fn read_body_capped(session: &mut Session, cap: u64) -> Result<Option<Bytes>> {
+pub(super) async fn read_body_capped(session: &mut Session, cap: u64) -> Result<Option<Bytes>> {
     let declared = crate::policy::limits::declared_length(&session.req_header().headers);
     if declared.is_some_and(|n| n > cap) {
         return Ok(None);
@@ -95,6 +95,7 @@ impl Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
         policy: Arc<ApprovalPolicy>,
+        buffered: Option<Bytes>,
     ) -> Result<bool> {
         let snap = ctx.snap.clone().expect("snapshot loaded");
         let (Some(settings), Some(svc)) =
@@ -133,7 +134,13 @@ impl Gateway {
             }
         };
         // The body must be complete before anything is decided: the approval is bound to it.
-        let body = match read_body_capped(session, settings.max_body_bytes).await? {
+        let read = match buffered {
+            // Already read for a condition (and under its cap): the approval's cap still holds.
+            Some(b) if b.len() as u64 <= settings.max_body_bytes => Some(b),
+            Some(_) => None,
+            None => read_body_capped(session, settings.max_body_bytes).await?,
+        };
+        let body = match read {
             Some(b) => b,
             None => {
                 session.set_keepalive(None);
@@ -387,8 +394,8 @@ impl Gateway {
         self.refuse(session, ctx, r).await
     }
 
-    /// Send the approved call upstream and stream the answer back.
-    async fn execute(
+    /// Send the approved (or buffered) call upstream and stream the answer back.
+    pub(super) async fn execute(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,

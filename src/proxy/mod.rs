@@ -12,6 +12,7 @@
 //! 6. `logging`: metrics and the access-log line, for every request, allowed or not.
 
 mod approval_gate;
+use approval_gate::read_body_capped;
 pub mod connections;
 pub mod headers;
 pub mod refusal;
@@ -19,6 +20,7 @@ pub mod upstream;
 
 use crate::identity::VerifiedToken;
 use crate::observe::{AccessRecord, LogTime, Outcome};
+use crate::policy::conditions::{parse_json_body, BodyFact};
 use crate::policy::limits::{Charge, ChargeOutcome, Direction, Refused};
 use crate::policy::{
     effective_scopes, evaluate, normalize, Agent, Decision, Denial, NormalizedPath, RequestFacts,
@@ -347,19 +349,48 @@ impl ProxyHttp for Gateway {
         ctx.token = Some(verified.clone());
 
         let host = request_host(session.req_header());
-        let decision = {
+        let client_ip = client_ip(session);
+        let decide = |session: &Session, body: BodyFact<'_>, body_len: Option<u64>| {
+            let req = session.req_header();
             let facts = RequestFacts {
-                method: &session.req_header().method,
+                method: &req.method,
                 host: host.as_deref(),
                 path: ctx.path.as_ref().expect("set above"),
                 token: &verified,
-                upgrade: requested_upgrade(session.req_header()),
-                headers: &session.req_header().headers,
+                upgrade: requested_upgrade(req),
+                headers: &req.headers,
                 volumes: &*self.state.limits,
+                now: ctx.started_wall,
+                client_ip,
+                query: req.uri.query(),
+                body,
+                body_len,
             };
             evaluate(&snap, &facts)
         };
+        let mut decision = decide(session, BodyFact::NotRead, None);
+        // A condition reads the body: buffer it (capped), decide again, and forward the
+        // buffered call through the executor, as approved calls are.
+        let mut buffered = None;
+        if let Decision::NeedBody(max) = decision {
+            let body = read_body_capped(session, max).await?;
+            decision = match &body {
+                None => decide(session, BodyFact::TooLarge, None),
+                Some(b) => match parse_json_body(b) {
+                    Ok(v) => decide(session, BodyFact::Json(&v), Some(b.len() as u64)),
+                    Err(why) => decide(session, BodyFact::NotJson(&why), Some(b.len() as u64)),
+                },
+            };
+            if body.is_none() {
+                session.set_keepalive(None);
+            }
+            buffered = body;
+        }
         match decision {
+            Decision::NeedBody(_) => {
+                tracing::error!(request_id = %ctx.request_id, "the decision asked for the body twice");
+                self.refuse(session, ctx, Refusal::Internal).await
+            }
             Decision::Allow(a) => {
                 ctx.route = Some(a.route);
                 ctx.agent = Some(a.agent);
@@ -397,7 +428,10 @@ impl ProxyHttp for Gateway {
                         .await;
                 }
                 if let Some(policy) = a.approval {
-                    return self.approval_gate(session, ctx, policy).await;
+                    return self.approval_gate(session, ctx, policy, buffered).await;
+                }
+                if let Some(body) = buffered {
+                    return self.execute(session, ctx, body).await;
                 }
                 ctx.outcome = ctx.forwarded();
                 tracing::debug!(request_id = %ctx.request_id, agent = ctx.agent.as_ref().map(|a| &*a.id), route = ctx.route_name(), decision = "allow", "allowed");

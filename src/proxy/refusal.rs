@@ -330,6 +330,24 @@ impl Refusal {
                             "this method and path are reserved to host `{host}` (route `{route_name}`); send the call with that Host and a token the route accepts"
                         ))
                     }
+                    Denial::Condition {
+                        agent,
+                        route,
+                        condition,
+                        reason,
+                    } => {
+                        let route_name = snap
+                            .map(|s| s.routes.routes[*route].name.to_string())
+                            .unwrap_or_default();
+                        extra.insert("agent".into(), json!(&*agent.id));
+                        extra.insert("route".into(), json!(route_name));
+                        extra.insert("condition".into(), json!(&**condition));
+                        extra.insert("reason".into(), json!(reason));
+                        (403, "condition_failed", format!(
+                            "this call does not meet condition `{condition}` of route `{route_name}` or agent `{}`: {reason}; it was refused and nothing was sent to the tool",
+                            agent.id
+                        ))
+                    }
                     Denial::Limited { refused, .. } => {
                         retry_after = Some(refused.retry_after_secs());
                         extra.extend(limits::refusal_fields(refused));

@@ -1,0 +1,129 @@
+//! Contextual conditions against the real binary over loopback: each kind passes and fails,
+//! a JSON body condition buffers the body and forwards it intact, the refusal names the
+//! condition, and conditions can be shadowed.
+
+mod support;
+
+use serde_json::json;
+use support::*;
+
+const READ: &[&str] = &["tickets:read"];
+
+fn token_claims(extra: serde_json::Value) -> String {
+    let mut c = claims_for(FIXTURE_ISS, "support-bot", READ);
+    for (k, v) in extra.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    token_with(c)
+}
+
+fn route(name: &str, path: &str, methods: &str, conditions: &str) -> String {
+    format!(
+        "  - name: {name}\n    methods: [{methods}]\n    path: {path}\n    upstream: tickets-api\n    scopes: [tickets:read]\n    conditions:\n{conditions}"
+    )
+}
+
+async fn post_json(gw: &Gateway, path: &str, t: &str, body: &str) -> Answer {
+    Answer::read(
+        client()
+            .post(gw.url(path))
+            .bearer_auth(t)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_condition_kind_passes_and_fails_and_the_refusal_names_it() {
+    let up = Upstream::start().await;
+    let hour = (now() / 3600 + 3) % 24; // a one-hour window that is not now
+    let mut s = Setup::new(&up);
+    s.extra_routes = [
+        route("prod-only", "/prod/**", "GET", "      - name: prod-env\n        claim: {name: env, equals: prod}\n"),
+        route("internal", "/internal/**", "GET", "      - network: {from: [127.0.0.0/8]}\n"),
+        route("external", "/external/**", "GET", "      - network: {not_from: [127.0.0.0/8]}\n"),
+        route("nightly", "/nightly/**", "GET", &format!("      - name: night-window\n        time: {{days: [mon, tue, wed, thu, fri, sat, sun], hours: \"{hour:02}:00-{:02}:00\", zone: UTC}}\n", (hour + 1) % 24)),
+        route("refunds", "/refunds", "POST", "      - name: small-refunds\n        json: {field: amount, lte: 100}\n"),
+        route("reads", "/reads/**", "GET, POST", "      - name: read-only\n        cel: 'request.method == \"GET\"'\n"),
+    ]
+    .concat();
+    let gw = Gateway::start(s).await;
+
+    let prod = token_claims(json!({"env": "prod"}));
+    let dev = token_claims(json!({"env": "dev"}));
+    assert_eq!(get(&gw, "/prod/x", Some(&prod)).await.status, 200);
+    let a = get(&gw, "/prod/x", Some(&dev)).await;
+    a.assert_refusal(403, "condition_failed");
+    assert_eq!(a.body["condition"], "prod-env", "{}", a.body);
+    assert!(
+        a.body["reason"].as_str().unwrap().contains("dev"),
+        "{}",
+        a.body
+    );
+    // A token without the claim fails closed.
+    get(&gw, "/prod/x", Some(&token("support-bot", READ)))
+        .await
+        .assert_refusal(403, "condition_failed");
+
+    // Network: the test client is on loopback.
+    assert_eq!(get(&gw, "/internal/x", Some(&prod)).await.status, 200);
+    get(&gw, "/external/x", Some(&prod))
+        .await
+        .assert_refusal(403, "condition_failed");
+
+    // Time window that excludes now.
+    let a = get(&gw, "/nightly/x", Some(&prod)).await;
+    a.assert_refusal(403, "condition_failed");
+    assert_eq!(a.body["condition"], "night-window");
+
+    // CEL.
+    assert_eq!(get(&gw, "/reads/x", Some(&prod)).await.status, 200);
+    post_json(&gw, "/reads/x", &prod, "{}")
+        .await
+        .assert_refusal(403, "condition_failed");
+
+    // JSON body: the body is read to decide, then forwarded byte for byte.
+    let hits = up.hits();
+    let body = r#"{"amount": 50, "note": "ok"}"#;
+    let a = post_json(&gw, "/refunds", &prod, body).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let seen = up.seen_with_request_id(a.request_id());
+    assert_eq!(seen.body, body);
+    assert_eq!(seen.header("x-portcullis-route"), Some("refunds"));
+    for bad in [
+        r#"{"amount": 250}"#,
+        r#"{"amount": "50"}"#,
+        r#"{"amount": 50, "amount": 5000}"#,
+        "amount=50",
+        "",
+    ] {
+        let a = post_json(&gw, "/refunds", &prod, bad).await;
+        a.assert_refusal(403, "condition_failed");
+        assert_eq!(a.body["condition"], "small-refunds", "{bad}: {}", a.body);
+    }
+    assert_eq!(up.hits(), hits + 1, "a refused refund reached the tool");
+    let refused = post_json(&gw, "/refunds", &prod, r#"{"amount": 101}"#).await;
+    let line = gw.access_log_line(refused.request_id()).await;
+    assert_eq!(line["reason"], "condition_failed", "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadowed_conditions_forward_and_record() {
+    let up = Upstream::start().await;
+    let mut s = Setup::new(&up);
+    s.extra_routes = route(
+        "prod-only",
+        "/prod/**",
+        "GET",
+        "      - claim: {name: env, equals: prod}\n",
+    ) + "    shadow: [conditions]\n";
+    let gw = Gateway::start(s).await;
+    let a = get(&gw, "/prod/x", Some(&token_claims(json!({"env": "dev"})))).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let line = gw.access_log_line(a.request_id()).await;
+    assert_eq!(line["would_deny"], "condition_failed", "{line}");
+}
