@@ -185,6 +185,11 @@ impl Refusal {
         let mut extra = Map::new();
         let mut www = None;
         let mut retry_after = None;
+        // Names come from the snapshot the call was decided under (none in unit renders).
+        let route_name_of = |i: usize| {
+            snap.map(|s| s.routes.routes[i].name.to_string())
+                .unwrap_or_default()
+        };
         let (status, code, message): (u16, &'static str, String) = match self {
             Refusal::BadPath(e) => {
                 extra.insert("reason".into(), json!(e.code()));
@@ -336,9 +341,7 @@ impl Refusal {
                         condition,
                         reason,
                     } => {
-                        let route_name = snap
-                            .map(|s| s.routes.routes[*route].name.to_string())
-                            .unwrap_or_default();
+                        let route_name = route_name_of(*route);
                         extra.insert("agent".into(), json!(&*agent.id));
                         extra.insert("route".into(), json!(route_name));
                         extra.insert("condition".into(), json!(&**condition));
@@ -358,9 +361,7 @@ impl Refusal {
                         route,
                         protocol,
                     } => {
-                        let route_name = snap
-                            .map(|s| s.routes.routes[*route].name.to_string())
-                            .unwrap_or_default();
+                        let route_name = route_name_of(*route);
                         extra.insert("agent".into(), json!(&*agent.id));
                         extra.insert("route".into(), json!(route_name));
                         extra.insert("protocol".into(), json!(protocol));
