@@ -127,3 +127,44 @@ async fn shadowed_conditions_forward_and_record() {
     let line = gw.access_log_line(a.request_id()).await;
     assert_eq!(line["would_deny"], "condition_failed", "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_forwarded_for_names_the_client_only_behind_trusted_proxies() {
+    let call = |gw: &Gateway, xff: &str| {
+        let req = client()
+            .get(gw.url("/office/x"))
+            .bearer_auth(token("support-bot", READ))
+            .header("x-forwarded-for", xff);
+        async move { Answer::read(req.send().await.unwrap()).await }
+    };
+    let routes = route(
+        "office",
+        "/office/**",
+        "GET",
+        "      - name: office-network\n        network: {from: [10.0.0.0/8]}\n",
+    );
+    // The gateway sits behind a proxy on loopback.
+    let up = Upstream::start().await;
+    let mut s = Setup::new(&up);
+    s.extra_server = "  trusted_proxies: [127.0.0.0/8]\n".into();
+    s.extra_routes = routes.clone();
+    let gw = Gateway::start(s).await;
+    assert_eq!(call(&gw, "10.1.2.3").await.status, 200);
+    // The right-most untrusted entry is the client; whatever stands left of it is its claim.
+    call(&gw, "10.1.2.3, 203.0.113.9")
+        .await
+        .assert_refusal(403, "condition_failed");
+    call(&gw, "not-an-ip")
+        .await
+        .assert_refusal(403, "condition_failed");
+
+    // Without trusted proxies the header is never believed: the client is the TCP peer.
+    let up2 = Upstream::start().await;
+    let mut s2 = Setup::new(&up2);
+    s2.extra_routes = routes;
+    let gw2 = Gateway::start(s2).await;
+    call(&gw2, "10.1.2.3")
+        .await
+        .assert_refusal(403, "condition_failed");
+    assert_eq!(up2.hits(), 0);
+}

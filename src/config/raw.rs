@@ -42,6 +42,9 @@ pub struct RawServer {
     pub max_connections: Option<usize>,
     /// Most open agent connections from one client address (default 1000).
     pub max_connections_per_client: Option<usize>,
+    /// Proxies (CIDRs) whose `X-Forwarded-For` names the client for network conditions.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// Token rules shared by all issuers.

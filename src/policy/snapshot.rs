@@ -264,6 +264,8 @@ pub struct Settings {
     pub access_log: AccessLogTarget,
     /// Bounds on agent connections (read per new connection, so a reload applies to new ones).
     pub connections: ConnectionLimits,
+    /// Proxies whose `X-Forwarded-For` is believed about the client's address.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Longest string field of an access-log line written whole (`access_log.max_field_bytes`).
     pub access_log_max_field_bytes: usize,
 }

@@ -110,7 +110,8 @@ pub fn requested_upgrade(req: &RequestHeader) -> Option<&str> {
     }
     connection_upgrade.then_some("")
 }
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// Client addresses, appended to by each proxy.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// The bearer token, if the request carries exactly one well-formed `Authorization: Bearer`.
 ///

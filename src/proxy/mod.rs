@@ -32,7 +32,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use headers::{
     bearer, has_method_override_param, prepare_upstream_request, refused_header, request_host,
-    requested_upgrade, Forwarding, REQUEST_ID,
+    requested_upgrade, Forwarding, REQUEST_ID, X_FORWARDED_FOR,
 };
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
@@ -349,7 +349,7 @@ impl ProxyHttp for Gateway {
         ctx.token = Some(verified.clone());
 
         let host = request_host(session.req_header());
-        let client_ip = client_ip(session);
+        let client_ip = condition_client_ip(session, &snap.settings.trusted_proxies);
         let decide = |session: &Session, body: BodyFact<'_>, body_len: Option<u64>| {
             let req = session.req_header();
             let facts = RequestFacts {
@@ -696,6 +696,41 @@ fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip())
+}
+
+/// The client address conditions judge: the TCP peer, unless the peer is a trusted proxy;
+/// then the right-most `X-Forwarded-For` entry that is not itself a trusted proxy (entries
+/// further left were written by whoever the untrusted client is, so they prove nothing).
+/// Unparsable entries stop the walk at the last trusted hop, failing closed to a proxy's
+/// address rather than believing a made-up one.
+fn condition_client_ip(session: &Session, trusted: &[ipnet::IpNet]) -> Option<std::net::IpAddr> {
+    let peer = client_ip(session)?;
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if trusted.is_empty() || !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let mut client = peer;
+    let hops = session
+        .req_header()
+        .headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    for hop in hops.iter().rev() {
+        match hop.parse::<std::net::IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !is_trusted(&ip) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    Some(client)
 }
 
 /// Milliseconds with microsecond precision (no float noise in the log).

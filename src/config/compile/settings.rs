@@ -78,6 +78,21 @@ impl Compiler<'_> {
             work_stealing: s.work_stealing.unwrap_or(threads > 1),
             access_log,
             connections: self.connection_limits(s),
+            trusted_proxies: s
+                .trusted_proxies
+                .iter()
+                .enumerate()
+                .filter_map(|(j, c)| match c.trim().parse::<ipnet::IpNet>() {
+                    Ok(n) => Some(n),
+                    Err(e) => {
+                        self.invalid(
+                            format!("server.trusted_proxies[{j}]"),
+                            format!("`{c}` is not a CIDR such as 10.0.0.0/8: {e}"),
+                        );
+                        None
+                    }
+                })
+                .collect(),
             access_log_max_field_bytes,
         }
     }
