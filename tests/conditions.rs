@@ -55,7 +55,14 @@ async fn each_condition_kind_passes_and_fails_and_the_refusal_names_it() {
 
     let prod = token_claims(json!({"env": "prod"}));
     let dev = token_claims(json!({"env": "dev"}));
-    assert_eq!(get(&gw, "/prod/x", Some(&prod)).await.status, 200);
+    let a = get(&gw, "/prod/x", Some(&prod)).await;
+    assert_eq!(a.status, 200);
+    let line = gw.access_log_line(a.request_id()).await;
+    assert_eq!(
+        line["conditions"],
+        json!([{"condition": "prod-env", "passed": true}]),
+        "{line}"
+    );
     let a = get(&gw, "/prod/x", Some(&dev)).await;
     a.assert_refusal(403, "condition_failed");
     assert_eq!(a.body["condition"], "prod-env", "{}", a.body);

@@ -70,6 +70,10 @@ pub struct AccessRecord<'a> {
     /// Shadow mode: the refusal a shadowed policy would have made (absent otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub would_deny: Option<&'static str>,
+    /// The contextual conditions that ran for an allowed call, each with its result (absent
+    /// when none ran; a refusal by a condition names it in `reason` and its JSON).
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub conditions: &'a [crate::policy::decision::ConditionRan],
 }
 
 /// A wall-clock time that serializes as RFC 3339 UTC with milliseconds,

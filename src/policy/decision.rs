@@ -66,6 +66,17 @@ pub struct Allowed {
     /// What the proxy must take from the limits' counters (rates before forwarding, volumes
     /// as the bodies stream).
     pub charge: Charge,
+    /// The conditions that ran, and whether each passed (the access log's `conditions`).
+    pub conditions: Vec<ConditionRan>,
+}
+
+/// One condition's result, as the access log records it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ConditionRan {
+    /// Its name.
+    pub condition: Arc<str>,
+    /// Whether it passed.
+    pub passed: bool,
 }
 
 /// Why the call is refused.

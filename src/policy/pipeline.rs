@@ -4,8 +4,8 @@
 //! benchmarked alone (`benches/decision.rs`).
 
 use super::conditions::{BodyFact, ConditionFacts, ConditionOutcome};
-use super::decision::Denial;
 use super::decision::{Allowed, Decision, RequestFacts};
+use super::decision::{ConditionRan, Denial};
 use super::limits::{self, Charge, LimitDecision};
 use super::snapshot::Snapshot;
 use super::{agents, approval, routing, scopes, upgrade};
@@ -48,6 +48,7 @@ pub fn evaluate(snap: &Snapshot, facts: &RequestFacts<'_>) -> Decision {
     // 5. Context: the agent's and the route's conditions (time, network, claims, request
     //    facts, CEL). A deny refuses (deny wins); an `approve` puts the call to a human.
     let mut step_up = None;
+    let mut ran = Vec::new();
     if !agent.conditions.is_empty() || !r.conditions.is_empty() {
         let needs = [&agent.conditions, &r.conditions]
             .iter()
@@ -73,7 +74,12 @@ pub fn evaluate(snap: &Snapshot, facts: &RequestFacts<'_>) -> Decision {
             body: facts.body,
         };
         for set in [&agent.conditions, &r.conditions] {
-            match set.check(&cf).outcome {
+            let report = set.check(&cf);
+            ran.extend(report.trace.iter().map(|t| ConditionRan {
+                condition: t.condition.clone(),
+                passed: t.passed,
+            }));
+            match report.outcome {
                 ConditionOutcome::Pass => {}
                 ConditionOutcome::Deny { condition, reason } => {
                     let d = Denial::Condition {
@@ -122,6 +128,7 @@ pub fn evaluate(snap: &Snapshot, facts: &RequestFacts<'_>) -> Decision {
         agent: agent.clone(),
         approval,
         would_deny,
+        conditions: ran,
         charge: if r.shadow.limits {
             // A shadowed limit only watches: it takes nothing and cuts nothing.
             Charge::default()

@@ -21,6 +21,7 @@ pub mod upstream;
 use crate::identity::VerifiedToken;
 use crate::observe::{AccessRecord, LogTime, Outcome};
 use crate::policy::conditions::{parse_json_body, BodyFact};
+use crate::policy::decision::ConditionRan;
 use crate::policy::limits::{Charge, ChargeOutcome, Direction, Refused};
 use crate::policy::{
     effective_scopes, evaluate, normalize, Agent, Decision, Denial, NormalizedPath, RequestFacts,
@@ -83,6 +84,8 @@ pub struct RequestCtx {
     charge: Charge,
     /// The volume limit that cut this call's stream, for `fail_to_proxy` to answer with.
     cut: Option<Box<Refused>>,
+    /// The conditions that ran for this call and their results.
+    conditions: Vec<ConditionRan>,
     upstream_started: Option<Instant>,
     approval_id: Option<String>,
     /// Method, kept for the line written if the request is cut off before `logging`.
@@ -211,6 +214,7 @@ impl RequestCtx {
             config_version: snap.version,
             approval_id: self.approval_id.as_deref(),
             would_deny: self.outcome.would_deny(),
+            conditions: &self.conditions,
         });
     }
 
@@ -305,6 +309,7 @@ impl ProxyHttp for Gateway {
             would_deny: None,
             charge: Charge::default(),
             cut: None,
+            conditions: Vec::new(),
             upstream_started: None,
             approval_id: None,
             method: None,
@@ -413,6 +418,7 @@ impl ProxyHttp for Gateway {
                     }
                 }
                 ctx.charge = a.charge;
+                ctx.conditions = a.conditions;
                 // The request must not mean more upstream than what was just decided.
                 let req = session.req_header();
                 let up = ctx.upstream().expect("allowed call has an upstream");
