@@ -47,9 +47,27 @@ fn config() -> String {
     y
 }
 
+/// The same 1,000 routes; `r1` (`GET /svc1/res0`) carries three typed conditions: a time
+/// window, a network and a claim (the "3 typed conditions on the matched route").
+fn config_with_conditions() -> String {
+    let r1 = "  - name: r1\n    methods: [GET]\n    path: /svc1/res0\n    upstream: up\n    scopes: [s1]\n";
+    assert!(config().contains(r1));
+    config().replacen(
+        r1,
+        &format!(
+            "{r1}    conditions:\n      - time: {{days: [mon, tue, wed, thu, fri, sat, sun], hours: \"00:00-23:59\", zone: Europe/Paris}}\n      - network: {{from: [127.0.0.0/8, 10.0.0.0/8]}}\n      - claim: {{name: aud, equals: tools}}\n"
+        ),
+        1,
+    )
+}
+
 fn snapshot() -> Snapshot {
+    snapshot_of(&config())
+}
+
+fn snapshot_of(text: &str) -> Snapshot {
     load_str(
-        &config(),
+        text,
         Path::new("."),
         "<bench>",
         &LoadContext::new(KeyStore::new(Arc::new(|_| {})), 1),
@@ -132,6 +150,31 @@ fn benches(c: &mut Criterion) {
                 body_len: None,
             };
             black_box(evaluate(&snap, black_box(&facts)))
+        })
+    });
+
+    let with_conditions = snapshot_of(&config_with_conditions());
+    let matched = normalize("/svc1/res0", 4096).unwrap();
+    let loopback = Some(std::net::IpAddr::from([127, 0, 0, 1]));
+    c.bench_function("pipeline_1000_routes_3_conditions_on_matched_route", |b| {
+        b.iter(|| {
+            let facts = RequestFacts {
+                method: &get,
+                host: None,
+                path: &matched,
+                token: &verified,
+                upgrade: None,
+                headers: &no_headers,
+                volumes: &no_volumes,
+                now: std::time::SystemTime::now(),
+                client_ip: loopback,
+                query: None,
+                body: portcullis::policy::conditions::BodyFact::NotRead,
+                body_len: None,
+            };
+            let d = evaluate(&with_conditions, black_box(&facts));
+            assert!(matches!(&d, Decision::Allow(a) if a.conditions.len() == 3));
+            black_box(d)
         })
     });
 
