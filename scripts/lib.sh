@@ -38,7 +38,7 @@ ensure_test_deps() {
 # The benchmarked gateway: one worker; an ES256 token from the peer kit's key set (in $D);
 # route + scope check, credential injection, access log to a file. Both load scripts use it,
 # so their figures describe the same configuration.
-#   bench_gateway_config PROXY_PORT ADMIN_PORT ACCESS_LOG > gateway.yaml
+#   bench_gateway_config PROXY_PORT ADMIN_PORT ACCESS_LOG [ROUTE_EXTRA_YAML] > gateway.yaml
 bench_gateway_config() {
   cat <<YAML
 listen:
@@ -67,7 +67,16 @@ routes:
     path: /api/tickets/**
     upstream: up
     scopes: [read:tickets]
-access_log:
+${4:+$4
+}access_log:
   path: $3
 YAML
 }
+
+# What BENCH_POLICY=1 adds to the benchmarked route: one condition and one rate limit that
+# every benchmark call passes (issue 9's "one condition and one rate limit" cost figure).
+BENCH_POLICY_YAML='    conditions:
+      - network: {from: [127.0.0.0/8]}
+    limits:
+      - rate: {requests: 100000000, per: 1s, scope: agent_route}'
+
