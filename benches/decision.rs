@@ -135,20 +135,7 @@ fn benches(c: &mut Criterion) {
         let mut i = 0;
         b.iter(|| {
             i = (i + 1) % paths.len();
-            let facts = RequestFacts {
-                method: &get,
-                host: None,
-                path: &paths[i],
-                token: &verified,
-                upgrade: None,
-                headers: &no_headers,
-                volumes: &no_volumes,
-                now: std::time::SystemTime::now(),
-                client_ip: None,
-                query: None,
-                body: portcullis::policy::conditions::BodyFact::NotRead,
-                body_len: None,
-            };
+            let facts = RequestFacts::plain(&get, &paths[i], &verified, &no_headers, &no_volumes);
             black_box(evaluate(&snap, black_box(&facts)))
         })
     });
@@ -159,18 +146,8 @@ fn benches(c: &mut Criterion) {
     c.bench_function("pipeline_1000_routes_3_conditions_on_matched_route", |b| {
         b.iter(|| {
             let facts = RequestFacts {
-                method: &get,
-                host: None,
-                path: &matched,
-                token: &verified,
-                upgrade: None,
-                headers: &no_headers,
-                volumes: &no_volumes,
-                now: std::time::SystemTime::now(),
                 client_ip: loopback,
-                query: None,
-                body: portcullis::policy::conditions::BodyFact::NotRead,
-                body_len: None,
+                ..RequestFacts::plain(&get, &matched, &verified, &no_headers, &no_volumes)
             };
             let d = evaluate(&with_conditions, black_box(&facts));
             assert!(matches!(&d, Decision::Allow(a) if a.conditions.len() == 3));
@@ -196,20 +173,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             let path = normalize(black_box("/svc7/res1/12345"), 4096).unwrap();
             let v = now(snap.verifier.verify(black_box(&tok))).unwrap();
-            let facts = RequestFacts {
-                method: &get,
-                host: None,
-                path: &path,
-                token: &v,
-                upgrade: None,
-                headers: &no_headers,
-                volumes: &no_volumes,
-                now: std::time::SystemTime::now(),
-                client_ip: None,
-                query: None,
-                body: portcullis::policy::conditions::BodyFact::NotRead,
-                body_len: None,
-            };
+            let facts = RequestFacts::plain(&get, &path, &v, &no_headers, &no_volumes);
             let d = evaluate(&snap, &facts);
             assert!(matches!(d, Decision::Allow(_)));
             black_box(d)

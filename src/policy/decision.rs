@@ -39,6 +39,34 @@ pub struct RequestFacts<'a> {
     pub body_len: Option<u64>,
 }
 
+impl<'a> RequestFacts<'a> {
+    /// The facts of a plain request: no host, no upgrade, no query, no client address, the
+    /// body not read, decided now. Benchmarks and tests start from it; the proxy fills every
+    /// field itself.
+    pub fn plain(
+        method: &'a Method,
+        path: &'a NormalizedPath,
+        token: &'a VerifiedToken,
+        headers: &'a http::HeaderMap,
+        volumes: &'a dyn VolumeView,
+    ) -> RequestFacts<'a> {
+        RequestFacts {
+            method,
+            host: None,
+            path,
+            token,
+            upgrade: None,
+            headers,
+            volumes,
+            now: std::time::SystemTime::now(),
+            client_ip: None,
+            query: None,
+            body: BodyFact::NotRead,
+            body_len: None,
+        }
+    }
+}
+
 impl std::fmt::Debug for RequestFacts<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RequestFacts")
@@ -280,20 +308,7 @@ routes:
         let p = normalize(path, 999).unwrap();
         let m: Method = method.parse().unwrap();
         let (no_headers, no_volumes) = (http::HeaderMap::new(), InProcessLimitStore::new());
-        let facts = RequestFacts {
-            method: &m,
-            host: None,
-            path: &p,
-            token: &t,
-            upgrade: None,
-            headers: &no_headers,
-            volumes: &no_volumes,
-            now: std::time::SystemTime::now(),
-            client_ip: None,
-            query: None,
-            body: crate::policy::conditions::BodyFact::NotRead,
-            body_len: None,
-        };
+        let facts = RequestFacts::plain(&m, &p, &t, &no_headers, &no_volumes);
         describe(s, evaluate(s, &facts))
     }
 
@@ -503,18 +518,8 @@ routes:
             let method: Method = m.parse().unwrap();
             let (no_headers, no_volumes) = (http::HeaderMap::new(), InProcessLimitStore::new());
             let facts = RequestFacts {
-                method: &method,
-                host: None,
-                path: &path,
-                token: &t,
                 upgrade: *up,
-                headers: &no_headers,
-                volumes: &no_volumes,
-                now: std::time::SystemTime::now(),
-                client_ip: None,
-                query: None,
-                body: crate::policy::conditions::BodyFact::NotRead,
-                body_len: None,
+                ..RequestFacts::plain(&method, &path, &t, &no_headers, &no_volumes)
             };
             assert_eq!(describe(&s, evaluate(&s, &facts)), *want, "{m} {p} {up:?}");
         }
