@@ -408,6 +408,17 @@ fn admin_base(admin: Option<String>, config: &Path) -> Result<String, String> {
     }
 }
 
+/// An admin API refusal as one line: its code, status and message (escaped: the terminal
+/// shows control and bidi characters, never obeys them).
+fn api_refusal(status: reqwest::StatusCode, body: &serde_json::Value) -> String {
+    format!(
+        "{} ({}): {}",
+        body["error"].as_str().unwrap_or("error"),
+        status.as_u16(),
+        display::escape_line(body["message"].as_str().unwrap_or(""))
+    )
+}
+
 /// The admin listener's base URL and a runtime to talk to it on (the CLI commands that call
 /// the admin API).
 fn admin_session(
@@ -473,12 +484,7 @@ fn reload_cli(admin: Option<String>, config: &Path, token: Option<String>) -> Ex
                     issue["message"].as_str().unwrap_or("")
                 );
             }
-            fail(format!(
-                "{} ({}): {}",
-                body["error"].as_str().unwrap_or("error"),
-                status.as_u16(),
-                body["message"].as_str().unwrap_or("")
-            ))
+            fail(api_refusal(status, &body))
         }
         Err(e) => fail(format!("cannot reach {base}: {e}")),
     }
@@ -530,12 +536,7 @@ fn approvals_cli(
             Ok((status, bytes)) => {
                 let body: serde_json::Value =
                     serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-                fail(format!(
-                    "{} ({}): {}",
-                    body["error"].as_str().unwrap_or("error"),
-                    status.as_u16(),
-                    body["message"].as_str().unwrap_or("")
-                ))
+                fail(api_refusal(status, &body))
             }
             Err(e) => fail(format!("cannot reach {base}: {e}")),
         };
@@ -586,12 +587,7 @@ fn approvals_cli(
             printer(&body);
             ExitCode::SUCCESS
         }
-        Ok((status, body)) => fail(format!(
-            "{} ({}): {}",
-            body["error"].as_str().unwrap_or("error"),
-            status.as_u16(),
-            display::escape_line(body["message"].as_str().unwrap_or(""))
-        )),
+        Ok((status, body)) => fail(api_refusal(status, &body)),
         Err(e) => fail(format!("cannot reach {base}: {e}")),
     }
 }
