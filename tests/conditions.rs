@@ -60,7 +60,7 @@ async fn each_condition_kind_passes_and_fails_and_the_refusal_names_it() {
     let line = gw.access_log_line(a.request_id()).await;
     assert_eq!(
         line["conditions"],
-        json!([{"condition": "prod-env", "passed": true}]),
+        json!([{"condition": "prod-env", "of": "route", "passed": true}]),
         "{line}"
     );
     let a = get(&gw, "/prod/x", Some(&dev)).await;
@@ -174,4 +174,60 @@ async fn x_forwarded_for_names_the_client_only_behind_trusted_proxies() {
         .await
         .assert_refusal(403, "condition_failed");
     assert_eq!(up2.hits(), 0);
+}
+
+/// A tier's conditions bind every agent of the tier on every route, run before the agent's and
+/// the route's, and the refusal says whose condition failed (names repeat across the lists).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tier_conditions_bind_every_agent_of_the_tier() {
+    let up = Upstream::start().await;
+    let mut s = Setup::new(&up);
+    s.extra_routes = route(
+        "prod-only",
+        "/prod/**",
+        "GET",
+        "      - name: posture\n        claim: {name: env, equals: prod}\n",
+    );
+    s.admin = admin_section("")
+        + "tiers:\n  standard:\n    conditions:\n      - name: posture\n        claim: {name: device_trust, gte: 3}\n";
+    let gw = Gateway::start(s).await;
+
+    let trusted_prod = token_claims(json!({"env": "prod", "device_trust": 4}));
+    let a = get(&gw, "/prod/x", Some(&trusted_prod)).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let line = gw.access_log_line(a.request_id()).await;
+    assert_eq!(
+        line["conditions"],
+        json!([
+            {"condition": "posture", "of": "tier:standard", "passed": true},
+            {"condition": "posture", "of": "route", "passed": true}
+        ]),
+        "{line}"
+    );
+
+    // The tier binds routes that have no conditions of their own, and every standard agent.
+    for agent in ["support-bot", "reporting-bot"] {
+        let mut c = claims_for(FIXTURE_ISS, agent, READ);
+        c["device_trust"] = json!(1);
+        let a = get(&gw, "/api/tickets/7", Some(&token_with(c))).await;
+        a.assert_refusal(403, "condition_failed");
+        assert_eq!(a.body["condition"], "posture", "{}", a.body);
+        assert_eq!(a.body["condition_of"], "tier:standard", "{}", a.body);
+        let msg = a.body["message"].as_str().unwrap();
+        assert!(msg.contains("`standard` tier"), "{msg}");
+    }
+    // A missing posture claim fails closed.
+    get(&gw, "/api/tickets/7", Some(&token("support-bot", READ)))
+        .await
+        .assert_refusal(403, "condition_failed");
+    // Passing the tier does not skip the route's own condition of the same name.
+    let a = get(
+        &gw,
+        "/prod/x",
+        Some(&token_claims(json!({"env": "dev", "device_trust": 5}))),
+    )
+    .await;
+    a.assert_refusal(403, "condition_failed");
+    assert_eq!(a.body["condition_of"], "route", "{}", a.body);
+    assert_eq!(up.hits(), 1, "only the first call reached the tool");
 }

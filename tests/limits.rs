@@ -176,6 +176,79 @@ async fn a_reload_that_changes_a_limit_applies_to_the_next_calls() {
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
 
+/// Traffic keeps flowing from several connections while the limit is lowered: no call fails for
+/// any reason but the limit, and calls sent after the reload answered meet the new limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_lowered_mid_traffic_takes_over_without_failing_calls() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let up = Upstream::start().await;
+    let route = |n: u32| {
+        format!("  - name: search\n    methods: [GET]\n    path: /search/**\n    upstream: tickets-api\n    scopes: [tickets:read]\n    limits:\n      - rate: {{requests: {n}, per: 1h}}\n")
+    };
+    let gw = Gateway::start(with_routes(&up, &route(100_000))).await;
+    let t = token("support-bot", READ);
+    let stop = Arc::new(AtomicBool::new(false));
+    // (sent after the reload answered?, status, error code)
+    let seen: Arc<Mutex<Vec<(bool, u16, String)>>> = Arc::default();
+    let reloaded = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let (url, t, stop, seen, reloaded) = (
+                gw.url(&format!("/search/{w}")),
+                t.clone(),
+                stop.clone(),
+                seen.clone(),
+                reloaded.clone(),
+            );
+            tokio::spawn(async move {
+                let c = reqwest::Client::builder().no_proxy().build().unwrap();
+                while !stop.load(Ordering::SeqCst) {
+                    let after = reloaded.load(Ordering::SeqCst);
+                    let a = Answer::read(c.get(&url).bearer_auth(&t).send().await.unwrap()).await;
+                    let code = a.body["error"].as_str().unwrap_or_default().to_string();
+                    seen.lock().unwrap().push((after, a.status, code));
+                }
+            })
+        })
+        .collect();
+    while seen.lock().unwrap().len() < 40 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut setup = gw.setup.clone();
+    setup.extra_routes = route(5);
+    write_atomically(&gw.layout.config_path(), &render(&setup, &gw.layout));
+    let r = reload(&gw).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    reloaded.store(true, Ordering::SeqCst);
+    let at_reload = seen.lock().unwrap().len();
+    while seen.lock().unwrap().len() < at_reload + 40 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let seen = seen.lock().unwrap();
+    for (_, status, code) in seen.iter() {
+        assert!(
+            *status == 200 || (*status == 429 && code == "rate_limited"),
+            "a call failed for another reason: {status} {code}"
+        );
+    }
+    let after: Vec<u16> = seen.iter().filter(|s| s.0).map(|s| s.1).collect();
+    let passed_after = after.iter().filter(|s| **s == 200).count();
+    assert!(
+        passed_after <= 5,
+        "the new limit of 5 was exceeded: {after:?}"
+    );
+    assert!(
+        after.iter().filter(|s| **s == 429).count() >= 35,
+        "{after:?}"
+    );
+    assert!(seen.iter().filter(|s| !s.0).take(40).all(|s| s.1 == 200));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shadowed_limit_only_records_what_it_would_refuse() {
     let up = Upstream::start().await;

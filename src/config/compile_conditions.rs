@@ -743,6 +743,79 @@ routes:
         );
     }
 
+    #[test]
+    fn tier_conditions_attach_to_every_agent_of_the_tier() {
+        let approvals = format!(
+            "approvals:\n  store: a.db\n  approvers:\n    - {{name: alice, token_sha256: \"{}\"}}\n",
+            "ab".repeat(32)
+        );
+        let tiers = r#"tiers:
+  standard:
+    conditions:
+      - name: prod-only
+        claim: {name: env, equals: prod}
+  supervised:
+    conditions:
+      - name: office-hours
+        time: {hours: "09:00-18:00", zone: UTC}
+      - network: {from: [10.0.0.0/8]}
+"#;
+        let mut text = config_with(
+            "      - max_body_bytes: 10",
+            "      - max_body_bytes: 20",
+            &format!("{approvals}{tiers}"),
+        );
+        text = text.replace(
+            "agents:\n",
+            "agents:\n  - id: intern\n    owner: bob@example.com\n    tier: supervised\n    scopes: [tickets:read]\n",
+        );
+        let snap =
+            load_str(&text, Path::new("."), "<test>", &ctx()).unwrap_or_else(|e| panic!("{e}"));
+        let names = |c: &crate::policy::conditions::Conditions| -> Vec<String> {
+            c.iter().map(|c| c.name().to_string()).collect()
+        };
+        assert_eq!(names(&snap.agents["bot"].tier_conditions), ["prod-only"]);
+        assert_eq!(names(&snap.agents["bot"].conditions), ["max_body_bytes[0]"]);
+        assert_eq!(
+            names(&snap.agents["intern"].tier_conditions),
+            ["office-hours", "network[1]"]
+        );
+        assert!(snap.agents["intern"].conditions.is_empty());
+
+        // Problems are reported at the tier's path; an unknown tier is a shape error.
+        let bad = config_with(
+            "      - max_body_bytes: 10",
+            "      - max_body_bytes: 20",
+            "tiers:\n  standard:\n    conditions:\n      - network: {from: [10.0.0.300/8]}\n      - max_body_bytes: 1\n        on_fail: approve\n",
+        );
+        let err = load_str(&bad, Path::new("."), "<test>", &ctx()).expect_err("must be refused");
+        let msgs: Vec<String> = err
+            .issues()
+            .iter()
+            .map(|i| format!("{} {:?} {}", i.path, i.line, i.kind))
+            .collect();
+        assert!(
+            msgs.iter().any(|m| m
+                .starts_with("tiers.standard.conditions[0].network.from[0] Some(")
+                && m.contains("is not a network")),
+            "{msgs:#?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.starts_with("tiers.standard.conditions[1].on_fail")
+                    && m.contains("needs an `approvals:` section")),
+            "{msgs:#?}"
+        );
+        let unknown = config_with(
+            "      - max_body_bytes: 10",
+            "      - max_body_bytes: 20",
+            "tiers:\n  trusted:\n    conditions: []\n",
+        );
+        let err =
+            load_str(&unknown, Path::new("."), "<test>", &ctx()).expect_err("must be refused");
+        assert!(err.to_string().contains("unknown field `trusted`"), "{err}");
+    }
+
     /// Shape errors come from the YAML parser (the route is then left out as a whole), with
     /// their path and line too.
     #[test]

@@ -23,6 +23,7 @@ const SECTIONS: &[&str] = &[
     "admin",
     "enforcement",
     "limits",
+    "tiers",
 ];
 
 /// Parse `text`; `Err` holds every problem found (syntax errors stop at the first, shape
@@ -90,6 +91,7 @@ pub fn parse(text: &str, index: &LineIndex) -> (RawConfig, Vec<Issue>) {
             "admin" => ctx.one(&key, v, &mut raw.admin),
             "enforcement" => ctx.one(&key, v, &mut raw.enforcement),
             "limits" => raw.limits = ctx.list(&key, v),
+            "tiers" => ctx.one(&key, v, &mut raw.tiers),
             "issuers" => raw.issuers = ctx.list(&key, v),
             "agents" => raw.agents = ctx.list(&key, v),
             "upstreams" => raw.upstreams = ctx.list(&key, v),

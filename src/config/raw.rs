@@ -426,4 +426,26 @@ pub struct RawConfig {
     pub enforcement: RawEnforcement,
     /// `limits:` the limits of every agent that declares no `limits` of its own.
     pub limits: Vec<(usize, super::raw_limits::RawLimit)>,
+    /// `tiers:` what every agent of a trust tier must meet.
+    pub tiers: RawTiers,
+}
+
+/// `tiers:` section: policy shared by every agent of a trust tier.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawTiers {
+    /// Agents with `tier: standard` (or no tier).
+    pub standard: Option<RawTier>,
+    /// Agents with `tier: supervised`.
+    pub supervised: Option<RawTier>,
+}
+
+/// One tier's policy.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawTier {
+    /// Conditions every call of every agent of the tier must meet, checked before the agent's
+    /// own and the route's.
+    #[serde(default)]
+    pub conditions: Vec<super::raw_conditions::RawCondition>,
 }

@@ -98,11 +98,41 @@ pub struct Allowed {
     pub conditions: Vec<ConditionRan>,
 }
 
+/// Whose a condition is: the three places conditions are declared. Condition names are
+/// unique only within one list, so the refusal and the access log say which list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConditionOf {
+    /// `tiers.<tier>.conditions`: every agent of the tier.
+    Tier(&'static str),
+    /// `agents[].conditions`.
+    Agent,
+    /// `routes[].conditions`.
+    Route,
+}
+
+impl std::fmt::Display for ConditionOf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConditionOf::Tier(t) => write!(f, "tier:{t}"),
+            ConditionOf::Agent => f.write_str("agent"),
+            ConditionOf::Route => f.write_str("route"),
+        }
+    }
+}
+
+impl serde::Serialize for ConditionOf {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// One condition's result, as the access log records it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ConditionRan {
     /// Its name.
     pub condition: Arc<str>,
+    /// Whose condition it is (`tier:<name>`, `agent` or `route`).
+    pub of: ConditionOf,
     /// Whether it passed.
     pub passed: bool,
 }
@@ -151,7 +181,8 @@ pub enum Denial {
         /// Index of the host-scoped route.
         claimed_by: usize,
     },
-    /// A contextual condition (of the agent or the route) failed with `on_fail: deny`.
+    /// A contextual condition (of the agent's tier, the agent or the route) failed with
+    /// `on_fail: deny`.
     Condition {
         /// The agent.
         agent: Arc<Agent>,
@@ -159,6 +190,8 @@ pub enum Denial {
         route: usize,
         /// Name of the condition.
         condition: Arc<str>,
+        /// Whose condition it is.
+        of: ConditionOf,
         /// What failed, in words.
         reason: String,
     },

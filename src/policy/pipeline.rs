@@ -5,7 +5,7 @@
 
 use super::conditions::{BodyFact, ConditionFacts, ConditionOutcome};
 use super::decision::{Allowed, Decision, RequestFacts};
-use super::decision::{ConditionRan, Denial};
+use super::decision::{ConditionOf, ConditionRan, Denial};
 use super::limits::{self, Charge, LimitDecision};
 use super::snapshot::Snapshot;
 use super::{agents, approval, routing, scopes, upgrade};
@@ -45,15 +45,18 @@ pub fn evaluate(snap: &Snapshot, facts: &RequestFacts<'_>) -> Decision {
             return deny;
         }
     }
-    // 5. Context: the agent's and the route's conditions (time, network, claims, request
-    //    facts, CEL). A deny refuses (deny wins); an `approve` puts the call to a human.
+    // 5. Context: the conditions of the agent's tier, of the agent and of the route (time,
+    //    network, claims, request facts, CEL), in that order. A deny refuses (deny wins); an
+    //    `approve` puts the call to a human.
     let mut step_up = None;
     let mut ran = Vec::new();
-    if !agent.conditions.is_empty() || !r.conditions.is_empty() {
-        let needs = [&agent.conditions, &r.conditions]
-            .iter()
-            .filter_map(|c| c.needs_body())
-            .max();
+    let sets = [
+        (ConditionOf::Tier(agent.tier()), &agent.tier_conditions),
+        (ConditionOf::Agent, &agent.conditions),
+        (ConditionOf::Route, &r.conditions),
+    ];
+    if sets.iter().any(|(_, c)| !c.is_empty()) {
+        let needs = sets.iter().filter_map(|(_, c)| c.needs_body()).max();
         if let (Some(max), BodyFact::NotRead) = (needs, facts.body) {
             if facts.body_len != Some(0) {
                 return Decision::NeedBody(max);
@@ -73,10 +76,14 @@ pub fn evaluate(snap: &Snapshot, facts: &RequestFacts<'_>) -> Decision {
             agent: &agent.id,
             body: facts.body,
         };
-        for set in [&agent.conditions, &r.conditions] {
+        for (of, set) in sets {
+            if set.is_empty() {
+                continue;
+            }
             let report = set.check(&cf);
             ran.extend(report.trace.iter().map(|t| ConditionRan {
                 condition: t.condition.clone(),
+                of,
                 passed: t.passed,
             }));
             match report.outcome {
@@ -86,6 +93,7 @@ pub fn evaluate(snap: &Snapshot, facts: &RequestFacts<'_>) -> Decision {
                         agent: agent.clone(),
                         route,
                         condition,
+                        of,
                         reason,
                     };
                     if let Some(deny) = refuse(d, r.shadow.conditions) {

@@ -30,6 +30,19 @@ pub struct Agent {
     pub limits: super::limits::Limits,
     /// Conditions every call of the agent must meet (empty: none).
     pub conditions: super::conditions::Conditions,
+    /// The conditions of the agent's tier (`tiers.<tier>.conditions`), checked first.
+    pub tier_conditions: super::conditions::Conditions,
+}
+
+impl Agent {
+    /// The agent's trust tier, as written in the config.
+    pub fn tier(&self) -> &'static str {
+        if self.supervised {
+            "supervised"
+        } else {
+            "standard"
+        }
+    }
 }
 
 /// How a call that needs approval waits.

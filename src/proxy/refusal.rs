@@ -7,6 +7,7 @@
 use super::headers::BearerProblem;
 use crate::identity::TokenError;
 use crate::observe::Outcome;
+use crate::policy::decision::ConditionOf;
 use crate::policy::limits;
 use crate::policy::{Denial, HostPattern, PathError, Snapshot};
 use http::Method;
@@ -339,16 +340,24 @@ impl Refusal {
                         agent,
                         route,
                         condition,
+                        of,
                         reason,
                     } => {
                         let route_name = route_name_of(*route);
                         extra.insert("agent".into(), json!(&*agent.id));
                         extra.insert("route".into(), json!(route_name));
                         extra.insert("condition".into(), json!(&**condition));
+                        extra.insert("condition_of".into(), json!(of));
                         extra.insert("reason".into(), json!(reason));
+                        let whose = match of {
+                            ConditionOf::Tier(t) => {
+                                format!("the `{t}` tier of agent `{}`", agent.id)
+                            }
+                            ConditionOf::Agent => format!("agent `{}`", agent.id),
+                            ConditionOf::Route => format!("route `{route_name}`"),
+                        };
                         (403, "condition_failed", format!(
-                            "this call does not meet condition `{condition}` of route `{route_name}` or agent `{}`: {reason}; it was refused and nothing was sent to the tool",
-                            agent.id
+                            "this call does not meet condition `{condition}` of {whose}: {reason}; it was refused and nothing was sent to the tool"
                         ))
                     }
                     Denial::Limited { refused, .. } => {

@@ -2,6 +2,12 @@
 
 use super::*;
 
+/// The compiled conditions of each trust tier.
+pub(super) struct TierConditions {
+    standard: Conditions,
+    supervised: Conditions,
+}
+
 impl Compiler<'_> {
     /// `routes` are the raw ones: a route that failed to compile still names its scopes, and
     /// judging agents against compiled routes only would report every scope of a broken route
@@ -12,6 +18,7 @@ impl Compiler<'_> {
         routes: &[(usize, RawRoute)],
         has_approvals: bool,
         default_limits: &Limits,
+        tiers: &TierConditions,
     ) -> HashMap<String, Arc<Agent>> {
         self.unique(
             "agent",
@@ -87,10 +94,31 @@ impl Compiler<'_> {
                         None => default_limits.clone(),
                     },
                     conditions,
+                    tier_conditions: if supervised {
+                        tiers.supervised.clone()
+                    } else {
+                        tiers.standard.clone()
+                    },
                 })
             });
         }
         out
+    }
+
+    /// `tiers:`: each tier's conditions, shared by its agents.
+    pub(super) fn tiers(&mut self, raw: &RawTiers, has_approvals: bool) -> TierConditions {
+        let mut one = |name: &str, tier: &Option<RawTier>| match tier {
+            Some(t) => self.conditions(
+                &format!("tiers.{name}.conditions"),
+                &t.conditions,
+                has_approvals,
+            ),
+            None => Conditions::default(),
+        };
+        TierConditions {
+            standard: one("standard", &raw.standard),
+            supervised: one("supervised", &raw.supervised),
+        }
     }
 
     /// A `conditions:` list; its problems become issues at their field paths.

@@ -224,11 +224,13 @@ impl Compiler<'_> {
             Origin::Agent,
             &mut |path, msg| self.invalid(path, msg),
         );
+        let tiers = self.tiers(&raw.tiers, approvals.is_some());
         let agents = self.agents(
             &raw.agents,
             &raw.routes,
             approvals.is_some(),
             &default_limits,
+            &tiers,
         );
         let admin = self.admin(&raw.admin);
 
