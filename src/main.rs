@@ -1,5 +1,7 @@
 //! `portcullis`: run the gateway, check a config, issue tokens, make signing keys.
 
+mod cli_agents;
+
 use clap::{Parser, Subcommand, ValueEnum};
 use portcullis::approval::display;
 use portcullis::config::{load_file, LoadContext};
@@ -48,10 +50,20 @@ enum Command {
         #[arg(short, long, default_value = "gateway.yaml")]
         config: PathBuf,
     },
-    /// Local token service (signs with `token_service.issuer`'s signing key).
+    /// Local token service (signs with `token_service.issuer`'s signing key), and revocation
+    /// on a running gateway (`tokens revoke`).
+    #[command(alias = "tokens")]
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// The agent inventory and the kill switch: list, show, pause, resume, lift (talks to the
+    /// admin listener).
+    Agents {
+        #[command(flatten)]
+        conn: cli_agents::AdminConn,
+        #[command(subcommand)]
+        command: cli_agents::AgentsCommand,
     },
     /// Pending approvals: list, show, approve, deny (talks to the admin listener).
     Approvals {
@@ -169,6 +181,21 @@ enum TokenCommand {
         #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
         backdate: Duration,
     },
+    /// Revoke one token (`--jti`) or every token of an agent issued until now (`--agent`) on
+    /// a running gateway; effective on the next request, cached tokens included.
+    Revoke {
+        #[command(flatten)]
+        conn: cli_agents::AdminConn,
+        /// The token's `jti`.
+        #[arg(long, required_unless_present = "agent")]
+        jti: Option<String>,
+        /// The agent (with `--jti`: recorded with it; alone: all its tokens).
+        #[arg(long)]
+        agent: Option<String>,
+        /// Why (shown to the agent, kept in the audit trail).
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 fn init_tracing(format: LogFormat) {
@@ -205,6 +232,16 @@ fn main() -> ExitCode {
                     backdate,
                 },
         } => token_issue(&config, &agent, &scopes, ttl, backdate),
+        Command::Token {
+            command:
+                TokenCommand::Revoke {
+                    conn,
+                    jti,
+                    agent,
+                    reason,
+                },
+        } => cli_agents::revoke(conn, jti, agent, reason),
+        Command::Agents { conn, command } => cli_agents::run(conn, command),
         Command::Keygen { out, force } => keygen(&out, force),
         Command::Reload {
             admin,

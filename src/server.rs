@@ -7,6 +7,7 @@ use crate::observe::{AccessLog, Metrics};
 use crate::policy::AccessLogTarget;
 use crate::proxy::connections::ConnectionGuard;
 use crate::proxy::Gateway;
+use crate::state::agent_state::SqliteAgentState;
 use crate::state::{new_key_store, GatewayState};
 use async_trait::async_trait;
 use pingora::listeners::ListenerConfig;
@@ -36,6 +37,9 @@ pub enum StartError {
     /// The approval store could not be opened.
     #[error("cannot open the approval store: {0}")]
     Approvals(#[from] crate::approval::store::StoreError),
+    /// The runtime agent state could not be opened.
+    #[error("cannot open the agent state store: {0}")]
+    AgentState(#[from] crate::state::agent_state::StateError),
 }
 
 /// Run until SIGTERM/SIGINT. Returns after the access log is flushed.
@@ -52,12 +56,15 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
         AccessLog::start(log_path.as_deref(), metrics.clone()).map_err(StartError::AccessLog)?,
     );
     access_log.set_max_field_bytes(settings.access_log_max_field_bytes);
+    // Opened before serving: a pause recorded before a restart must hold from the first call.
+    let agent_state = Arc::new(SqliteAgentState::open(&settings.state_store)?);
     let state = Arc::new(GatewayState::load(
         config_path,
         metrics,
         key_store,
         access_log.clone(),
         first,
+        agent_state,
     ));
 
     state.ensure_approvals(&state.snapshot.load())?;
@@ -155,6 +162,15 @@ impl pingora::services::background::BackgroundService for ApprovalSweeper {
                 _ = tick.tick() => {
                     // Idle limit counters (and those of limits a reload changed) go away.
                     self.state.limits.sweep();
+                    // Ended step-ups, throttles and revocations of expired tokens.
+                    let st = self.state.clone();
+                    let pruned = tokio::task::spawn_blocking(move || {
+                        st.agent_state.prune(crate::approval::now_ms())
+                    })
+                    .await;
+                    if let Ok(Err(e)) = pruned {
+                        tracing::warn!(error = %e, "cannot prune the agent state store");
+                    }
                     if let Some(svc) = self.state.approvals.load_full() {
                         svc.sweep().await;
                         let retention = self.state.snapshot.load().approvals.as_ref().map(|a| a.limits.retention);

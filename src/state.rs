@@ -2,6 +2,7 @@
 //! [`Snapshot`] behind one `ArcSwap`, metrics, the access log, and the drain bookkeeping.
 //! Runtime counters live in submodules behind traits ([`limits`]).
 
+pub mod agent_state;
 pub mod limits;
 
 use crate::approval::executor::Executor;
@@ -45,6 +46,9 @@ pub struct GatewayState {
     pub executor: Executor,
     /// Rate and volume counters. Outside the snapshot: a reload does not reset a budget.
     pub limits: Arc<dyn limits::LimitStore>,
+    /// Runtime agent state (kill switch, interventions). Outside the snapshot: a reload never
+    /// un-pauses an agent.
+    pub agent_state: Arc<dyn agent_state::AgentStateStore>,
     next_version: AtomicU64,
     reload_lock: Mutex<()>,
     last_reload_error: Mutex<Option<String>>,
@@ -75,6 +79,7 @@ impl GatewayState {
         key_store: Arc<KeyStore>,
         access_log: Arc<AccessLog>,
         first: Snapshot,
+        agent_state: Arc<dyn agent_state::AgentStateStore>,
     ) -> GatewayState {
         metrics.config_version.set(first.version as i64);
         let next = first.version + 1;
@@ -98,10 +103,17 @@ impl GatewayState {
             approvals: ArcSwapOption::empty(),
             executor: Executor::new(),
             limits: Arc::new(limits::InProcessLimitStore::new()),
+            agent_state,
             next_version: AtomicU64::new(next),
             reload_lock: Mutex::new(()),
             last_reload_error: Mutex::new(None),
         }
+    }
+
+    /// What monitoring saw of `agent` (last seen, calls and denials in 24 h, anomalies), for
+    /// the inventory; `None` when monitoring is off.
+    pub fn agent_activity(&self, _agent: &str) -> Option<serde_json::Value> {
+        None
     }
 
     /// Parse → validate → compile → swap. On any error the old snapshot keeps serving, the
@@ -123,9 +135,10 @@ impl GatewayState {
                     || new.settings.threads != old.settings.threads
                     || new.settings.work_stealing != old.settings.work_stealing
                     || new.settings.access_log != old.settings.access_log
+                    || new.settings.state_store != old.settings.state_store
                 {
                     tracing::warn!(
-                        "listeners, threads, work_stealing and access_log changed in the file; they take effect at the next restart"
+                        "listeners, threads, work_stealing, access_log and state.store changed in the file; they take effect at the next restart"
                     );
                 }
                 if let Err(e) = self.ensure_approvals(&new) {
@@ -291,7 +304,14 @@ mod tests {
         let ctx = LoadContext::new(key_store.clone(), 1);
         let first = load_str(&yaml, Path::new("."), "<test>", &ctx).expect("valid config");
         let log = Arc::new(AccessLog::start(None, metrics.clone()).unwrap());
-        GatewayState::load(Path::new("gateway.yaml"), metrics, key_store, log, first)
+        GatewayState::load(
+            Path::new("gateway.yaml"),
+            metrics,
+            key_store,
+            log,
+            first,
+            Arc::new(agent_state::SqliteAgentState::in_memory()),
+        )
     }
 
     #[tokio::test]

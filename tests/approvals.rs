@@ -2294,3 +2294,66 @@ async fn decided_approvals_are_pruned_after_the_retention_period() {
     assert_eq!(env.approval(&pending).await["status"], "pending");
     env.audit("approval_denied", &denied).await;
 }
+
+/// The kill switch beats a pending approval: pausing the agent cancels its held call (which is
+/// answered 403 `agent_paused`) and its async approvals (even approved, unused ones), and
+/// nothing reaches the tool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pausing_an_agent_cancels_its_held_and_async_approvals() {
+    let env = start(Opts::default()).await;
+    let hits = env.up.hits();
+    let agent = token("support-bot", WRITE);
+    let held = env.spawn_post("/api/refunds", &agent, &refund_body(7));
+    let pending = env.pending_on("refunds").await;
+    let held_id = pending["id"].as_str().unwrap().to_string();
+    // An async approval, approved but not yet used by the agent's retry.
+    let reader = token("support-bot", &["tickets:read"]);
+    let first = env.post("/api/payouts/9", &reader, "{}").await;
+    first.assert_refusal(202, "approval_pending");
+    let async_id = first.body["approval_id"].as_str().unwrap().to_string();
+    env.vote_ok(&async_id, &env.alice, "approve", "fine").await;
+
+    // An approver may pull the brake.
+    let paused = env
+        .admin(
+            reqwest::Method::POST,
+            "/api/agents/support-bot/pause",
+            Some(&env.alice),
+            Some(json!({"reason": "exfiltration suspected"})),
+        )
+        .await;
+    assert_eq!(paused.status, 200, "{}", paused.body);
+    assert_eq!(paused.body["cancelled_approvals"], 2, "{}", paused.body);
+
+    let a = answer_of(held).await;
+    a.assert_refusal(403, "agent_paused");
+    assert_eq!(a.body["paused_by"], "alice", "{}", a.body);
+    assert_eq!(a.body["paused_reason"], "exfiltration suspected");
+    let v = env.wait_status(&held_id, "cancelled").await;
+    assert!(
+        v["decision_reason"]
+            .as_str()
+            .unwrap()
+            .contains("exfiltration suspected"),
+        "{v:#}"
+    );
+    env.wait_status(&async_id, "cancelled").await;
+    // The approved retry is refused too, and stays refused after an admin resumes the agent:
+    // its approval was withdrawn, so a person must look again.
+    env.post("/api/payouts/9", &reader, "{}")
+        .await
+        .assert_refusal(403, "agent_paused");
+    let resumed = env
+        .admin(
+            reqwest::Method::POST,
+            "/api/agents/support-bot/resume",
+            Some(ADMIN_TOKEN),
+            Some(json!({"reason": "false alarm"})),
+        )
+        .await;
+    assert_eq!(resumed.status, 200, "{}", resumed.body);
+    let again = env.post("/api/payouts/9", &reader, "{}").await;
+    again.assert_refusal(202, "approval_pending");
+    assert_ne!(again.body["approval_id"], async_id.as_str());
+    assert_eq!(env.up.hits(), hits, "a cancelled call reached the tool");
+}

@@ -7,6 +7,7 @@
 //! layer ([`guard`]) checks `Host` and refuses browser-forged state changes on every route, and
 //! every state change needs a bearer credential ([`auth`]).
 
+pub mod agents;
 pub mod approvals;
 pub mod auth;
 pub mod guard;
@@ -55,6 +56,7 @@ pub fn router(state: Arc<GatewayState>, listen: &str) -> Router {
         .route("/metrics", get(metrics))
         .route("/reload", post(reload))
         .merge(approvals::routes())
+        .merge(agents::routes())
         .layer(axum::middleware::from_fn_with_state(
             guard_state,
             guard::guard,

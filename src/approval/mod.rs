@@ -447,6 +447,36 @@ impl ApprovalService {
         Ok(a)
     }
 
+    /// Cancel every open approval of `agent` (the agent was paused): held calls are woken and
+    /// refused, async ones can no longer be used. Returns how many were cancelled.
+    pub async fn cancel_agent(&self, agent: &str, reason: &str) -> Result<usize, StoreError> {
+        let (who, why) = (agent.to_string(), reason.to_string());
+        let now = now_ms();
+        let ids = self
+            .blocking(move |s| s.cancel_agent(&who, &why, now))
+            .await?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        self.refresh_pending_gauge();
+        for id in &ids {
+            self.metrics
+                .approval_decisions
+                .with_label_values(&["cancelled"])
+                .inc();
+            let i = id.clone();
+            let Ok(a) = self.blocking(move |s| s.get(&i)).await else {
+                continue;
+            };
+            self.audit("approval_cancelled", &a, None, Some(reason));
+            self.notifier.notify(self.notice("approval_decided", &a));
+            if let Some(tx) = self.lock_waiters().remove(id) {
+                let _ = tx.send(a);
+            }
+        }
+        Ok(ids.len())
+    }
+
     /// The open (pending or approved, unexpired) approval of this agent for this exact request.
     pub async fn find_open(
         &self,

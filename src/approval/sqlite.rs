@@ -30,7 +30,7 @@ use super::store::{
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The schema version this code writes, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// `MIGRATIONS[n]` upgrades a database from version `n` to `n + 1`. Append only: a released
 /// migration is never edited, because databases in the field have already run it.
@@ -76,6 +76,58 @@ const MIGRATIONS: &[&str] = &[
     // 1 → 2: the whole body for approvers (NULL in rows written before), and an index for the
     // per-agent pending cap.
     "ALTER TABLE approvals ADD COLUMN body BLOB;
+    CREATE INDEX approvals_by_agent_status ON approvals (agent, status);",
+    // 2 → 3: status `cancelled` (a paused agent's open approvals). SQLite cannot change a CHECK
+    // constraint in place, so both tables are rebuilt with the same columns and rows. Votes go
+    // first, so dropping the old approvals cascades to nothing; renaming the new table updates
+    // the new votes' foreign key.
+    "CREATE TABLE approvals_v3 (
+        id              TEXT PRIMARY KEY NOT NULL,
+        mode            TEXT NOT NULL CHECK (mode IN ('hold', 'async')),
+        agent           TEXT NOT NULL,
+        owner           TEXT NOT NULL,
+        route           TEXT NOT NULL,
+        method          TEXT NOT NULL,
+        path            TEXT NOT NULL,
+        query           TEXT,
+        body_sha256     TEXT NOT NULL,
+        body_bytes      INTEGER NOT NULL,
+        body_preview    TEXT NOT NULL,
+        headers         TEXT NOT NULL,
+        request_digest  TEXT NOT NULL,
+        config_version  INTEGER NOT NULL,
+        approvers       TEXT NOT NULL,
+        quorum          INTEGER NOT NULL CHECK (quorum >= 1),
+        created_at_ms   INTEGER NOT NULL,
+        expires_at_ms   INTEGER NOT NULL,
+        status          TEXT NOT NULL CHECK (status IN
+                            ('pending', 'approved', 'denied', 'timed_out', 'abandoned', 'expired', 'used', 'cancelled')),
+        decided_at_ms   INTEGER,
+        decided_by      TEXT NOT NULL DEFAULT '[]',
+        decision_reason TEXT,
+        used_at_ms      INTEGER,
+        body            BLOB
+    );
+    INSERT INTO approvals_v3 SELECT id, mode, agent, owner, route, method, path, query,
+        body_sha256, body_bytes, body_preview, headers, request_digest, config_version, approvers,
+        quorum, created_at_ms, expires_at_ms, status, decided_at_ms, decided_by, decision_reason,
+        used_at_ms, body FROM approvals;
+    CREATE TABLE votes_v3 (
+        id          INTEGER PRIMARY KEY,
+        approval_id TEXT NOT NULL REFERENCES approvals_v3(id) ON DELETE CASCADE,
+        approver    TEXT NOT NULL,
+        approve     INTEGER NOT NULL CHECK (approve IN (0, 1)),
+        reason      TEXT NOT NULL,
+        at_ms       INTEGER NOT NULL,
+        UNIQUE (approval_id, approver)
+    );
+    INSERT INTO votes_v3 SELECT id, approval_id, approver, approve, reason, at_ms FROM votes;
+    DROP TABLE votes;
+    DROP TABLE approvals;
+    ALTER TABLE approvals_v3 RENAME TO approvals;
+    ALTER TABLE votes_v3 RENAME TO votes;
+    CREATE INDEX approvals_by_status ON approvals (status);
+    CREATE INDEX approvals_by_agent_digest ON approvals (agent, request_digest);
     CREATE INDEX approvals_by_agent_status ON approvals (agent, status);",
 ];
 
@@ -803,6 +855,29 @@ impl ApprovalStore for SqliteStore {
                    AND expires_at_ms < ?1",
                 [before_ms],
             )?)
+        })
+    }
+
+    fn cancel_agent(
+        &self,
+        agent: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        self.run("cancel_agent", |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let ids = {
+                let mut q = tx.prepare(
+                    "UPDATE approvals SET status = 'cancelled', decided_at_ms = ?2,
+                         decision_reason = ?3
+                     WHERE agent = ?1 AND status IN ('pending', 'approved')
+                     RETURNING id",
+                )?;
+                let rows = q.query_map(rusqlite::params![agent, now_ms, reason], |r| r.get(0))?;
+                rows.collect::<Result<Vec<String>, _>>()?
+            };
+            tx.commit()?;
+            Ok(ids)
         })
     }
 }

@@ -41,11 +41,13 @@ pub enum Status {
     Expired,
     /// The approved call was forwarded; an approval authorises exactly one call.
     Used,
+    /// Withdrawn before use because the agent was paused (kill switch).
+    Cancelled,
 }
 
 impl Status {
     /// Every status, in lifecycle order (handy for metrics labels and CLI help).
-    pub const ALL: [Status; 7] = [
+    pub const ALL: [Status; 8] = [
         Status::Pending,
         Status::Approved,
         Status::Denied,
@@ -53,6 +55,7 @@ impl Status {
         Status::Abandoned,
         Status::Expired,
         Status::Used,
+        Status::Cancelled,
     ];
 
     /// The stable snake_case name, identical to the serde form; also what the database stores.
@@ -65,6 +68,7 @@ impl Status {
             Status::Abandoned => "abandoned",
             Status::Expired => "expired",
             Status::Used => "used",
+            Status::Cancelled => "cancelled",
         }
     }
 
@@ -92,7 +96,11 @@ impl Status {
                     | Status::TimedOut
                     | Status::Abandoned
                     | Status::Expired
-            ) | (Status::Approved, Status::Expired | Status::Used)
+                    | Status::Cancelled
+            ) | (
+                Status::Approved,
+                Status::Expired | Status::Used | Status::Cancelled
+            )
         )
     }
 }
@@ -424,4 +432,13 @@ pub trait ApprovalStore: Send + Sync + 'static {
     /// Pending and approved-unused approvals are never deleted; the access log keeps the audit
     /// lines.
     fn prune_final(&self, before_ms: i64) -> Result<usize, StoreError>;
+
+    /// Moves every open (pending or approved, unused) approval of `agent` to `cancelled` with
+    /// `reason`; returns their ids.
+    fn cancel_agent(
+        &self,
+        agent: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<Vec<String>, StoreError>;
 }

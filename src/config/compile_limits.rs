@@ -55,10 +55,11 @@ fn scope(
     error: &mut dyn FnMut(String, String),
 ) -> Option<Scope> {
     let scope = match (origin, raw) {
-        (Origin::Agent, None | Some("agent")) => Scope::Agent,
+        // Throttles are set at runtime, never compiled from the file.
+        (Origin::Agent | Origin::Throttle, None | Some("agent")) => Scope::Agent,
         (Origin::Route, None | Some("route")) => Scope::Route,
         (_, Some("agent_route")) => Scope::AgentRoute,
-        (Origin::Agent, Some(other)) => {
+        (Origin::Agent | Origin::Throttle, Some(other)) => {
             error(
                 path.into(),
                 format!("`{other}` is not a scope of an agent's limit: write `agent` (one budget across all routes, the default) or `agent_route` (one budget per route)"),

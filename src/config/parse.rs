@@ -24,6 +24,7 @@ const SECTIONS: &[&str] = &[
     "enforcement",
     "limits",
     "tiers",
+    "state",
 ];
 
 /// Parse `text`; `Err` holds every problem found (syntax errors stop at the first, shape
@@ -92,6 +93,7 @@ pub fn parse(text: &str, index: &LineIndex) -> (RawConfig, Vec<Issue>) {
             "enforcement" => ctx.one(&key, v, &mut raw.enforcement),
             "limits" => raw.limits = ctx.list(&key, v),
             "tiers" => ctx.one(&key, v, &mut raw.tiers),
+            "state" => ctx.one(&key, v, &mut raw.state),
             "issuers" => raw.issuers = ctx.list(&key, v),
             "agents" => raw.agents = ctx.list(&key, v),
             "upstreams" => raw.upstreams = ctx.list(&key, v),

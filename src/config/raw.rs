@@ -428,6 +428,17 @@ pub struct RawConfig {
     pub limits: Vec<(usize, super::raw_limits::RawLimit)>,
     /// `tiers:` what every agent of a trust tier must meet.
     pub tiers: RawTiers,
+    /// `state:` where runtime agent state (pauses, revocations) is kept.
+    pub state: RawState,
+}
+
+/// `state:` section.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    /// SQLite file for runtime agent state and monitoring baselines, relative to the config
+    /// file (default `.portcullis/state.db`).
+    pub store: Option<String>,
 }
 
 /// `tiers:` section: policy shared by every agent of a trust tier.

@@ -68,6 +68,16 @@ pub struct Metrics {
     /// Body bytes charged to volume limits, by agent, route and direction (`request`,
     /// `response`).
     pub limit_volume_bytes: IntCounterVec,
+    /// Runtime agent-state changes (kill switch, interventions), by action and credential kind
+    /// (`admin`, `approver`, `playbook`).
+    pub agent_state_changes: IntCounterVec,
+    /// Anomalies detected, by agent, detector and mode (`enforce`, `shadow`).
+    pub anomalies: IntCounterVec,
+    /// Playbook actions taken, by agent and action.
+    pub playbook_actions: IntCounterVec,
+    /// Call events the monitor could not take (its queue was full): detection is best effort
+    /// under overload, never a brake on traffic.
+    pub monitor_events_dropped: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -263,8 +273,35 @@ impl Metrics {
             "Body bytes charged to volume limits, by agent, route and direction (request, response).",
             &["agent", "route", "direction"],
         );
+        let agent_state_changes = counter(
+            "portcullis_agent_state_changes_total",
+            "Runtime agent-state changes (pause, resume, revoke_token, revoke_agent_tokens, step_up, throttle, lift), by credential kind (admin, approver, playbook).",
+            &["action", "credential"],
+        );
+        let anomalies = counter(
+            "portcullis_anomalies_total",
+            "Anomalies detected, by agent, detector and mode (enforce, shadow).",
+            &["agent", "detector", "mode"],
+        );
+        let playbook_actions = counter(
+            "portcullis_playbook_actions_total",
+            "Playbook actions taken (log, alert, throttle, step_up, pause, revoke), by agent.",
+            &["agent", "action"],
+        );
+        let monitor_events_dropped = IntCounter::new(
+            "portcullis_monitor_events_dropped_total",
+            "Call events the anomaly monitor dropped because its queue was full.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(monitor_events_dropped.clone()))
+            .expect("unique metric");
         config_last_reload_ok.set(1);
         Metrics {
+            agent_state_changes,
+            anomalies,
+            playbook_actions,
+            monitor_events_dropped,
             shadow_denials,
             limited,
             limit_volume_bytes,

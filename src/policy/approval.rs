@@ -24,10 +24,15 @@ pub fn required(
     method: &Method,
 ) -> Option<Arc<ApprovalPolicy>> {
     route.approval.clone().or_else(|| {
-        let write = !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
-        match (&snap.approvals, agent.supervised && write) {
+        match (&snap.approvals, agent.supervised && is_write(method)) {
             (Some(a), true) => Some(a.supervised.clone()),
             _ => None,
         }
     })
+}
+
+/// A write: anything but GET, HEAD and OPTIONS (what supervised agents and step-ups put to a
+/// human).
+pub fn is_write(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }

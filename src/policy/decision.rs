@@ -37,6 +37,8 @@ pub struct RequestFacts<'a> {
     pub body: BodyFact<'a>,
     /// The body's length when it was read (else `Content-Length` counts).
     pub body_len: Option<u64>,
+    /// Runtime agent state: pauses, revocations, step-ups, throttles.
+    pub agent_states: &'a super::agent_state::AgentStates,
 }
 
 impl<'a> RequestFacts<'a> {
@@ -63,6 +65,7 @@ impl<'a> RequestFacts<'a> {
             query: None,
             body: BodyFact::NotRead,
             body_len: None,
+            agent_states: &super::agent_state::NO_AGENT_STATE,
         }
     }
 }
@@ -150,6 +153,29 @@ pub enum Denial {
         /// The agent.
         agent: Arc<Agent>,
     },
+    /// The agent is paused at runtime (kill switch).
+    AgentPaused {
+        /// The agent.
+        agent: Arc<Agent>,
+        /// Who paused it, when and why.
+        pause: Box<super::agent_state::Stamp>,
+    },
+    /// The token was revoked at runtime (its `jti`, or every token of the agent issued before
+    /// a time).
+    TokenRevoked {
+        /// The agent.
+        agent: Arc<Agent>,
+        /// Which revocation.
+        revocation: Box<super::agent_state::Revocation>,
+    },
+    /// The agent's writes need approval for now (a runtime step-up), but no `approvals:`
+    /// section is configured: refused rather than forwarded.
+    StepUpUnavailable {
+        /// The agent.
+        agent: Arc<Agent>,
+        /// The step-up in force.
+        until: Box<super::agent_state::Until>,
+    },
     /// No route allows this method, host and path.
     NoRoute {
         /// The agent.
@@ -221,6 +247,9 @@ impl Denial {
         match self {
             Denial::UnknownAgent { .. } => None,
             Denial::AgentDisabled { agent }
+            | Denial::AgentPaused { agent, .. }
+            | Denial::TokenRevoked { agent, .. }
+            | Denial::StepUpUnavailable { agent, .. }
             | Denial::NoRoute { agent, .. }
             | Denial::InsufficientScope { agent, .. }
             | Denial::PathParameter { agent }
@@ -241,6 +270,9 @@ impl Denial {
             Denial::HostScoped { claimed_by, .. } => Some(*claimed_by),
             Denial::UnknownAgent { .. }
             | Denial::AgentDisabled { .. }
+            | Denial::AgentPaused { .. }
+            | Denial::TokenRevoked { .. }
+            | Denial::StepUpUnavailable { .. }
             | Denial::NoRoute { .. }
             | Denial::PathParameter { .. } => None,
         }
@@ -350,6 +382,9 @@ routes:
             Decision::Allow(a) => format!("allow {}", s.routes.routes[a.route].name),
             Decision::Deny(Denial::UnknownAgent { .. }) => "unknown_agent".into(),
             Decision::Deny(Denial::AgentDisabled { .. }) => "agent_disabled".into(),
+            Decision::Deny(Denial::AgentPaused { .. }) => "agent_paused".into(),
+            Decision::Deny(Denial::TokenRevoked { .. }) => "token_revoked".into(),
+            Decision::Deny(Denial::StepUpUnavailable { .. }) => "step_up_unavailable".into(),
             Decision::Deny(Denial::NoRoute { .. }) => "no_route".into(),
             Decision::Deny(Denial::PathParameter { .. }) => "path_parameter".into(),
             Decision::Deny(Denial::HostScoped { claimed_by, .. }) => {

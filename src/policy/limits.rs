@@ -120,6 +120,9 @@ pub enum Origin {
     Agent,
     /// Under `routes[].limits`.
     Route,
+    /// A throttle set at runtime on one agent (an operator or a monitoring playbook), see
+    /// [`super::agent_state`].
+    Throttle,
 }
 
 /// A request rate: `requests` per `per`, at most `burst` at once (GCRA).
@@ -227,6 +230,7 @@ impl LimitKey {
         let origin = match self.origin {
             Origin::Agent => "a",
             Origin::Route => "r",
+            Origin::Throttle => "t",
         };
         format!(
             "{origin}|{}|{}|{}|{def}",
@@ -275,6 +279,27 @@ pub fn applicable(
         }
     }
     out
+}
+
+/// The rate limit of a runtime throttle on `agent_id`, as one more applied limit; `path` says
+/// who set it (shown as `limit_path`). Its key has its own origin, so it never shares a counter
+/// with a configured limit of the same numbers.
+pub fn throttle(agent_id: &Arc<str>, rate: RateLimit, path: Arc<str>) -> Applied {
+    let def = LimitDef::Rate(rate);
+    Applied {
+        key: LimitKey {
+            origin: Origin::Throttle,
+            scope: Scope::Agent,
+            agent: Some(agent_id.clone()),
+            route: None,
+            def,
+        },
+        limit: Limit {
+            def,
+            scope: Scope::Agent,
+            path,
+        },
+    }
 }
 
 /// Read-only view of volume counters, which [`decide`] consults.
@@ -459,6 +484,11 @@ fn whose(key: &LimitKey, verb: &str) -> String {
             format!("agent `{agent}` may {verb}, on each route (here `{route}`),")
         }
         (Origin::Route, _) => format!("route `{route}` allows"),
+        (Origin::Throttle, _) => {
+            format!(
+                "agent `{agent}` is throttled for now (a monitoring intervention) and may {verb}"
+            )
+        }
     }
 }
 
@@ -466,7 +496,7 @@ fn suffix(key: &LimitKey) -> &'static str {
     match (key.origin, key.scope) {
         (Origin::Route, Scope::AgentRoute) => " per agent",
         (Origin::Route, _) => " for all agents together",
-        (Origin::Agent, Scope::Agent) => " across all routes",
+        (Origin::Agent, Scope::Agent) | (Origin::Throttle, _) => " across all routes",
         _ => "",
     }
 }

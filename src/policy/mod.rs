@@ -2,6 +2,7 @@
 //! file per policy (`agents`, `routing`, `upgrade`, `scopes`, `approval`) in the order
 //! `pipeline.rs` gives.
 
+pub mod agent_state;
 pub mod agents;
 pub mod approval;
 pub mod conditions;

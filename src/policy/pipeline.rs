@@ -8,7 +8,8 @@ use super::decision::{Allowed, Decision, RequestFacts};
 use super::decision::{ConditionOf, ConditionRan, Denial};
 use super::limits::{self, Charge, LimitDecision};
 use super::snapshot::Snapshot;
-use super::{agents, approval, routing, scopes, upgrade};
+use super::{agent_state, agents, approval, routing, scopes, upgrade};
+use crate::util::unix_ms;
 
 /// Decide one call.
 pub fn evaluate(snap: &Snapshot, facts: &RequestFacts<'_>) -> Decision {
@@ -16,6 +17,12 @@ pub fn evaluate(snap: &Snapshot, facts: &RequestFacts<'_>) -> Decision {
     //    registered, enabled agent. An unknown caller learns nothing about routes.
     let agent = match agents::registered(snap, facts.token) {
         Ok(a) => a,
+        Err(d) => return Decision::Deny(d),
+    };
+    // 1b. The kill switch: a revoked token or a paused agent stops here, whatever the
+    //     config says (runtime state, never shadowed).
+    let runtime = match agent_state::check(facts.agent_states, agent, facts.token) {
+        Ok(rt) => rt,
         Err(d) => return Decision::Deny(d),
     };
     // 2. Deny by default: the one route the call falls under, or none.
@@ -109,7 +116,14 @@ pub fn evaluate(snap: &Snapshot, facts: &RequestFacts<'_>) -> Decision {
     }
     // 6. Rate and volume limits: volumes are read here (a budget already spent refuses the
     //    call); rates are taken by the proxy with the returned charge, atomically.
-    let applied = limits::applicable(&agent.id, &agent.limits, &r.name, &r.limits);
+    let mut applied = limits::applicable(&agent.id, &agent.limits, &r.name, &r.limits);
+    if let Some(t) = runtime.and_then(|rt| rt.throttle_at(unix_ms(facts.now))) {
+        let path = format!(
+            "throttle by {} ({})",
+            t.until.stamp.by, t.until.stamp.reason
+        );
+        applied.push(limits::throttle(&agent.id, t.rate(), path.into()));
+    }
     let charge = if applied.is_empty() {
         Charge::default()
     } else {
@@ -129,8 +143,24 @@ pub fn evaluate(snap: &Snapshot, facts: &RequestFacts<'_>) -> Decision {
             }
         }
     };
-    // 7. Tiered trust last: only a call that would otherwise pass is put to a human.
-    let approval = approval::required(snap, r, agent, facts.method).or(step_up.flatten());
+    // 7. Tiered trust last: only a call that would otherwise pass is put to a human. A
+    //    runtime step-up (an intervention) makes the agent's writes need approval for a while.
+    let mut approval = approval::required(snap, r, agent, facts.method).or(step_up.flatten());
+    if approval.is_none() {
+        if let Some(until) = runtime.and_then(|rt| rt.step_up_at(unix_ms(facts.now))) {
+            if approval::is_write(facts.method) {
+                match &snap.approvals {
+                    Some(a) => approval = Some(a.supervised.clone()),
+                    None => {
+                        return Decision::Deny(Denial::StepUpUnavailable {
+                            agent: agent.clone(),
+                            until: Box::new(until.clone()),
+                        })
+                    }
+                }
+            }
+        }
+    }
     Decision::Allow(Allowed {
         route,
         agent: agent.clone(),

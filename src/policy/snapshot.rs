@@ -281,6 +281,8 @@ pub struct Settings {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Longest string field of an access-log line written whole (`access_log.max_field_bytes`).
     pub access_log_max_field_bytes: usize,
+    /// The runtime agent state file (`state.store`); read at start only.
+    pub state_store: PathBuf,
 }
 
 /// What one client, or all of them, may hold open on the proxy listener.

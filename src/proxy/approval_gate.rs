@@ -239,6 +239,7 @@ impl Gateway {
                     Ok(HoldOutcome::Decided(a)) => match a.status {
                         Status::Approved => a,
                         Status::Denied => return self.denied(session, ctx, a).await,
+                        Status::Cancelled => return self.cancelled(session, ctx, a).await,
                         Status::Pending
                         | Status::TimedOut
                         | Status::Abandoned
@@ -253,6 +254,11 @@ impl Gateway {
             }
         };
         ctx.approval_id = Some(approval.id.clone());
+        // The agent may have been paused while its call waited: the kill switch wins over an
+        // approval given before it.
+        if self.paused(ctx).is_some() {
+            return self.cancelled(session, ctx, approval).await;
+        }
         // At most once: two identical retries racing for one approval cannot both pass.
         match svc.consume(&approval).await {
             Ok(true) => {}
@@ -390,6 +396,34 @@ impl Gateway {
             id: a.id.clone(),
             by: a.decided_by.clone(),
             reason: a.decision_reason.clone().unwrap_or_default(),
+        };
+        self.refuse(session, ctx, r).await
+    }
+
+    /// Who paused the call's agent, if it is paused now.
+    fn paused(&self, ctx: &RequestCtx) -> Option<crate::policy::agent_state::Stamp> {
+        let agent = ctx.agent.as_ref()?;
+        let states = self.state.agent_state.current();
+        states.agent(&agent.id).and_then(|rt| rt.paused.clone())
+    }
+
+    /// The approval was cancelled: because the agent is paused (403 `agent_paused`, as any of
+    /// its calls), or otherwise 403 `approval_cancelled`.
+    async fn cancelled(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        a: Approval,
+    ) -> Result<bool> {
+        let r = match (self.paused(ctx), ctx.agent.clone()) {
+            (Some(pause), Some(agent)) => Refusal::Policy(crate::policy::Denial::AgentPaused {
+                agent,
+                pause: Box::new(pause),
+            }),
+            _ => Refusal::ApprovalCancelled {
+                id: a.id.clone(),
+                reason: a.decision_reason.clone().unwrap_or_default(),
+            },
         };
         self.refuse(session, ctx, r).await
     }

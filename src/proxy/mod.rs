@@ -355,6 +355,7 @@ impl ProxyHttp for Gateway {
 
         let host = request_host(session.req_header());
         let client_ip = condition_client_ip(session, &snap.settings.trusted_proxies);
+        let agent_states = self.state.agent_state.current();
         let decide = |session: &Session, body: BodyFact<'_>, body_len: Option<u64>| {
             let req = session.req_header();
             let facts = RequestFacts {
@@ -370,6 +371,7 @@ impl ProxyHttp for Gateway {
                 query: req.uri.query(),
                 body,
                 body_len,
+                agent_states: &agent_states,
             };
             evaluate(&snap, &facts)
         };

@@ -5,8 +5,10 @@
 //! say what happened and what to do next.
 
 use super::headers::BearerProblem;
+use crate::approval::rfc3339_ms;
 use crate::identity::TokenError;
 use crate::observe::Outcome;
+use crate::policy::agent_state::Revocation;
 use crate::policy::decision::ConditionOf;
 use crate::policy::limits;
 use crate::policy::{Denial, HostPattern, PathError, Snapshot};
@@ -51,6 +53,13 @@ pub enum Refusal {
         /// Who denied.
         by: Vec<String>,
         /// Their reason.
+        reason: String,
+    },
+    /// The approval was cancelled before use (its agent was paused).
+    ApprovalCancelled {
+        /// Approval id.
+        id: String,
+        /// Why.
         reason: String,
     },
     /// Nobody decided in time (or the approval expired).
@@ -171,6 +180,7 @@ impl Refusal {
             | Refusal::Policy(_)
             | Refusal::BodyTooLarge { .. }
             | Refusal::ApprovalDenied { .. }
+            | Refusal::ApprovalCancelled { .. }
             | Refusal::ApprovalTimeout { .. }
             | Refusal::ApprovalUsed { .. }
             | Refusal::ForbiddenHeader { .. }
@@ -259,6 +269,58 @@ impl Refusal {
                         agent.id, agent.owner
                     ),
                         )
+                    }
+                    Denial::AgentPaused { agent, pause } => {
+                        extra.insert("agent".into(), json!(&*agent.id));
+                        extra.insert("paused_by".into(), json!(pause.by));
+                        extra.insert("paused_reason".into(), json!(pause.reason));
+                        extra.insert("paused_at".into(), json!(rfc3339_ms(pause.at_ms)));
+                        (403, "agent_paused", format!(
+                            "agent `{}` was paused by {} at {}: {}; nothing was sent to the tool. Do not retry: its owner {} must ask an operator to resume it",
+                            agent.id, pause.by, rfc3339_ms(pause.at_ms), pause.reason, agent.owner
+                        ))
+                    }
+                    Denial::TokenRevoked { agent, revocation } => {
+                        extra.insert("agent".into(), json!(&*agent.id));
+                        let (what, stamp) = match &**revocation {
+                            Revocation::Jti(jti, stamp) => {
+                                extra.insert("jti".into(), json!(jti));
+                                (format!("this token (jti `{jti}`) was revoked"), stamp)
+                            }
+                            Revocation::IssuedBefore(before, stamp) => {
+                                extra.insert(
+                                    "revoked_before".into(),
+                                    json!(rfc3339_ms(*before as i64 * 1000)),
+                                );
+                                (
+                                    format!(
+                                        "every token of agent `{}` issued up to {} was revoked",
+                                        agent.id,
+                                        rfc3339_ms(*before as i64 * 1000)
+                                    ),
+                                    stamp,
+                                )
+                            }
+                        };
+                        extra.insert("revoked_by".into(), json!(stamp.by));
+                        extra.insert("revoked_reason".into(), json!(stamp.reason));
+                        let msg = format!(
+                            "{what} by {}: {}; request a new token",
+                            stamp.by, stamp.reason
+                        );
+                        www = Some(format!(
+                            "Bearer realm=\"portcullis\", error=\"invalid_token\", error_description=\"{}\"",
+                            quote("token revoked")
+                        ));
+                        (401, "token_revoked", msg)
+                    }
+                    Denial::StepUpUnavailable { agent, until } => {
+                        extra.insert("agent".into(), json!(&*agent.id));
+                        extra.insert("until".into(), json!(rfc3339_ms(until.until_ms)));
+                        (403, "step_up_unavailable", format!(
+                            "writes of agent `{}` need human approval until {} (set by {}: {}), and this gateway has no approvals configured; nothing was sent to the tool; retry after that time or ask an operator",
+                            agent.id, rfc3339_ms(until.until_ms), until.stamp.by, until.stamp.reason
+                        ))
                     }
                     Denial::NoRoute {
                         agent,
@@ -439,6 +501,13 @@ impl Refusal {
                 (403, "approval_denied", format!(
                     "a human approver ({}) denied this call (approval {id}): {reason}. Do not retry it unchanged",
                     by.join(", ")
+                ))
+            }
+            Refusal::ApprovalCancelled { id, reason } => {
+                extra.insert("approval_id".into(), json!(id));
+                extra.insert("reason".into(), json!(reason));
+                (403, "approval_cancelled", format!(
+                    "approval {id} was cancelled before this call was sent: {reason}; nothing was sent to the tool. Do not retry until an operator says so"
                 ))
             }
             Refusal::ApprovalTimeout { id } => {

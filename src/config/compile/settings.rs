@@ -77,6 +77,8 @@ impl Compiler<'_> {
             // race across threads.
             work_stealing: s.work_stealing.unwrap_or(threads > 1),
             access_log,
+            state_store: self
+                .file_path(raw.state.store.as_deref().unwrap_or(".portcullis/state.db")),
             connections: self.connection_limits(s),
             trusted_proxies: s
                 .trusted_proxies
