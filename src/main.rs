@@ -118,7 +118,7 @@ enum Command {
 enum ApprovalsCommand {
     /// List approvals (default: pending).
     List {
-        /// pending, approved, denied, timed_out, abandoned, expired, used or all.
+        /// pending, approved, denied, timed_out, abandoned, expired, used, cancelled or all.
         #[arg(long, default_value = "pending")]
         status: String,
         /// Only this agent.

@@ -898,6 +898,69 @@ mod tests {
         (dir, path, store)
     }
 
+    /// A version-2 file (before `cancelled` existed) is rebuilt without losing a row or a
+    /// vote, and afterwards cancelling and cascading deletes work.
+    #[test]
+    fn schema_2_migrates_to_3_keeping_rows_and_votes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "foreign_keys", true).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(MIGRATIONS[1]).unwrap();
+            conn.pragma_update(None, "user_version", 2).unwrap();
+            for (id, status) in [("p", "pending"), ("d", "denied")] {
+                conn.execute(
+                    "INSERT INTO approvals (id, mode, agent, owner, route, method, path, body_sha256,
+                         body_bytes, body_preview, headers, request_digest, config_version, approvers,
+                         quorum, created_at_ms, expires_at_ms, status, body)
+                     VALUES (?1, 'async', 'billing-bot', 'o', 'r', 'POST', '/x', 'h', 3, 'abc', '[]',
+                         'dg', 1, '[\"alice\",\"bob\"]', 2, ?2, ?3, ?4, x'616263')",
+                    rusqlite::params![id, NOW, NOW + 10 * MINUTE, status],
+                )
+                .unwrap();
+            }
+            conn.execute(
+                "INSERT INTO votes (approval_id, approver, approve, reason, at_ms) VALUES ('p', 'alice', 1, 'ok', ?1)",
+                [NOW],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let p = store.get("p").unwrap();
+        assert_eq!(p.status, Status::Pending);
+        assert_eq!(p.votes.len(), 1);
+        assert_eq!(p.votes[0].approver, "alice");
+        assert_eq!(store.body("p").unwrap().as_deref(), Some(&b"abc"[..]));
+        assert_eq!(store.get("d").unwrap().status, Status::Denied);
+        let cancelled = store
+            .cancel_agent("billing-bot", "agent paused by ops: test", NOW + 1)
+            .unwrap();
+        assert_eq!(cancelled, ["p"]);
+        let p = store.get("p").unwrap();
+        assert_eq!(p.status, Status::Cancelled);
+        assert_eq!(
+            p.decision_reason.as_deref(),
+            Some("agent paused by ops: test")
+        );
+        assert!(store
+            .cancel_agent("billing-bot", "again", NOW + 2)
+            .unwrap()
+            .is_empty());
+        // Votes still cascade with their approval (the rebuilt foreign key points at the new table).
+        assert_eq!(store.prune_final(NOW + 20 * MINUTE).unwrap(), 2);
+        let conn = Connection::open(&path).unwrap();
+        let votes: i64 = conn
+            .query_row("SELECT COUNT(*) FROM votes", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(votes, 0);
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
     fn sample(id: &str) -> NewApproval {
         NewApproval {
             id: id.to_owned(),
