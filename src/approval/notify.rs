@@ -119,34 +119,52 @@ pub struct ApprovalNotice {
     pub query: Option<String>,
 }
 
+/// What a webhook can carry: a JSON object (the notice's fields) plus a Slack-compatible `text`
+/// line. Approval notices and monitoring alerts share this one sender.
+pub trait Notice: Serialize + Send + Sync + 'static {
+    /// What identifies the notice in log lines (an approval id, an alert id).
+    fn log_id(&self) -> &str;
+    /// The one-line Slack `text`.
+    fn text(&self) -> String;
+}
+
+impl Notice for ApprovalNotice {
+    fn log_id(&self) -> &str {
+        &self.approval_id
+    }
+    fn text(&self) -> String {
+        slack_text(self)
+    }
+}
+
 /// Sends notices in the background, never blocking the request path.
 ///
 /// Dropping it closes the queue: notices already queued are still delivered by its thread,
 /// which then ends. Call [`Notifier::flush`] first to wait for them.
-pub struct Notifier {
-    state: State,
+pub struct Notifier<N: Notice = ApprovalNotice> {
+    state: State<N>,
     pending: Arc<Pending>,
     failures: IntCounter,
 }
 
-enum State {
+enum State<N: Notice> {
     /// No webhook configured: notices go nowhere, and that is not a failure.
     Disabled,
     /// A webhook is configured but cannot be used (bad URL or header, no thread): every notice
     /// is a failure, so that the counter shows it, not only the log line at start.
     Unavailable,
     /// The delivery thread's queue.
-    Running(mpsc::Sender<Job>),
+    Running(mpsc::Sender<Job<N>>),
 }
 
-impl Notifier {
+impl<N: Notice> Notifier<N> {
     /// Spawns its delivery task on a dedicated thread with its own small tokio runtime (the
     /// gateway runs several runtimes that come and go; the notifier must not depend on the
     /// caller's). `failures`/`sent` are counters to increment.
     ///
     /// A config that cannot be used (invalid URL or header) is logged here, once, and each
     /// notice then counts as a failure; starting never fails and never panics.
-    pub fn start(cfg: Option<WebhookConfig>, sent: IntCounter, failures: IntCounter) -> Notifier {
+    pub fn start(cfg: Option<WebhookConfig>, sent: IntCounter, failures: IntCounter) -> Self {
         let state = match cfg {
             None => State::Disabled,
             Some(cfg) => {
@@ -157,7 +175,7 @@ impl Notifier {
                         tracing::error!(
                             url = %url,
                             error = %error,
-                            "approval webhook unusable; notices will be counted as failures"
+                            "webhook unusable; notices will be counted as failures"
                         );
                         State::Unavailable
                     }
@@ -173,14 +191,14 @@ impl Notifier {
 
     /// Queue a notice; returns immediately (bounded queue of [`QUEUE_CAPACITY`]; when full the
     /// notice is dropped, counted as a failure and logged).
-    pub fn notify(&self, n: ApprovalNotice) {
+    pub fn notify(&self, n: N) {
         let queue = match &self.state {
             State::Disabled => return,
             State::Unavailable => {
                 self.failures.inc();
                 tracing::warn!(
-                    approval_id = %n.approval_id,
-                    "approval notice dropped: the webhook is unusable (see the error at start)"
+                    id = %n.log_id(),
+                    "notice dropped: the webhook is unusable (see the error at start)"
                 );
                 return;
             }
@@ -197,16 +215,16 @@ impl Notifier {
             Err(TrySendError::Full(job)) => {
                 self.failures.inc();
                 tracing::warn!(
-                    approval_id = %job.notice.approval_id,
+                    id = %job.notice.log_id(),
                     capacity = QUEUE_CAPACITY,
-                    "approval notice dropped: the notification queue is full"
+                    "notice dropped: the notification queue is full"
                 );
             }
             Err(TrySendError::Closed(job)) => {
                 self.failures.inc();
                 tracing::error!(
-                    approval_id = %job.notice.approval_id,
-                    "approval notice dropped: the notification thread has stopped"
+                    id = %job.notice.log_id(),
+                    "notice dropped: the notification thread has stopped"
                 );
             }
         }
@@ -220,7 +238,7 @@ impl Notifier {
     }
 }
 
-impl fmt::Debug for Notifier {
+impl<N: Notice> fmt::Debug for Notifier<N> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match self.state {
             State::Disabled => "disabled",
@@ -235,8 +253,8 @@ impl fmt::Debug for Notifier {
 }
 
 /// A queued notice and its share of the pending count.
-struct Job {
-    notice: ApprovalNotice,
+struct Job<N> {
+    notice: N,
     _pending: PendingGuard,
 }
 
@@ -306,11 +324,11 @@ enum StartError {
     Thread(std::io::Error),
 }
 
-fn spawn_worker(
+fn spawn_worker<N: Notice>(
     cfg: WebhookConfig,
     sent: IntCounter,
     failures: IntCounter,
-) -> Result<mpsc::Sender<Job>, StartError> {
+) -> Result<mpsc::Sender<Job<N>>, StartError> {
     // Built here rather than in the thread so that every error is reported by `start`.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -331,7 +349,7 @@ fn spawn_worker(
 
 /// The delivery thread's loop: until the Notifier is dropped, start each job as soon as one of
 /// the [`MAX_IN_FLIGHT`] slots is free.
-async fn run(mut jobs: mpsc::Receiver<Job>, delivery: Arc<Delivery>) {
+async fn run<N: Notice>(mut jobs: mpsc::Receiver<Job<N>>, delivery: Arc<Delivery>) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     loop {
         // A slot before a job: jobs that cannot start yet wait in the bounded queue, where
@@ -411,16 +429,16 @@ impl Delivery {
     }
 
     /// Delivers one notice, retrying as the module doc says; counts and logs the outcome.
-    async fn deliver(&self, notice: &ApprovalNotice) {
+    async fn deliver<N: Notice>(&self, notice: &N) {
         let body = match serde_json::to_vec(&Body {
             notice,
-            text: slack_text(notice),
+            text: notice.text(),
         }) {
             Ok(body) => body,
             Err(error) => {
                 self.failures.inc();
-                tracing::warn!(approval_id = %notice.approval_id, error = %error,
-                    "approval notice not delivered: cannot encode it");
+                tracing::warn!(id = %notice.log_id(), error = %error,
+                    "notice not delivered: cannot encode it");
                 return;
             }
         };
@@ -430,8 +448,8 @@ impl Delivery {
             let error = match self.attempt(body.clone()).await {
                 Ok(()) => {
                     self.sent.inc();
-                    tracing::debug!(approval_id = %notice.approval_id, attempt,
-                        "approval notice delivered");
+                    tracing::debug!(id = %notice.log_id(), attempt,
+                        "notice delivered");
                     return;
                 }
                 Err(error) => error,
@@ -440,17 +458,17 @@ impl Delivery {
                 break error;
             }
             let wait = retry_delay(self.initial_backoff, attempt, error.retry_after());
-            tracing::debug!(approval_id = %notice.approval_id, attempt, error = %error,
-                wait_ms = wait.as_millis() as u64, "approval notice attempt failed; will retry");
+            tracing::debug!(id = %notice.log_id(), attempt, error = %error,
+                wait_ms = wait.as_millis() as u64, "notice attempt failed; will retry");
             tokio::time::sleep(wait).await;
         };
         self.failures.inc();
         tracing::warn!(
-            approval_id = %notice.approval_id,
+            id = %notice.log_id(),
             url = %self.log_url,
             attempts = attempt,
             error = %last_error,
-            "approval notice not delivered"
+            "notice not delivered"
         );
     }
 
@@ -480,9 +498,9 @@ impl Delivery {
 
 /// What is POSTed: the notice's fields plus Slack's `text`.
 #[derive(Serialize)]
-struct Body<'a> {
+struct Body<'a, N> {
     #[serde(flatten)]
-    notice: &'a ApprovalNotice,
+    notice: &'a N,
     text: String,
 }
 
