@@ -259,6 +259,10 @@ pub struct RawRoute {
     /// `## Conditions`.
     #[serde(default)]
     pub conditions: Vec<super::raw_conditions::RawCondition>,
+    /// Labels for monitoring (`private_data`, `untrusted_input`, `egress`...): the sensitive
+    /// sequence detector watches for an agent touching one tag and then another.
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 /// How calls needing approval are handled.

@@ -263,6 +263,8 @@ pub struct Route {
     pub limits: super::limits::Limits,
     /// Contextual conditions of the route (empty: none).
     pub conditions: super::conditions::Conditions,
+    /// Monitoring labels (`tags:`), shared by every call event of the route.
+    pub tags: Arc<[Arc<str>]>,
 }
 
 /// Which shadowable policies of a route record `would_deny` instead of refusing. Identity,
@@ -490,6 +492,7 @@ mod tests {
             shadow: Shadow::default(),
             limits: Default::default(),
             conditions: Default::default(),
+            tags: Arc::from([]),
         }
     }
 

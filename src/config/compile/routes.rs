@@ -112,6 +112,20 @@ impl Compiler<'_> {
                 &r.conditions,
                 approvals.is_some(),
             );
+            let mut tags: Vec<Arc<str>> = Vec::new();
+            for (j, t) in r.tags.iter().enumerate() {
+                let valid = !t.is_empty()
+                    && t.len() <= 64
+                    && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
+                if !valid {
+                    self.invalid(
+                        format!("{p}.tags[{j}]"),
+                        format!("`{t}` is not a tag: 1 to 64 letters, digits, `_`, `-`, `.` or `:`"),
+                    );
+                } else if !tags.iter().any(|x| **x == **t) {
+                    tags.push(t.as_str().into());
+                }
+            }
             if let (true, Some(path), Some(host), Some(upstream)) = (ok, path, host, upstream) {
                 out.push(Route {
                     name: r.name.as_str().into(),
@@ -128,6 +142,7 @@ impl Compiler<'_> {
                     shadow: global_shadow.union(self.shadow(&p, &r.mode, &r.shadow)),
                     limits,
                     conditions,
+                    tags: tags.into(),
                 });
             }
         }
