@@ -616,7 +616,7 @@ fn slack_text(n: &ApprovalNotice) -> String {
 /// characters shown as visible escapes ([`escape_line`], shared with the CLI): the path and
 /// agent name come from the agent, which must not be able to forge a link or a line, or make
 /// text read differently from what it is, in a message that humans act on.
-fn slack_escape(text: &str) -> String {
+pub(crate) fn slack_escape(text: &str) -> String {
     let text = escape_line(text);
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {

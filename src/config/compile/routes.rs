@@ -116,11 +116,14 @@ impl Compiler<'_> {
             for (j, t) in r.tags.iter().enumerate() {
                 let valid = !t.is_empty()
                     && t.len() <= 64
-                    && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
+                    && t.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
                 if !valid {
                     self.invalid(
                         format!("{p}.tags[{j}]"),
-                        format!("`{t}` is not a tag: 1 to 64 letters, digits, `_`, `-`, `.` or `:`"),
+                        format!(
+                            "`{t}` is not a tag: 1 to 64 letters, digits, `_`, `-`, `.` or `:`"
+                        ),
                     );
                 } else if !tags.iter().any(|x| **x == **t) {
                     tags.push(t.as_str().into());
