@@ -4,6 +4,7 @@
 //!   it can reach, and what monitoring saw (last seen, calls and denials in 24 h, anomalies).
 //! - `GET /api/agents/{id}`: one agent, with its audit trail.
 //! - `POST /api/agents/{id}/pause` / `resume`, `POST /api/tokens/revoke`, `GET /api/audit`.
+//! - `GET /console/agents`: the console's agents page (`agents.html`) over this API.
 //!
 //! Every call needs an operator credential ([`Operator`]: an admin or an approver token).
 //! Pausing and revoking only restrict, and anyone trusted to approve calls may pull the brake;
@@ -29,6 +30,7 @@ use std::time::SystemTime;
 /// Inventory and kill-switch routes.
 pub fn routes() -> Router<Arc<GatewayState>> {
     Router::new()
+        .route("/console/agents", get(console))
         .route("/api/agents", get(list))
         .route("/api/agents/{id}", get(show))
         .route("/api/agents/{id}/pause", post(pause))
@@ -36,6 +38,13 @@ pub fn routes() -> Router<Arc<GatewayState>> {
         .route("/api/agents/{id}/lift", post(lift))
         .route("/api/tokens/revoke", post(revoke))
         .route("/api/audit", get(audit))
+}
+
+/// The agents page of the console (static; it talks to the API below).
+const AGENTS_HTML: &str = include_str!("agents.html");
+
+async fn console() -> impl IntoResponse {
+    super::approvals::console_page(AGENTS_HTML)
 }
 
 /// A refusal of this API: status, machine code and a message.

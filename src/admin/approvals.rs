@@ -186,14 +186,20 @@ fn view(svc: &ApprovalService, a: &Approval) -> Value {
     v
 }
 
-async fn console() -> impl IntoResponse {
+/// A console page as served: never cached, and nothing runs or loads but its own inline
+/// script and style (no external resources, no framing). Shared with the agents page.
+pub(super) fn console_page(html: &'static str) -> impl IntoResponse {
     (
         [
             (header::CACHE_CONTROL, "no-store"),
             (header::CONTENT_SECURITY_POLICY, "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; frame-ancestors 'none'"),
         ],
-        Html(CONSOLE_HTML),
+        Html(html),
     )
+}
+
+async fn console() -> impl IntoResponse {
+    console_page(CONSOLE_HTML)
 }
 
 async fn whoami(ApproverName(name): ApproverName) -> Response {
