@@ -2,6 +2,7 @@
 //! that both are made from.
 
 pub mod access_log;
+pub mod anomaly;
 pub mod metrics;
 pub mod outcome;
 
