@@ -4,12 +4,14 @@
 pub mod compile;
 pub mod compile_conditions;
 pub mod compile_limits;
+pub mod compile_monitoring;
 pub mod error;
 pub mod locate;
 pub mod parse;
 pub mod raw;
 pub mod raw_conditions;
 pub mod raw_limits;
+pub mod raw_monitoring;
 pub mod secret;
 
 pub use compile::{load_file, load_str, LoadContext};

@@ -1,8 +1,10 @@
-//! Observability: the JSON access log, Prometheus metrics, and the one typed outcome of a call
-//! that both are made from.
+//! Observability: the JSON access log, Prometheus metrics, the one typed outcome of a call
+//! that both are made from, and monitoring (anomaly detectors, playbooks, alerts).
 
 pub mod access_log;
 pub mod alert;
+pub mod anomaly;
+pub mod monitor;
 pub mod metrics;
 pub mod outcome;
 
