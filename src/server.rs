@@ -114,7 +114,14 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
             state: state.clone(),
         },
     );
+    let monitor = background_service(
+        "portcullis monitor",
+        crate::observe::monitor::MonitorService {
+            state: state.clone(),
+        },
+    );
     server.add_service(proxy);
+    server.add_service(monitor);
     server.add_service(admin);
     server.add_service(sweeper);
 
@@ -140,6 +147,8 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
     if let Some(svc) = state.approvals.load_full() {
         svc.flush_notifications(Duration::from_secs(2));
     }
+    // Every runtime has stopped: what the detectors learnt is saved for the next start.
+    state.monitor.persist(&*state.agent_state);
     // Every runtime has stopped, so every request has handed its line to the log.
     access_log.close();
     tracing::info!("portcullis stopped");

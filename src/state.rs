@@ -49,6 +49,8 @@ pub struct GatewayState {
     /// Runtime agent state (kill switch, interventions). Outside the snapshot: a reload never
     /// un-pauses an agent.
     pub agent_state: Arc<dyn agent_state::AgentStateStore>,
+    /// Anomaly detection: the queue the proxy feeds and the detectors' state.
+    pub monitor: crate::observe::monitor::MonitorHandle,
     next_version: AtomicU64,
     reload_lock: Mutex<()>,
     last_reload_error: Mutex<Option<String>>,
@@ -83,6 +85,17 @@ impl GatewayState {
     ) -> GatewayState {
         metrics.config_version.set(first.version as i64);
         let next = first.version + 1;
+        let baselines = match agent_state.load_blob(crate::observe::monitor::BASELINE_KEY) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read monitoring baselines; starting from scratch");
+                None
+            }
+        };
+        let monitor = crate::observe::monitor::MonitorHandle::new(
+            first.monitoring.clone(),
+            baselines.as_ref(),
+        );
         // Validated as `ip:port` by the config compiler.
         let proxy_listen = first
             .settings
@@ -104,6 +117,7 @@ impl GatewayState {
             executor: Executor::new(),
             limits: Arc::new(limits::InProcessLimitStore::new()),
             agent_state,
+            monitor,
             next_version: AtomicU64::new(next),
             reload_lock: Mutex::new(()),
             last_reload_error: Mutex::new(None),
@@ -112,8 +126,11 @@ impl GatewayState {
 
     /// What monitoring saw of `agent` (last seen, calls and denials in 24 h, anomalies), for
     /// the inventory; `None` when monitoring is off.
-    pub fn agent_activity(&self, _agent: &str) -> Option<serde_json::Value> {
-        None
+    pub fn agent_activity(&self, agent: &str) -> Option<serde_json::Value> {
+        if !self.snapshot.load().monitoring.any_on() {
+            return None;
+        }
+        self.monitor.activity(agent)
     }
 
     /// Parse → validate → compile → swap. On any error the old snapshot keeps serving, the

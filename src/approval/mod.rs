@@ -17,7 +17,7 @@ pub mod store;
 use crate::observe::{AccessLog, LogTime, Metrics};
 use crate::policy::ApprovalSettings;
 use crate::util::lock;
-use notify::{ApprovalNotice, Notifier, WebhookConfig};
+use notify::{ApprovalNotice, Notifier};
 use serde::Serialize;
 use sqlite::SqliteStore;
 use std::collections::HashMap;
@@ -165,13 +165,7 @@ impl ApprovalService {
                 .with_label_values(&["abandoned"])
                 .inc_by(orphaned as u64);
         }
-        let webhook = settings.webhook.as_ref().map(|w| {
-            let mut c = WebhookConfig::new(w.url.clone());
-            c.timeout = w.timeout;
-            c.max_attempts = w.max_attempts;
-            c.headers = w.headers.clone();
-            c
-        });
+        let webhook = settings.webhook.as_ref().map(|w| w.to_config());
         let notifier = Notifier::start(
             webhook,
             metrics.approval_notifications_sent.clone(),

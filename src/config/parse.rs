@@ -25,6 +25,7 @@ const SECTIONS: &[&str] = &[
     "limits",
     "tiers",
     "state",
+    "monitoring",
 ];
 
 /// Parse `text`; `Err` holds every problem found (syntax errors stop at the first, shape
@@ -94,6 +95,11 @@ pub fn parse(text: &str, index: &LineIndex) -> (RawConfig, Vec<Issue>) {
             "limits" => raw.limits = ctx.list(&key, v),
             "tiers" => ctx.one(&key, v, &mut raw.tiers),
             "state" => ctx.one(&key, v, &mut raw.state),
+            "monitoring" => {
+                let mut m = None;
+                ctx.one(&key, v, &mut m);
+                raw.monitoring = m;
+            }
             "issuers" => raw.issuers = ctx.list(&key, v),
             "agents" => raw.agents = ctx.list(&key, v),
             "upstreams" => raw.upstreams = ctx.list(&key, v),

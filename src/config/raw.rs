@@ -434,6 +434,8 @@ pub struct RawConfig {
     pub tiers: RawTiers,
     /// `state:` where runtime agent state (pauses, revocations) is kept.
     pub state: RawState,
+    /// `monitoring:` anomaly detectors, playbooks and alerts.
+    pub monitoring: Option<super::raw_monitoring::RawMonitoring>,
 }
 
 /// `state:` section.

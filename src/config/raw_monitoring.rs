@@ -43,6 +43,19 @@ pub struct RawMonitoring {
     /// What to do about detections, first match wins.
     #[serde(default)]
     pub playbooks: Vec<RawPlaybook>,
+    /// Where `alert` actions are sent.
+    pub alerts: Option<RawAlerts>,
+}
+
+/// `monitoring.alerts`: the security team's webhook and each owner's.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlerts {
+    /// Receives every alert.
+    pub webhook: Option<super::raw::RawWebhook>,
+    /// Owner (as `agents[].owner` names them) → webhook for alerts about their agents.
+    #[serde(default)]
+    pub owners: std::collections::BTreeMap<String, super::raw::RawWebhook>,
 }
 
 /// `monitoring.detectors`: one optional entry per detector.

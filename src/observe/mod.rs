@@ -4,8 +4,8 @@
 pub mod access_log;
 pub mod alert;
 pub mod anomaly;
-pub mod monitor;
 pub mod metrics;
+pub mod monitor;
 pub mod outcome;
 
 pub use access_log::{AccessLog, AccessRecord, LogTime};

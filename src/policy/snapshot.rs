@@ -79,7 +79,7 @@ pub struct Approver {
 }
 
 /// Webhook destination for approval notices.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhookSettings {
     /// Receiver URL.
     pub url: String,
@@ -89,6 +89,26 @@ pub struct WebhookSettings {
     pub max_attempts: u32,
     /// Extra headers (secrets resolved).
     pub headers: Vec<(String, String)>,
+}
+
+impl WebhookSettings {
+    /// The sender's settings for these.
+    pub fn to_config(&self) -> crate::approval::notify::WebhookConfig {
+        let mut c = crate::approval::notify::WebhookConfig::new(self.url.clone());
+        c.timeout = self.timeout;
+        c.max_attempts = self.max_attempts;
+        c.headers = self.headers.clone();
+        c
+    }
+}
+
+/// `monitoring.alerts`: where playbook alerts go.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AlertSettings {
+    /// The security team's channel: every alert.
+    pub webhook: Option<WebhookSettings>,
+    /// Each owner's channel, by the owner as agents name them: alerts about their agents.
+    pub owners: HashMap<String, WebhookSettings>,
 }
 
 /// The `approvals:` section, compiled.
@@ -387,6 +407,10 @@ pub struct Snapshot {
     pub approvals: Option<ApprovalSettings>,
     /// Admin listener credentials and allowed names.
     pub admin: AdminSettings,
+    /// Anomaly detectors and playbooks (`monitoring:`; all off when absent).
+    pub monitoring: Arc<crate::observe::anomaly::MonitoringConfig>,
+    /// Where alerts go (`monitoring.alerts`).
+    pub alerts: AlertSettings,
 }
 
 impl fmt::Debug for Snapshot {

@@ -216,6 +216,28 @@ impl RequestCtx {
             would_deny: self.outcome.would_deny(),
             conditions: &self.conditions,
         });
+        // Anomaly detection, off the request path: one bounded-queue send per call.
+        if let Some(agent) = &self.agent {
+            let denied = match self.outcome {
+                Outcome::Denied { code } => Some(code),
+                _ => None,
+            };
+            let route = self.route.map(|r| &snap.routes.routes[r]);
+            if let Some(ev) = crate::observe::monitor::call_event(
+                &snap,
+                agent,
+                route,
+                seen.method,
+                denied,
+                seen.bytes_in as u64,
+                seen.bytes_out as u64,
+                self.started_wall,
+            ) {
+                if !state.monitor.observe(ev) {
+                    m.monitor_events_dropped.inc();
+                }
+            }
+        }
     }
 
     /// The outcome of a call the upstream answered: allowed, or shadow-denied.

@@ -154,33 +154,10 @@ impl Compiler<'_> {
         if max_body_bytes == 0 {
             self.invalid(format!("{p}.max_body_bytes"), "must be at least 1");
         }
-        let webhook = r.webhook.as_ref().map(|w| {
-            let wp = format!("{p}.webhook");
-            match w.url.parse::<Uri>() {
-                Ok(u) if matches!(u.scheme_str(), Some("http") | Some("https")) => {}
-                _ => self.invalid(
-                    format!("{wp}.url"),
-                    format!("`{}` is not an http(s) URL", w.url),
-                ),
-            }
-            let mut headers = Vec::new();
-            for (k, v) in &w.headers {
-                match secret::resolve(v, &self.base) {
-                    Ok(v) => headers.push((k.clone(), v)),
-                    Err(e) => self.invalid(format!("{wp}.headers.{k}"), e),
-                }
-            }
-            WebhookSettings {
-                url: w.url.clone(),
-                timeout: self.duration(
-                    &format!("{wp}.timeout"),
-                    &w.timeout,
-                    Duration::from_secs(5),
-                ),
-                max_attempts: w.max_attempts.unwrap_or(5).max(1),
-                headers,
-            }
-        });
+        let webhook = r
+            .webhook
+            .as_ref()
+            .map(|w| self.webhook(&format!("{p}.webhook"), w));
         let mut settings = ApprovalSettings {
             store_path: self.file_path(&r.store),
             max_body_bytes,
@@ -271,6 +248,32 @@ pub(super) fn default_console_url(admin_listen: &str) -> String {
         _ => admin_listen.to_string(),
     };
     format!("http://{addr}/console")
+}
+
+impl Compiler<'_> {
+    /// A webhook (of approvals or alerts): an http(s) URL, headers with secrets resolved.
+    pub(super) fn webhook(&mut self, wp: &str, w: &RawWebhook) -> WebhookSettings {
+        match w.url.parse::<Uri>() {
+            Ok(u) if matches!(u.scheme_str(), Some("http") | Some("https")) => {}
+            _ => self.invalid(
+                format!("{wp}.url"),
+                format!("`{}` is not an http(s) URL", w.url),
+            ),
+        }
+        let mut headers = Vec::new();
+        for (k, v) in &w.headers {
+            match secret::resolve(v, &self.base) {
+                Ok(v) => headers.push((k.clone(), v)),
+                Err(e) => self.invalid(format!("{wp}.headers.{k}"), e),
+            }
+        }
+        WebhookSettings {
+            url: w.url.clone(),
+            timeout: self.duration(&format!("{wp}.timeout"), &w.timeout, Duration::from_secs(5)),
+            max_attempts: w.max_attempts.unwrap_or(5).max(1),
+            headers,
+        }
+    }
 }
 
 #[cfg(test)]

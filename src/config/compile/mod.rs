@@ -10,6 +10,7 @@ mod admin;
 mod agents;
 mod approvals;
 mod identity;
+mod monitoring;
 mod routes;
 mod settings;
 mod upstreams;
@@ -233,6 +234,7 @@ impl Compiler<'_> {
             &tiers,
         );
         let admin = self.admin(&raw.admin);
+        let (monitoring, alerts) = self.monitoring(&raw, approvals.is_some());
 
         let verifier = if self.issues.is_empty() {
             match Verifier::new(issuers, identity, ctx.key_store.clone()) {
@@ -260,6 +262,8 @@ impl Compiler<'_> {
             token_service,
             approvals,
             admin,
+            monitoring,
+            alerts,
         })
     }
 

@@ -69,6 +69,11 @@ impl MonitoringConfig {
         own != Some(Mode::Enforce)
     }
 
+    /// Whether any detector is configured: when none is, the proxy builds no call events.
+    pub fn any_on(&self) -> bool {
+        DetectorKind::ALL.into_iter().any(|k| self.is_on(k))
+    }
+
     /// Whether the detector is configured (present under `monitoring.detectors`).
     pub fn is_on(&self, kind: DetectorKind) -> bool {
         match kind {

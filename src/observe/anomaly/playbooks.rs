@@ -258,6 +258,16 @@ impl Playbooks {
                 decision.actions.push(*a);
             }
         }
+        // People must hear of every restriction: an alert held back by the cooldown (say,
+        // after another playbook's notice a minute ago) still goes out with a pause, a
+        // throttle, a step-up or a revocation.
+        if decision.actions.iter().any(|a| !a.is_notice()) {
+            if let Some(i) = decision.suppressed.iter().position(|a| *a == Action::Alert) {
+                decision.suppressed.remove(i);
+                st.ran[Action::Alert.kind()] = Some((now_ms, Action::Alert));
+                decision.actions.insert(1, Action::Alert);
+            }
+        }
         decision
     }
 

@@ -134,9 +134,11 @@ fn cooldowns_hold_back_repeats_of_a_kind_but_never_the_log() {
     );
     let want: Vec<Row> = vec![
         (1, vec![Log, Alert], vec![], vec![]),
-        (2, vec![Log, THROTTLE], vec![Alert], vec![]),
-        (3, vec![Log, STEP_UP], vec![Alert], vec![]),
-        (4, vec![Log, Pause], vec![Alert], vec![]),
+        // A restriction always comes with its alert, cooldown or not.
+        (2, vec![Log, Alert, THROTTLE], vec![], vec![]),
+        (3, vec![Log, Alert, STEP_UP], vec![], vec![]),
+        (4, vec![Log, Alert, Pause], vec![], vec![]),
+        // Nothing new is restricted: the repeated alert is held back.
         (4, vec![Log], vec![Alert, Pause], vec![]),
         // 10 minutes: the alert of minute 0 and the pause of minute 3 are past the cooldown.
         (4, vec![Log, Alert, Pause], vec![], vec![]),
