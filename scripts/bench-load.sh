@@ -11,6 +11,8 @@
 # usage: scripts/bench-load.sh [ROUNDS] [SECONDS]     (default 3 rounds of 6 s per target)
 #
 # BENCH_POLICY=1 puts one condition and one rate limit on the current build's benchmarked route.
+# BENCH_MONITOR=1 turns every anomaly detector on (BASELINE_BIN=the same binary then measures
+# the cost of monitoring alone: the baseline run uses the config without it).
 # BASELINE_BIN=/path/to/an/older/portcullis also runs that build, with the same config, in the
 # same CPU-per-request rounds ("portcullis baseline"), for before/after figures of a change.
 set -euo pipefail
@@ -40,7 +42,12 @@ trap cleanup EXIT
 
 # BENCH_POLICY=1: the current build's route also carries one condition and one rate limit
 # (the baseline build, which may predate them, keeps the plain route).
-bench_gateway_config 9080 9981 "$work/access.log" "${BENCH_POLICY:+$BENCH_POLICY_YAML}" > "$work/gateway.yaml"
+route_extra="${BENCH_POLICY:+$BENCH_POLICY_YAML}"
+if [ -n "${BENCH_MONITOR:-}" ]; then
+  route_extra="${route_extra:+$route_extra
+}$BENCH_MONITOR_ROUTE_YAML"
+fi
+bench_gateway_config 9080 9981 "$work/access.log" "$route_extra" "${BENCH_MONITOR:+$BENCH_MONITOR_YAML}" > "$work/gateway.yaml"
 ./target/release/portcullis run -c "$work/gateway.yaml" 2>"$work/gateway.err" &
 gw=$!
 for _ in $(seq 100); do curl -sf http://127.0.0.1:9981/readyz >/dev/null && break; sleep 0.1; done

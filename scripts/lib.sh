@@ -38,7 +38,7 @@ ensure_test_deps() {
 # The benchmarked gateway: one worker; an ES256 token from the peer kit's key set (in $D);
 # route + scope check, credential injection, access log to a file. Both load scripts use it,
 # so their figures describe the same configuration.
-#   bench_gateway_config PROXY_PORT ADMIN_PORT ACCESS_LOG [ROUTE_EXTRA_YAML] > gateway.yaml
+#   bench_gateway_config PROXY_PORT ADMIN_PORT ACCESS_LOG [ROUTE_EXTRA_YAML [TOP_LEVEL_YAML]] > gateway.yaml
 bench_gateway_config() {
   cat <<YAML
 listen:
@@ -70,7 +70,8 @@ routes:
 ${4:+$4
 }access_log:
   path: $3
-YAML
+${5:+$5
+}YAML
 }
 
 # What BENCH_POLICY=1 adds to the benchmarked route: one condition and one rate limit that
@@ -80,3 +81,26 @@ BENCH_POLICY_YAML='    conditions:
     limits:
       - rate: {requests: 100000000, per: 1s, scope: agent_route}'
 
+
+# What BENCH_MONITOR=1 adds: every anomaly detector on (issue 10's "all detectors on" cost
+# figure). The benchmarked route is tagged private_data; an unused route carries the egress tag
+# the sensitive-sequence detector watches for, so ordinary bench calls trip nothing.
+BENCH_MONITOR_ROUTE_YAML='    tags: [private_data]
+  - name: outbound
+    methods: [POST]
+    path: /api/outbound/**
+    upstream: up
+    scopes: [read:tickets]
+    tags: [egress]'
+BENCH_MONITOR_YAML='monitoring:
+  detectors:
+    first_seen: {warmup: 1h, min_calls: 50}
+    rate: {window: 1m, z: 4.0}
+    denial_burst: {denials: 10, window: 1m}
+    volume: {window: 1m, z: 4.0, max_bytes: 1GB}
+    off_hours: {zone: UTC, min_days: 7}
+    sensitive_sequence: {from: private_data, to: egress, within: 10m}
+  playbooks:
+    - name: watch
+      steps:
+        - [alert]'

@@ -326,4 +326,22 @@ async fn baselines_survive_a_restart() {
     assert_eq!(get(&gw, "/api/customers/x", Some(&bot)).await.status, 200);
     let v = owner.wait_for(|v| v["detector"] == "first_seen").await;
     assert_eq!(v["details"]["history_calls"], 25, "{v}");
+
+    // An operator accepts the new behaviour: the agent warms up anew, so the next new route
+    // is learnt silently.
+    let r = client()
+        .post(gw.admin_url("/api/agents/support-bot/relearn"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({"reason": "customer exports are its new job"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["had_baselines"], true, "{body}");
+    let before = owner.all().len();
+    let a = send(&gw, reqwest::Method::POST, "/api/outbound/x", &bot, "{}").await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(owner.all().len(), before, "{:#?}", owner.all());
 }

@@ -36,6 +36,7 @@ pub fn routes() -> Router<Arc<GatewayState>> {
         .route("/api/agents/{id}/pause", post(pause))
         .route("/api/agents/{id}/resume", post(resume))
         .route("/api/agents/{id}/lift", post(lift))
+        .route("/api/agents/{id}/relearn", post(relearn))
         .route("/api/tokens/revoke", post(revoke))
         .route("/api/audit", get(audit))
 }
@@ -318,6 +319,33 @@ async fn lift(
     admin_only(&who, "lifting a step-up or throttle")?;
     let reason = reason_of(body)?;
     change_answer(&s, Change::Lift { agent: id }, &who, &reason).await
+}
+
+/// `POST /api/agents/{id}/relearn`: the detectors forget the agent's baselines (its changed
+/// behaviour is the new normal) and it warms up anew. Admin only: it silences detectors.
+async fn relearn(
+    State(s): State<Arc<GatewayState>>,
+    who: Operator,
+    Path(id): Path<String>,
+    body: Result<Json<ReasonBody>, axum::extract::rejection::JsonRejection>,
+) -> Answer {
+    admin_only(&who, "relearning an agent's baselines")?;
+    let reason = reason_of(body)?;
+    known_agent(&s.snapshot.load(), &id)?;
+    let forgot = s.monitor.forget(&id);
+    s.access_log.log(&StateEvent {
+        time: LogTime(SystemTime::now()),
+        event: "agent_state",
+        action: "relearn",
+        agent: Some(&id),
+        by: &who.name,
+        credential: who.credential,
+        reason: &reason,
+        persisted: true,
+        cancelled_approvals: None,
+        detail: json!({"had_baselines": forgot}),
+    });
+    Ok(Json(json!({"action": "relearn", "agent": id, "by": who.name, "reason": reason, "had_baselines": forgot})).into_response())
 }
 
 /// `POST /api/tokens/revoke`: `{"jti": "...", "reason": "..."}` revokes one token;

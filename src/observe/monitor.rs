@@ -137,6 +137,20 @@ impl MonitorHandle {
         }
     }
 
+    /// Forget what the detectors learnt of `agent` (an operator accepts its new behaviour as
+    /// normal); it warms up anew. `false` when nothing was known.
+    pub fn forget(&self, agent: &str) -> bool {
+        lock(&self.core).monitor.forget_agent(agent)
+    }
+
+    /// Drop playbook state past every window and cooldown, and the trackers of agents no
+    /// longer in the configuration.
+    fn tidy(&self, snap: &crate::policy::Snapshot) {
+        let mut core = lock(&self.core);
+        core.playbooks.prune(crate::approval::now_ms());
+        core.monitor.retain_agents(|a| snap.agents.contains_key(a));
+    }
+
     /// How many agents the detectors track.
     pub fn tracked_agents(&self) -> usize {
         lock(&self.core).monitor.tracked_agents()
@@ -396,6 +410,7 @@ impl BackgroundService for MonitorService {
                     None => break,
                 },
                 _ = persist.tick() => {
+                    self.state.monitor.tidy(&self.state.snapshot.load());
                     let me = MonitorService { state: self.state.clone() };
                     let _ = tokio::task::spawn_blocking(move || me.persist()).await;
                 }
