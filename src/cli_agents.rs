@@ -22,6 +22,26 @@ pub struct AdminConn {
     token: Option<String>,
 }
 
+impl AdminConn {
+    /// The admin base URL, a runtime to talk to it on, and the token (`--token`,
+    /// `PORTCULLIS_ADMIN_TOKEN`, else `PORTCULLIS_APPROVER_TOKEN`).
+    pub fn session(self) -> Result<(String, tokio::runtime::Runtime, String), String> {
+        let token = self.token.or_else(|| {
+            std::env::var("PORTCULLIS_APPROVER_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty())
+        });
+        let Some(token) = token else {
+            return Err(
+                "a token is needed: --token, PORTCULLIS_ADMIN_TOKEN or PORTCULLIS_APPROVER_TOKEN"
+                    .into(),
+            );
+        };
+        let (base, rt) = admin_session(self.admin, &self.config)?;
+        Ok((base, rt, token))
+    }
+}
+
 /// Inventory and kill-switch commands.
 #[derive(Subcommand)]
 pub enum AgentsCommand {
@@ -72,17 +92,7 @@ fn call(
     what: &str,
     build: impl FnOnce(&reqwest::Client, &str) -> reqwest::RequestBuilder,
 ) -> Result<Body, String> {
-    let token = conn.token.or_else(|| {
-        std::env::var("PORTCULLIS_APPROVER_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty())
-    });
-    let Some(token) = token else {
-        return Err(format!(
-            "{what}: a token is needed: --token, PORTCULLIS_ADMIN_TOKEN or PORTCULLIS_APPROVER_TOKEN"
-        ));
-    };
-    let (base, rt) = admin_session(conn.admin, &conn.config).map_err(|e| format!("{what}: {e}"))?;
+    let (base, rt, token) = conn.session().map_err(|e| format!("{what}: {e}"))?;
     let client = reqwest::Client::new();
     let req = build(&client, &base).bearer_auth(token);
     rt.block_on(async {

@@ -92,16 +92,8 @@ enum Command {
     },
     /// Reload the configuration of a running gateway (`POST /reload` on its admin listener).
     Reload {
-        /// Admin base URL (default: `http://` + listen.admin of the config).
-        #[arg(long)]
-        admin: Option<String>,
-        /// Configuration file, to find the admin listener.
-        #[arg(short, long, default_value = "gateway.yaml")]
-        config: PathBuf,
-        /// Admin token (`admin.tokens`); an approver token also works
-        /// (`PORTCULLIS_APPROVER_TOKEN` is used when neither is given).
-        #[arg(long, env = "PORTCULLIS_ADMIN_TOKEN", hide_env_values = true)]
-        token: Option<String>,
+        #[command(flatten)]
+        conn: cli_agents::AdminConn,
     },
     /// Write a new ES256 signing key (PKCS#8 PEM, mode 0600).
     Keygen {
@@ -243,11 +235,7 @@ fn main() -> ExitCode {
         } => cli_agents::revoke(conn, jti, agent, reason),
         Command::Agents { conn, command } => cli_agents::run(conn, command),
         Command::Keygen { out, force } => keygen(&out, force),
-        Command::Reload {
-            admin,
-            config,
-            token,
-        } => reload_cli(admin, &config, token),
+        Command::Reload { conn } => reload_cli(conn),
         Command::ApproverToken { out } => approver_token(out.as_deref()),
         Command::Approvals {
             admin,
@@ -470,23 +458,12 @@ fn admin_session(
     Ok((base, rt))
 }
 
-fn reload_cli(admin: Option<String>, config: &Path, token: Option<String>) -> ExitCode {
+fn reload_cli(conn: cli_agents::AdminConn) -> ExitCode {
     let fail = |m: String| {
         eprintln!("portcullis reload: {m}");
         ExitCode::FAILURE
     };
-    let token = token.or_else(|| {
-        std::env::var("PORTCULLIS_APPROVER_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty())
-    });
-    let Some(token) = token else {
-        return fail(
-            "a token is needed: --token, PORTCULLIS_ADMIN_TOKEN or PORTCULLIS_APPROVER_TOKEN"
-                .into(),
-        );
-    };
-    let (base, rt) = match admin_session(admin, config) {
+    let (base, rt, token) = match conn.session() {
         Ok(x) => x,
         Err(e) => return fail(e),
     };
