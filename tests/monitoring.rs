@@ -345,3 +345,117 @@ async fn baselines_survive_a_restart() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(owner.all().len(), before, "{:#?}", owner.all());
 }
+
+/// The two time-boxed interventions: a step-up sends the agent's writes to a person (reads
+/// still pass), a throttle caps its calls; an admin lifts both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn playbook_step_up_and_throttle_restrict_until_lifted() {
+    use sha2::Digest;
+    let up = Upstream::start().await;
+    let mut s = Setup::new(&up);
+    s.extra_routes = ROUTES.into();
+    let approver_hash = hex::encode(sha2::Sha256::digest(
+        b"apv_monitoring_test_token_0123456789abcdef",
+    ));
+    s.admin = admin_section("")
+        + &format!(
+            "approvals:
+  store: approvals.db
+  approvers:
+    - name: alice
+      token_sha256: \"{approver_hash}\"
+monitoring:
+  detectors:
+    denial_burst: {{denials: 3, window: 1s}}
+  playbooks:
+    - name: tighten
+      cooldown: 0s
+      steps:
+        - [{{step_up: 10m}}]
+        - [{{throttle: {{requests: 2, per: 1m, for: 10m}}}}]
+"
+        );
+    let gw = Gateway::start(s).await;
+    let bot = token("support-bot", RW);
+    let probe = |n: u32| {
+        let (gw, bot) = (&gw, bot.clone());
+        async move {
+            for i in 0..n {
+                let a = send(
+                    gw,
+                    reqwest::Method::DELETE,
+                    &format!("/api/tickets/{i}"),
+                    &bot,
+                    "",
+                )
+                .await;
+                a.assert_refusal(403, "insufficient_scope");
+            }
+        }
+    };
+    let until = |pred: fn(&Answer) -> bool, path: &'static str, method: reqwest::Method| {
+        let (gw, bot) = (&gw, bot.clone());
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let a = send(gw, method.clone(), path, &bot, "{}").await;
+                if pred(&a) {
+                    return a;
+                }
+                assert!(Instant::now() < deadline, "still {}: {}", a.status, a.body);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+
+    probe(3).await;
+    // Step-up: a write is held for approval, nothing reaches the tool; reads pass.
+    let hits = up.hits();
+    let a = until(|a| a.status == 202, "/api/tickets", reqwest::Method::POST).await;
+    a.assert_refusal(202, "approval_pending");
+    assert_eq!(up.hits(), hits);
+    assert_eq!(get(&gw, "/api/tickets/1", Some(&bot)).await.status, 200);
+
+    // Next burst (the detector re-arms after its window): throttled to 2 calls a minute.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    probe(3).await;
+    let a = until(|a| a.status == 429, "/api/tickets/2", reqwest::Method::GET).await;
+    a.assert_refusal(429, "rate_limited");
+    assert!(
+        a.body["limit_path"]
+            .as_str()
+            .unwrap()
+            .contains("playbook:tighten"),
+        "{}",
+        a.body
+    );
+    assert!(
+        a.body["message"].as_str().unwrap().contains("throttled"),
+        "{}",
+        a.body
+    );
+    assert!(a.header("retry-after").is_some());
+
+    // An approver may not lift; an admin may, and both restrictions end at once.
+    let lift = |t: &'static str| {
+        let gw = &gw;
+        async move {
+            client()
+                .post(gw.admin_url("/api/agents/support-bot/lift"))
+                .bearer_auth(t)
+                .json(&serde_json::json!({"reason": "reviewed with the owner"}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(
+        lift("apv_monitoring_test_token_0123456789abcdef").await,
+        403
+    );
+    assert_eq!(lift(ADMIN_TOKEN).await, 200);
+    assert_eq!(get(&gw, "/api/tickets/3", Some(&bot)).await.status, 200);
+    let a = send(&gw, reqwest::Method::POST, "/api/tickets", &bot, "{}").await;
+    assert_eq!(a.status, 200, "{}", a.body);
+}
