@@ -409,9 +409,11 @@ monitoring:
     };
 
     probe(3).await;
-    // Step-up: a write is held for approval, nothing reaches the tool; reads pass.
+    // Step-up (it lands within a few calls): a write is held for approval, nothing reaches
+    // the tool; reads pass.
+    until(|a| a.status == 202, "/api/tickets", reqwest::Method::POST).await;
     let hits = up.hits();
-    let a = until(|a| a.status == 202, "/api/tickets", reqwest::Method::POST).await;
+    let a = send(&gw, reqwest::Method::POST, "/api/tickets", &bot, "{}").await;
     a.assert_refusal(202, "approval_pending");
     assert_eq!(up.hits(), hits);
     assert_eq!(get(&gw, "/api/tickets/1", Some(&bot)).await.status, 200);
