@@ -3,29 +3,21 @@
 //! front of a real upstream.
 //!
 //! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (Debian: `apt-get install chromium
-//! chromium-driver`). Without them the tests fail, never pass silently.
+//! chromium-driver`). Without them the tests fail, never pass silently. The browser harness is
+//! `tests/support/browser.rs`, shared with `tests/console_agents.rs`.
 
 mod support;
 
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use fantoccini::{Client, ClientBuilder, Locator};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use support::browser::*;
 use support::*;
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// How long a held call may take to show up in the console.
 const ROW_TIMEOUT: Duration = Duration::from_secs(15);
-/// Every other wait on the browser (the machine may be loaded).
-const UI_TIMEOUT: Duration = Duration::from_secs(30);
-/// Upper bound of a whole test, so that a wedged browser fails the test instead of hanging it.
-const TEST_TIMEOUT: Duration = Duration::from_secs(300);
 const SCREENSHOT: &str = "/tmp/console.png";
 
 // ---------------------------------------------------------------------------------------------
@@ -140,147 +132,11 @@ async fn answer_of(call: tokio::task::JoinHandle<Answer>) -> Answer {
 // ---------------------------------------------------------------------------------------------
 // Browser
 
-/// chromedriver (its own process group) driving a headless Chromium with a throwaway profile.
-/// Everything is killed on drop, also when a test fails half-way.
-struct Browser {
-    client: Option<Client>,
-    driver: Child,
-    profile: PathBuf,
-    log: PathBuf,
-    // Last: removed after the processes are gone.
-    _dir: tempfile::TempDir,
-}
-
-fn require_browser() {
-    for (path, what) in [(CHROMIUM, "Chromium"), (CHROMEDRIVER, "chromedriver")] {
-        assert!(
-            Path::new(path).exists(),
-            "{what} is missing ({path} does not exist): the console end-to-end tests need a real \
-             headless browser. Install it with `apt-get install chromium chromium-driver` \
-             (CI installs them)."
-        );
-    }
-}
-
+/// What the tests do with the approvals page (the harness: `support::browser`).
 impl Browser {
-    async fn start() -> Browser {
-        require_browser();
-        let dir = tempfile::tempdir().unwrap();
-        let profile = dir.path().join("profile");
-        let log = dir.path().join("chromedriver.log");
-        let port = free_port();
-        let driver = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .arg(format!("--log-path={}", log.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {CHROMEDRIVER}: {e}"));
-        let mut b = Browser {
-            client: None,
-            driver,
-            profile,
-            log,
-            _dir: dir,
-        };
-        let url = format!("http://127.0.0.1:{port}");
-        b.wait_driver(&url).await;
-        let caps = json!({
-            "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": CHROMIUM,
-                "args": [
-                    "--headless=new",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-dev-shm-usage",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    "--no-first-run",
-                    "--window-size=1440,1000",
-                    format!("--user-data-dir={}", b.profile.display()),
-                ],
-            },
-        });
-        let caps = caps.as_object().unwrap().clone();
-        // Several rustls crypto backends are linked in: pick one (as the gateway does), or
-        // fantoccini's rustls connector cannot choose.
-        pingora::tls::install_default_crypto_provider();
-        let mut builder = ClientBuilder::rustls().expect("rustls connector");
-        builder.capabilities(caps);
-        let client =
-            match tokio::time::timeout(Duration::from_secs(90), builder.connect(&url)).await {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => panic!(
-                    "cannot start a Chromium session: {e}\nchromedriver log:\n{}",
-                    b.driver_log()
-                ),
-                Err(_) => panic!(
-                    "Chromium did not start within 90 s\nchromedriver log:\n{}",
-                    b.driver_log()
-                ),
-            };
-        b.client = Some(client);
-        b
-    }
-
-    async fn wait_driver(&mut self, url: &str) {
-        let c = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(2))
-            .build()
-            .unwrap();
-        let deadline = Instant::now() + POLL_TIMEOUT;
-        loop {
-            if let Ok(r) = c.get(format!("{url}/status")).send().await {
-                if r.status() == 200 {
-                    return;
-                }
-            }
-            if let Some(st) = self.driver.try_wait().unwrap() {
-                panic!("chromedriver exited ({st}); log:\n{}", self.driver_log());
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "chromedriver not ready within {POLL_TIMEOUT:?}; log:\n{}",
-                    self.driver_log()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn driver_log(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(60).collect();
-        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-    }
-
-    fn c(&self) -> &Client {
-        self.client.as_ref().expect("session")
-    }
-
-    /// End the session (Chromium quits), then drop kills chromedriver.
-    async fn close(mut self) {
-        if let Some(c) = self.client.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(20), c.close()).await;
-        }
-    }
-
-    async fn js(&self, script: &str, args: Vec<Value>) -> Result<Value, String> {
-        self.c()
-            .execute(script, args)
-            .await
-            .map_err(|e| e.to_string())
-    }
-
     /// What the console shows, read in one go.
     async fn ui(&self) -> Result<Ui, String> {
-        let v = self.js(UI_SCRIPT, vec![]).await?;
-        serde_json::from_value(v.clone()).map_err(|e| format!("{e}: {v}"))
+        self.read(UI_SCRIPT).await
     }
 
     /// Poll the console until `check` accepts what it shows.
@@ -288,98 +144,13 @@ impl Browser {
         &self,
         what: &str,
         timeout: Duration,
-        mut check: impl FnMut(&Ui) -> Option<T>,
+        check: impl FnMut(&Ui) -> Option<T>,
     ) -> T {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let last = match self.ui().await {
-                Ok(ui) => match check(&ui) {
-                    Some(v) => return v,
-                    None => format!("{ui:#?}"),
-                },
-                Err(e) => e,
-            };
-            if Instant::now() > deadline {
-                panic!("{what}: not within {timeout:?}; last seen:\n{last}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn click(&self, css: &str) {
-        let e = self
-            .c()
-            .wait()
-            .at_most(UI_TIMEOUT)
-            .for_element(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no {css}: {e}"));
-        e.click()
-            .await
-            .unwrap_or_else(|e| panic!("click {css}: {e}"));
-    }
-
-    async fn type_into(&self, css: &str, text: &str) {
-        let e = self
-            .c()
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no {css}: {e}"));
-        e.clear().await.unwrap();
-        e.send_keys(text)
-            .await
-            .unwrap_or_else(|e| panic!("type into {css}: {e}"));
+        self.wait_read(UI_SCRIPT, what, timeout, check).await
     }
 
     async fn open_console(&self, env: &Env) {
-        self.c()
-            .goto(&env.gw.admin_url("/console"))
-            .await
-            .expect("open the console");
-        self.c()
-            .wait()
-            .at_most(UI_TIMEOUT)
-            .for_element(Locator::Css("#token"))
-            .await
-            .expect("sign-in form");
-    }
-
-    async fn sign_in(&self, token: &str) {
-        self.type_into("#token", token).await;
-        self.click("#sign-in").await;
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let pid = self.driver.id() as i32;
-        // SAFETY: signals to the process group we created (chromedriver's own pid as pgid) and
-        // to processes found below by our unique profile directory; nothing else.
-        unsafe {
-            libc::killpg(pid, libc::SIGKILL);
-        }
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
-        // Chromium may have left the group: find it by its unique --user-data-dir.
-        let marker = format!("--user-data-dir={}", self.profile.display());
-        if let Ok(procs) = std::fs::read_dir("/proc") {
-            for p in procs.flatten() {
-                let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                    continue;
-                };
-                let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else {
-                    continue;
-                };
-                if cmdline
-                    .split(|b| *b == 0)
-                    .any(|arg| arg == marker.as_bytes())
-                {
-                    unsafe {
-                        libc::kill(pid, libc::SIGKILL);
-                    }
-                }
-            }
-        }
+        self.open(&env.gw.admin_url("/console")).await;
     }
 }
 
@@ -419,10 +190,8 @@ impl Ui {
     }
 }
 
+/// Run with `support::browser`'s page helpers (`q`, `shown`, `text`).
 const UI_SCRIPT: &str = r#"
-const q = (s) => document.querySelector(s);
-const shown = (s) => { const e = q(s); return !!e && !e.closest('[hidden]'); };
-const text = (s) => shown(s) ? q(s).innerText : '';
 const rows = (s) => Array.from(document.querySelectorAll(s + ' [data-approval-id]')).map((r) => ({
   id: r.getAttribute('data-approval-id'),
   text: r.innerText,
@@ -454,9 +223,7 @@ fn sha256_hex(s: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_approves_a_held_call_end_to_end() {
-    tokio::time::timeout(TEST_TIMEOUT, approve_flow())
-        .await
-        .expect("test took longer than TEST_TIMEOUT");
+    bounded(approve_flow()).await;
 }
 
 async fn approve_flow() {
@@ -481,20 +248,16 @@ async fn approve_flow() {
 
     let b = Browser::start().await;
     b.open_console(&env).await;
-    b.sign_in(&env.approver_token).await;
+    b.submit_token(&env.approver_token).await;
     b.wait_ui("signed in", UI_TIMEOUT, |ui| {
         (ui.signed_in && ui.whoami == "Signed in as alice").then_some(())
     })
     .await;
     // The token lives in this tab's sessionStorage and nowhere else.
-    let stored = b
-        .js(
-            "return [sessionStorage.getItem('portcullis.approverToken'), localStorage.length, document.cookie]",
-            vec![],
-        )
-        .await
-        .unwrap();
-    assert_eq!(stored, json!([env.approver_token, 0, ""]));
+    assert_eq!(
+        b.stored_credentials().await,
+        json!([env.approver_token, 0, ""])
+    );
 
     // An agent call arrives while the console is open: it shows up by itself.
     let body = r#"{"order":1042,"amount_cents":129900,"currency":"EUR","note":"customer asked for a full refund"}"#;
@@ -598,8 +361,7 @@ async fn approve_flow() {
     let reason = "Order 1042 was returned, refund checked with finance";
     b.type_into("#reason", reason).await;
 
-    let png = b.c().screenshot().await.expect("screenshot");
-    std::fs::write(SCREENSHOT, png).expect("write the screenshot");
+    b.screenshot(SCREENSHOT).await;
 
     // Nothing reached the tool before the decision.
     assert!(env.refunds_seen().is_empty());
@@ -642,9 +404,7 @@ async fn approve_flow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_denies_and_shows_agent_text_as_text() {
-    tokio::time::timeout(TEST_TIMEOUT, deny_flow())
-        .await
-        .expect("test took longer than TEST_TIMEOUT");
+    bounded(deny_flow()).await;
 }
 
 async fn deny_flow() {
@@ -654,17 +414,18 @@ async fn deny_flow() {
     b.open_console(&env).await;
 
     // A wrong token is refused inline; an agent's JWT too.
-    b.sign_in("not-an-approver-token").await;
+    b.submit_token("not-an-approver-token").await;
     b.wait_ui("unknown token refused", UI_TIMEOUT, |ui| {
         (!ui.signed_in && ui.sign_in_error.contains("unknown approver token")).then_some(())
     })
     .await;
-    b.sign_in(&token("support-bot", &["tickets:write"])).await;
+    b.submit_token(&token("support-bot", &["tickets:write"]))
+        .await;
     b.wait_ui("agent token refused", UI_TIMEOUT, |ui| {
         (!ui.signed_in && ui.sign_in_error.contains("agent")).then_some(())
     })
     .await;
-    b.sign_in(&env.approver_token).await;
+    b.submit_token(&env.approver_token).await;
     b.wait_ui("signed in", UI_TIMEOUT, |ui| {
         (ui.signed_in && ui.whoami == "Signed in as alice" && ui.sign_in_error.is_empty())
             .then_some(())
@@ -717,10 +478,7 @@ async fn deny_flow() {
         ui.pending_row(&id).and_then(|r| r.selected.as_deref()),
         Some("true")
     );
-    assert!(
-        b.c().get_alert_text().await.is_err(),
-        "a script alert opened"
-    );
+    b.assert_no_alert().await;
 
     // No reason, no decision.
     b.click("#deny").await;
@@ -760,10 +518,7 @@ async fn deny_flow() {
     assert!(!ui.decision_form_shown);
     assert!(ui.detail.contains(reason), "{}", ui.detail);
     assert_eq!(ui.imgs, 0);
-    assert!(
-        b.c().get_alert_text().await.is_err(),
-        "a script alert opened"
-    );
+    b.assert_no_alert().await;
     let stored = env.api(&format!("/api/approvals/{id}")).await;
     assert_eq!(stored["status"], "denied", "{stored}");
     assert_eq!(stored["decision_reason"], json!(reason), "{stored}");
@@ -774,13 +529,6 @@ async fn deny_flow() {
         (!ui.signed_in && ui.pending.is_empty() && ui.recent.is_empty()).then_some(())
     })
     .await;
-    let stored = b
-        .js(
-            "return sessionStorage.getItem('portcullis.approverToken')",
-            vec![],
-        )
-        .await
-        .unwrap();
-    assert_eq!(stored, Value::Null);
+    assert_eq!(b.stored_token().await, Value::Null);
     b.close().await;
 }

@@ -4,27 +4,19 @@
 //!
 //! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (Debian: `apt-get install chromium
 //! chromium-driver`). Without them the tests fail, never pass silently. The browser harness is
-//! a trimmed copy of the one in `tests/console.rs`.
+//! `tests/support/browser.rs`, shared with `tests/console.rs`.
 
 mod support;
 
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::Locator;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use support::browser::*;
 use support::*;
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-/// Every wait on the browser (the machine may be loaded).
-const UI_TIMEOUT: Duration = Duration::from_secs(30);
-/// Upper bound of a whole test, so that a wedged browser fails the test instead of hanging it.
-const TEST_TIMEOUT: Duration = Duration::from_secs(300);
 const READ: &[&str] = &["tickets:read"];
 /// The agents page with support-bot paused, for people reviewing a change to it.
 const SCREENSHOT: &str = "/tmp/console-agents.png";
@@ -67,6 +59,15 @@ async fn agent_api(gw: &Gateway, id: &str) -> Value {
     a.body
 }
 
+/// A header of an answer, `""` when absent.
+fn header(r: &reqwest::Response, name: &str) -> String {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
 /// A real agent call through the proxy: support-bot reads a ticket.
 async fn support_bot_call(gw: &Gateway) -> Answer {
     get(gw, "/api/tickets/1", Some(&token("support-bot", READ))).await
@@ -75,212 +76,22 @@ async fn support_bot_call(gw: &Gateway) -> Answer {
 // ---------------------------------------------------------------------------------------------
 // Browser
 
-/// chromedriver (its own process group) driving a headless Chromium with a throwaway profile.
-/// Everything is killed on drop, also when a test fails half-way.
-struct Browser {
-    client: Option<Client>,
-    driver: Child,
-    profile: PathBuf,
-    log: PathBuf,
-    downloads: PathBuf,
-    // Last: removed after the processes are gone.
-    _dir: tempfile::TempDir,
-}
-
-fn require_browser() {
-    for (path, what) in [(CHROMIUM, "Chromium"), (CHROMEDRIVER, "chromedriver")] {
-        assert!(
-            Path::new(path).exists(),
-            "{what} is missing ({path} does not exist): the console end-to-end tests need a real \
-             headless browser. Install it with `apt-get install chromium chromium-driver`."
-        );
-    }
-}
-
+/// What the tests do with the agents page (the harness: `support::browser`).
 impl Browser {
-    async fn start() -> Browser {
-        require_browser();
-        let dir = tempfile::tempdir().unwrap();
-        let profile = dir.path().join("profile");
-        let log = dir.path().join("chromedriver.log");
-        let downloads = dir.path().join("downloads");
-        std::fs::create_dir(&downloads).unwrap();
-        let port = free_port();
-        let driver = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .arg(format!("--log-path={}", log.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {CHROMEDRIVER}: {e}"));
-        let mut b = Browser {
-            client: None,
-            driver,
-            profile,
-            log,
-            downloads,
-            _dir: dir,
-        };
-        let url = format!("http://127.0.0.1:{port}");
-        b.wait_driver(&url).await;
-        let caps = json!({
-            "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": CHROMIUM,
-                "args": [
-                    "--headless=new",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-dev-shm-usage",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    "--no-first-run",
-                    "--window-size=1440,1000",
-                    format!("--user-data-dir={}", b.profile.display()),
-                ],
-                "prefs": {
-                    "download.default_directory": b.downloads.display().to_string(),
-                    "download.prompt_for_download": false,
-                },
-            },
-        });
-        let caps = caps.as_object().unwrap().clone();
-        // Several rustls crypto backends are linked in: pick one (as the gateway does).
-        pingora::tls::install_default_crypto_provider();
-        let mut builder = ClientBuilder::rustls().expect("rustls connector");
-        builder.capabilities(caps);
-        let client =
-            match tokio::time::timeout(Duration::from_secs(90), builder.connect(&url)).await {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => panic!(
-                    "cannot start a Chromium session: {e}\nchromedriver log:\n{}",
-                    b.driver_log()
-                ),
-                Err(_) => panic!(
-                    "Chromium did not start within 90 s\nchromedriver log:\n{}",
-                    b.driver_log()
-                ),
-            };
-        b.client = Some(client);
-        b
-    }
-
-    async fn wait_driver(&mut self, url: &str) {
-        let c = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(2))
-            .build()
-            .unwrap();
-        let deadline = Instant::now() + POLL_TIMEOUT;
-        loop {
-            if let Ok(r) = c.get(format!("{url}/status")).send().await {
-                if r.status() == 200 {
-                    return;
-                }
-            }
-            if let Some(st) = self.driver.try_wait().unwrap() {
-                panic!("chromedriver exited ({st}); log:\n{}", self.driver_log());
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "chromedriver not ready within {POLL_TIMEOUT:?}; log:\n{}",
-                    self.driver_log()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn driver_log(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(60).collect();
-        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-    }
-
-    fn c(&self) -> &Client {
-        self.client.as_ref().expect("session")
-    }
-
-    /// End the session (Chromium quits), then drop kills chromedriver.
-    async fn close(mut self) {
-        if let Some(c) = self.client.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(20), c.close()).await;
-        }
-    }
-
-    async fn js(&self, script: &str, args: Vec<Value>) -> Result<Value, String> {
-        self.c()
-            .execute(script, args)
-            .await
-            .map_err(|e| e.to_string())
-    }
-
     /// What the agents page shows, read in one go.
     async fn ui(&self) -> Result<Ui, String> {
-        let v = self.js(UI_SCRIPT, vec![]).await?;
-        serde_json::from_value(v.clone()).map_err(|e| format!("{e}: {v}"))
+        self.read(UI_SCRIPT).await
     }
 
     /// Poll the page until `check` accepts what it shows.
-    async fn wait_ui<T>(&self, what: &str, mut check: impl FnMut(&Ui) -> Option<T>) -> T {
-        let deadline = Instant::now() + UI_TIMEOUT;
-        loop {
-            let last = match self.ui().await {
-                Ok(ui) => match check(&ui) {
-                    Some(v) => return v,
-                    None => format!("{ui:#?}"),
-                },
-                Err(e) => e,
-            };
-            if Instant::now() > deadline {
-                panic!("{what}: not within {UI_TIMEOUT:?}; last seen:\n{last}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn click(&self, css: &str) {
-        let e = self
-            .c()
-            .wait()
-            .at_most(UI_TIMEOUT)
-            .for_element(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no {css}: {e}"));
-        e.click()
-            .await
-            .unwrap_or_else(|e| panic!("click {css}: {e}"));
-    }
-
-    async fn type_into(&self, css: &str, text: &str) {
-        let e = self
-            .c()
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no {css}: {e}"));
-        e.clear().await.unwrap();
-        e.send_keys(text)
-            .await
-            .unwrap_or_else(|e| panic!("type into {css}: {e}"));
+    async fn wait_ui<T>(&self, what: &str, check: impl FnMut(&Ui) -> Option<T>) -> T {
+        self.wait_read(UI_SCRIPT, what, UI_TIMEOUT, check).await
     }
 
     /// Open the agents page and sign in with `token`; wait until the inventory is shown.
     async fn sign_in(&self, gw: &Gateway, token: &str, whoami: &str) {
-        self.c()
-            .goto(&gw.admin_url("/console/agents"))
-            .await
-            .expect("open the agents page");
-        self.c()
-            .wait()
-            .at_most(UI_TIMEOUT)
-            .for_element(Locator::Css("#token"))
-            .await
-            .expect("sign-in form");
-        self.type_into("#token", token).await;
-        self.click("#sign-in").await;
+        self.open(&gw.admin_url("/console/agents")).await;
+        self.submit_token(token).await;
         self.wait_ui("signed in, the inventory listed", |ui| {
             (ui.signed_in && ui.whoami == whoami && ui.rows.len() == 3).then_some(())
         })
@@ -295,39 +106,6 @@ impl Browser {
             (ui.detail_id == id && ui.audit_loaded).then_some(())
         })
         .await;
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let pid = self.driver.id() as i32;
-        // SAFETY: signals to the process group we created (chromedriver's own pid as pgid) and
-        // to processes found below by our unique profile directory; nothing else.
-        unsafe {
-            libc::killpg(pid, libc::SIGKILL);
-        }
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
-        // Chromium may have left the group: find it by its unique --user-data-dir.
-        let marker = format!("--user-data-dir={}", self.profile.display());
-        if let Ok(procs) = std::fs::read_dir("/proc") {
-            for p in procs.flatten() {
-                let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                    continue;
-                };
-                let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else {
-                    continue;
-                };
-                if cmdline
-                    .split(|b| *b == 0)
-                    .any(|arg| arg == marker.as_bytes())
-                {
-                    unsafe {
-                        libc::kill(pid, libc::SIGKILL);
-                    }
-                }
-            }
-        }
     }
 }
 
@@ -371,10 +149,8 @@ impl Ui {
     }
 }
 
+/// Run with `support::browser`'s page helpers (`q`, `shown`, `text`).
 const UI_SCRIPT: &str = r#"
-const q = (s) => document.querySelector(s);
-const shown = (s) => { const e = q(s); return !!e && !e.closest('[hidden]'); };
-const text = (s) => shown(s) ? q(s).innerText : '';
 return {
   signed_in: shown('#app-view'),
   whoami: text('#whoami'),
@@ -415,9 +191,7 @@ return window.__fetches;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_page_lists_pauses_resumes_and_exports() {
-    tokio::time::timeout(TEST_TIMEOUT, admin_flow())
-        .await
-        .expect("test took longer than TEST_TIMEOUT");
+    bounded(admin_flow()).await;
 }
 
 async fn admin_flow() {
@@ -425,27 +199,40 @@ async fn admin_flow() {
     let up = Upstream::start().await;
     let gw = start_gateway(&up, None).await;
 
-    // Served like the approvals page: never cached, nothing but its own inline code.
+    // Served like the approvals page: never cached, nothing but its own inline code and the
+    // console's shared script from this listener.
     let page = client()
         .get(gw.admin_url("/console/agents"))
         .send()
         .await
         .unwrap();
     assert_eq!(page.status(), 200);
-    let header = |n: &str| {
-        page.headers()
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string()
-    };
-    assert!(header("content-type").starts_with("text/html"));
-    assert_eq!(header("cache-control"), "no-store");
-    let csp = header("content-security-policy");
+    assert!(header(&page, "content-type").starts_with("text/html"));
+    assert_eq!(header(&page, "cache-control"), "no-store");
+    let csp = header(&page, "content-security-policy");
     assert!(
         csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"),
         "{csp}"
     );
+    assert!(csp.contains("script-src 'self' 'unsafe-inline'"), "{csp}");
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains(r#"<script src="/console/common.js"></script>"#),
+        "the page does not load the shared script"
+    );
+    let common = client()
+        .get(gw.admin_url("/console/common.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(common.status(), 200);
+    assert_eq!(
+        header(&common, "content-type"),
+        "text/javascript; charset=utf-8"
+    );
+    assert_eq!(header(&common, "x-content-type-options"), "nosniff");
+    assert_eq!(header(&common, "cache-control"), "no-store");
+    assert!(common.text().await.unwrap().contains("window.Portcullis"));
 
     assert_eq!(support_bot_call(&gw).await.status, 200);
 
@@ -453,14 +240,35 @@ async fn admin_flow() {
     b.sign_in(&gw, ADMIN_TOKEN, "Signed in with an admin token")
         .await;
     // The token lives in this tab's sessionStorage, under the approvals page's key.
-    let stored = b
+    assert_eq!(b.stored_credentials().await, json!([ADMIN_TOKEN, 0, ""]));
+    // Still no external resources: what the page loaded (its shared script, the API calls)
+    // all comes from this listener.
+    let loaded = b
         .js(
-            "return [sessionStorage.getItem('portcullis.approverToken'), localStorage.length, document.cookie]",
+            "return [location.origin, performance.getEntriesByType('resource').map((e) => e.name), Array.from(document.scripts).map((s) => s.getAttribute('src')).filter((s) => s !== null), document.querySelectorAll('link, img, iframe, object, embed').length]",
             vec![],
         )
         .await
         .unwrap();
-    assert_eq!(stored, json!([ADMIN_TOKEN, 0, ""]));
+    let origin = loaded[0].as_str().unwrap();
+    let resources: Vec<&str> = loaded[1]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        resources.contains(&format!("{origin}/console/common.js").as_str()),
+        "{loaded}"
+    );
+    assert!(
+        resources
+            .iter()
+            .all(|r| r.starts_with(&format!("{origin}/"))),
+        "{loaded}"
+    );
+    assert_eq!(loaded[2], json!(["/console/common.js"]), "{loaded}");
+    assert_eq!(loaded[3], json!(0), "{loaded}");
 
     // The inventory: every agent of the config, with owner, tier and state.
     let ui = b.ui().await.unwrap();
@@ -578,8 +386,7 @@ async fn admin_flow() {
         .then_some(())
     })
     .await;
-    let png = b.c().screenshot().await.expect("screenshot");
-    std::fs::write(SCREENSHOT, png).expect("write the screenshot");
+    b.screenshot(SCREENSHOT).await;
     let ui = b.ui().await.unwrap();
     assert!(
         ui.action_status.contains("Paused support-bot (by ops)"),
@@ -709,9 +516,7 @@ async fn admin_flow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approver_may_pause_but_not_resume() {
-    tokio::time::timeout(TEST_TIMEOUT, approver_flow())
-        .await
-        .expect("test took longer than TEST_TIMEOUT");
+    bounded(approver_flow()).await;
 }
 
 async fn approver_flow() {
@@ -722,15 +527,8 @@ async fn approver_flow() {
     let b = Browser::start().await;
 
     // A wrong token is refused at sign-in with the server's words.
-    b.c().goto(&gw.admin_url("/console/agents")).await.unwrap();
-    b.c()
-        .wait()
-        .at_most(UI_TIMEOUT)
-        .for_element(Locator::Css("#token"))
-        .await
-        .unwrap();
-    b.type_into("#token", "not-a-token").await;
-    b.click("#sign-in").await;
+    b.open(&gw.admin_url("/console/agents")).await;
+    b.submit_token("not-a-token").await;
     b.wait_ui("unknown token refused", |ui| {
         (!ui.signed_in && ui.sign_in_error.contains("unknown token")).then_some(())
     })
@@ -817,22 +615,13 @@ async fn approver_flow() {
         (!ui.signed_in && ui.rows.is_empty()).then_some(())
     })
     .await;
-    let stored = b
-        .js(
-            "return sessionStorage.getItem('portcullis.approverToken')",
-            vec![],
-        )
-        .await
-        .unwrap();
-    assert_eq!(stored, Value::Null);
+    assert_eq!(b.stored_token().await, Value::Null);
     b.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_page_shows_descriptions_and_reasons_as_text() {
-    tokio::time::timeout(TEST_TIMEOUT, text_flow())
-        .await
-        .expect("test took longer than TEST_TIMEOUT");
+    bounded(text_flow()).await;
 }
 
 async fn text_flow() {
@@ -872,10 +661,7 @@ async fn text_flow() {
     );
     assert_eq!(ui.imgs, 0, "agent text became markup");
     assert_eq!(ui.injected, 0, "agent text became markup");
-    assert!(
-        b.c().get_alert_text().await.is_err(),
-        "a script alert opened"
-    );
+    b.assert_no_alert().await;
     // Reloading the page (signed in from session storage, the agent from the URL) too.
     b.c().refresh().await.unwrap();
     b.wait_ui("reloaded on the same agent", |ui| {
@@ -884,6 +670,6 @@ async fn text_flow() {
     .await;
     let ui = b.ui().await.unwrap();
     assert_eq!((ui.imgs, ui.injected), (0, 0));
-    assert!(b.c().get_alert_text().await.is_err());
+    b.assert_no_alert().await;
     b.close().await;
 }

@@ -20,11 +20,15 @@ use std::sync::Arc;
 
 /// The console page (static; it talks to the API below).
 const CONSOLE_HTML: &str = include_str!("console.html");
+/// The code both console pages share (helpers, API client, sign-in, polling), loaded by each
+/// before its own inline script.
+const CONSOLE_COMMON_JS: &str = include_str!("console_common.js");
 
 /// Approval routes.
 pub fn routes() -> Router<Arc<GatewayState>> {
     Router::new()
         .route("/console", get(console))
+        .route("/console/common.js", get(console_common))
         .route("/api/whoami", get(whoami))
         .route("/api/approvals", get(list))
         .route("/api/approvals/{id}", get(show))
@@ -187,12 +191,13 @@ fn view(svc: &ApprovalService, a: &Approval) -> Value {
 }
 
 /// A console page as served: never cached, and nothing runs or loads but its own inline
-/// script and style (no external resources, no framing). Shared with the agents page.
+/// script and style and the console's shared script from this listener (no external
+/// resources, no framing). Shared with the agents page.
 pub(super) fn console_page(html: &'static str) -> impl IntoResponse {
     (
         [
             (header::CACHE_CONTROL, "no-store"),
-            (header::CONTENT_SECURITY_POLICY, "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; frame-ancestors 'none'"),
+            (header::CONTENT_SECURITY_POLICY, "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; frame-ancestors 'none'"),
         ],
         Html(html),
     )
@@ -200,6 +205,19 @@ pub(super) fn console_page(html: &'static str) -> impl IntoResponse {
 
 async fn console() -> impl IntoResponse {
     console_page(CONSOLE_HTML)
+}
+
+/// `/console/common.js`: the script both console pages load. Never cached (it changes with the
+/// pages it serves), and never sniffed as anything but a script.
+async fn console_common() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        CONSOLE_COMMON_JS,
+    )
 }
 
 async fn whoami(ApproverName(name): ApproverName) -> Response {

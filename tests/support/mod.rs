@@ -5,6 +5,9 @@
 //! helper.
 #![allow(dead_code)]
 
+/// The headless Chromium of the console tests.
+pub mod browser;
+
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
