@@ -141,10 +141,16 @@ impl WindowedConfig {
 pub struct VolumeConfig {
     /// Window, z, min_windows and mode, as for `rate` (`min_calls` is unused, 0).
     pub windowed: WindowedConfig,
+    /// Fewest bytes in a window that can fire on the baseline (default 1 MB): below this a
+    /// window is not worth a detection however unusual, as `rate.min_calls` for calls.
+    pub min_bytes: u64,
     /// Absolute budget of request + response bytes per window; crossing it fires whatever the
     /// history (default: none).
     pub max_bytes: Option<u64>,
 }
+
+/// The default `volume.min_bytes`: 1 MB.
+pub const DEFAULT_MIN_BYTES: u64 = 1_000_000;
 
 impl Default for VolumeConfig {
     fn default() -> Self {
@@ -153,6 +159,7 @@ impl Default for VolumeConfig {
                 min_calls: 0,
                 ..WindowedConfig::rate_default()
             },
+            min_bytes: DEFAULT_MIN_BYTES,
             max_bytes: None,
         }
     }
