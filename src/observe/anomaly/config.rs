@@ -165,7 +165,9 @@ impl Default for VolumeConfig {
     }
 }
 
-/// The refusal codes `denial_burst` counts when the YAML lists none.
+/// The refusal codes `denial_burst` counts when the YAML lists none: the refusals an agent
+/// gets by reaching beyond what it is allowed. (The proxy answers a host-scoped route with
+/// `no_route` and reason `host_scoped`; the reason is listed too, for wiring that passes it.)
 pub const DEFAULT_DENIAL_CODES: &[&str] = &[
     "insufficient_scope",
     "no_route",

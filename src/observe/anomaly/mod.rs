@@ -274,7 +274,8 @@ pub struct CallEvent {
     pub upstream: Option<Arc<str>>,
     /// The matched route's tags (empty if none).
     pub tags: Arc<[Arc<str>]>,
-    /// The method is not GET, HEAD or OPTIONS.
+    /// The method is not GET, HEAD or OPTIONS. No detector uses it yet; it is part of the
+    /// event so the wiring and later detectors can tell writes apart.
     pub write: bool,
     /// The machine code of a refusal (e.g. `insufficient_scope`); `None` when forwarded.
     pub denied: Option<&'static str>,
