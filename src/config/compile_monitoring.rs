@@ -14,6 +14,7 @@ use super::raw_monitoring::{
 use crate::observe::anomaly::{
     Action, DenialBurstConfig, DetectorKind, FirstSeenConfig, Mode, MonitoringConfig,
     OffHoursConfig, Playbook, SequenceConfig, Tier, VolumeConfig, WindowedConfig,
+    DEFAULT_MIN_BYTES,
 };
 use chrono_tz::Tz;
 use std::collections::{BTreeSet, HashMap};
@@ -222,7 +223,13 @@ fn rate(p: &str, r: &RawRate, error: &mut dyn FnMut(String, String)) -> Windowed
     w
 }
 
-fn size(path: &str, raw: &RawSize, error: &mut dyn FnMut(String, String)) -> Option<u64> {
+/// A byte size; zero only where `zero_ok`.
+fn size(
+    path: &str,
+    raw: &RawSize,
+    zero_ok: bool,
+    error: &mut dyn FnMut(String, String),
+) -> Option<u64> {
     let n = match raw {
         RawSize::Bytes(n) => *n,
         RawSize::Text(t) => {
@@ -238,7 +245,7 @@ fn size(path: &str, raw: &RawSize, error: &mut dyn FnMut(String, String)) -> Opt
             }
         }
     };
-    if n == 0 {
+    if n == 0 && !zero_ok {
         error(path.into(), "must be at least 1 byte".into());
         return None;
     }
@@ -255,10 +262,15 @@ fn volume(p: &str, r: &RawVolume, error: &mut dyn FnMut(String, String)) -> Volu
             r.mode.as_deref(),
             error,
         ),
+        min_bytes: r
+            .min_bytes
+            .as_ref()
+            .and_then(|s| size(&format!("{p}.min_bytes"), s, true, error))
+            .unwrap_or(DEFAULT_MIN_BYTES),
         max_bytes: r
             .max_bytes
             .as_ref()
-            .and_then(|s| size(&format!("{p}.max_bytes"), s, error)),
+            .and_then(|s| size(&format!("{p}.max_bytes"), s, false, error)),
     }
 }
 

@@ -92,6 +92,7 @@ fn the_documented_section_compiles_to_exactly_these_values() {
                 min_calls: 0,
                 mode: Mode::Enforce,
             },
+            min_bytes: 1_000_000,
             max_bytes: Some(50_000_000),
         }),
         off_hours: Some(OffHoursConfig {
@@ -192,7 +193,7 @@ detectors:
   first_seen:   {warmup: 0s, mode: loud}
   rate:         {window: 500ms, z: 0, min_windows: 0}
   denial_burst: {denials: 0, window: soon, codes: [no_route, Bad-Code, no_route]}
-  volume:       {z: -1.5, max_bytes: 50 parsecs, window: 400d}
+  volume:       {z: -1.5, max_bytes: 50 parsecs, window: 400d, min_bytes: lots}
   off_hours:    {zone: Europe/Pariss, min_days: 0}
   sensitive_sequence: {from: private_data, to: egres, within: 0s}
 playbooks:
@@ -252,6 +253,10 @@ playbooks:
         (
             "monitoring.detectors.volume.max_bytes",
             "`50 parsecs` is not a size",
+        ),
+        (
+            "monitoring.detectors.volume.min_bytes",
+            "`lots` is not a size",
         ),
         (
             "monitoring.detectors.off_hours.zone",
@@ -417,9 +422,13 @@ fn sizes_durations_and_numbers_accept_their_usual_spellings() {
     assert_eq!((v.windowed.window, v.windowed.z), (secs(300), 3.0));
     let r = cfg.rate.expect("on");
     assert_eq!((r.window, r.min_calls), (secs(90), 0));
-    let (cfg, errors) = compile("detectors: {volume: {max_bytes: 4096}}", &[]);
+    let (cfg, errors) = compile("detectors: {volume: {max_bytes: 4096, min_bytes: 0}}", &[]);
     assert_eq!(errors, vec![]);
-    assert_eq!(cfg.volume.expect("on").max_bytes, Some(4096));
+    let v = cfg.volume.expect("on");
+    assert_eq!((v.min_bytes, v.max_bytes), (0, Some(4096)));
+    let (cfg, errors) = compile("detectors: {volume: {min_bytes: 256kB}}", &[]);
+    assert_eq!(errors, vec![]);
+    assert_eq!(cfg.volume.expect("on").min_bytes, 256_000);
 }
 
 /// Mistakes in the shape are caught by serde with their path inside the section (the gateway's

@@ -118,7 +118,7 @@ pub struct RawDenialBurst {
     pub mode: Option<String>,
 }
 
-/// `volume: {window, z, min_windows, max_bytes, mode}`.
+/// `volume: {window, z, min_windows, min_bytes, max_bytes, mode}`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawVolume {
@@ -128,6 +128,8 @@ pub struct RawVolume {
     pub z: Option<f64>,
     /// Learned windows before the baseline can fire (default 10).
     pub min_windows: Option<u64>,
+    /// Fewest bytes in a window that can fire on the baseline (default `1MB`).
+    pub min_bytes: Option<RawSize>,
     /// Absolute budget of request + response bytes per window (`50MB`, `1GiB`, a number).
     pub max_bytes: Option<RawSize>,
     /// `enforce` (default) or `shadow`.

@@ -146,10 +146,16 @@ impl WindowedConfig {
 pub struct VolumeConfig {
     /// Window, z, min_windows and mode, as for `rate` (`min_calls` is unused, 0).
     pub windowed: WindowedConfig,
+    /// Fewest bytes in a window that can fire on the baseline (default 1 MB): below this a
+    /// window is not worth a detection however unusual, as `rate.min_calls` for calls.
+    pub min_bytes: u64,
     /// Absolute budget of request + response bytes per window; crossing it fires whatever the
     /// history (default: none).
     pub max_bytes: Option<u64>,
 }
+
+/// The default `volume.min_bytes`: 1 MB.
+pub const DEFAULT_MIN_BYTES: u64 = 1_000_000;
 
 impl Default for VolumeConfig {
     fn default() -> Self {
@@ -158,12 +164,15 @@ impl Default for VolumeConfig {
                 min_calls: 0,
                 ..WindowedConfig::rate_default()
             },
+            min_bytes: DEFAULT_MIN_BYTES,
             max_bytes: None,
         }
     }
 }
 
-/// The refusal codes `denial_burst` counts when the YAML lists none.
+/// The refusal codes `denial_burst` counts when the YAML lists none: the refusals an agent
+/// gets by reaching beyond what it is allowed. (The proxy answers a host-scoped route with
+/// `no_route` and reason `host_scoped`; the reason is listed too, for wiring that passes it.)
 pub const DEFAULT_DENIAL_CODES: &[&str] = &[
     "insufficient_scope",
     "no_route",

@@ -87,7 +87,7 @@ struct AgentBlob {
 struct ActivityBlob {
     hour: i64,
     calls: [u32; 24],
-    denials: [u32; 24],
+    denials: [u16; 24],
 }
 
 #[derive(Serialize, Deserialize)]
@@ -138,6 +138,19 @@ fn windowed(b: &BaselineBlob, path: &str) -> Result<Windowed, String> {
         var: b.var,
         ..Windowed::default()
     })
+}
+
+/// Latest time an import accepts (about the year 2100): the detectors subtract times, and a
+/// corrupt value near `i64::MIN` or `i64::MAX` must not overflow them.
+const MAX_TIME_MS: i64 = 4_102_444_800_000;
+const HOUR_MS: i64 = 3_600_000;
+
+fn time(path: &str, ms: i64) -> Result<(), String> {
+    if (0..=MAX_TIME_MS).contains(&ms) {
+        Ok(())
+    } else {
+        Err(format!("{path}: {ms} is not a time in unix milliseconds"))
+    }
 }
 
 impl Monitor {
@@ -243,6 +256,20 @@ impl Monitor {
         let mut pending_names: Vec<(usize, bool, bool, String)> = Vec::new();
         for (id, a) in &blob.agents {
             let path = format!("agents.{id}");
+            time(&format!("{path}.first_ms"), a.first_ms)?;
+            time(&format!("{path}.last_ms"), a.last_ms)?;
+            if let Some(act) = &a.activity {
+                time(
+                    &format!("{path}.activity.hour"),
+                    act.hour.saturating_mul(HOUR_MS),
+                )?;
+            }
+            if let Some(fs) = &a.first_seen {
+                time(&format!("{path}.first_seen.since_ms"), fs.since_ms)?;
+            }
+            if let Some(o) = &a.off_hours {
+                time(&format!("{path}.off_hours.since_ms"), o.since_ms)?;
+            }
             let mut tr = Tracker::new(a.first_ms);
             tr.last_ms = a.last_ms.max(a.first_ms);
             if let Some(act) = &a.activity {
@@ -256,7 +283,7 @@ impl Monitor {
                 tr.first_seen = FirstSeen {
                     since_ms: fs.since_ms,
                     calls: fs.calls,
-                    known: Box::new([]),
+                    known: Default::default(),
                 };
                 let i = trackers.len();
                 for (upstream, flagged, list) in [

@@ -385,10 +385,16 @@ fn residual_a_burst_split_across_a_window_boundary_stays_under() {
 // -------------------------------------------------------------------------------------------
 // volume
 
+/// Volume with no `min_bytes` floor, so small synthetic windows can fire.
 fn volume_cfg(max_bytes: Option<u64>) -> Arc<MonitoringConfig> {
+    volume_cfg_min(max_bytes, 0)
+}
+
+fn volume_cfg_min(max_bytes: Option<u64>, min_bytes: u64) -> Arc<MonitoringConfig> {
     config(|c| {
         c.volume = Some(VolumeConfig {
             max_bytes,
+            min_bytes,
             ..VolumeConfig::default()
         })
     })
@@ -430,20 +436,24 @@ fn volume_fires_on_the_absolute_budget_without_history_once_per_window() {
 
 #[test]
 fn volume_fires_above_its_baseline_and_has_a_spread_floor() {
-    // (bytes per window of the baseline, bytes in the probe window, fires)
-    for (base, probe, fires) in [
-        (10_000, 10_500, false), // a perfectly steady agent: floor 10% → threshold 14,000
-        (10_000, 14_000, false),
-        (10_000, 14_100, true),
-        (1_000, 5_000, false), // floor 1 KiB → threshold 1,000 + 4,096
-        (1_000, 5_200, true),
+    // (min_bytes, bytes per window of the baseline, bytes in the probe window, fires)
+    for (min_bytes, base, probe, fires) in [
+        (0, 10_000, 10_500, false), // a perfectly steady agent: floor 10% → threshold 14,000
+        (0, 10_000, 14_000, false),
+        (0, 10_000, 14_100, true),
+        (0, 1_000, 5_000, false), // floor 1 KiB → threshold 1,000 + 4,096
+        (0, 1_000, 5_200, true),
+        // 15× the usual, but under min_bytes (default 1 MB): not worth a detection.
+        (DEFAULT_MIN_BYTES, 20_000, 300_000, false),
+        (DEFAULT_MIN_BYTES, 20_000, 999_999, false),
+        (DEFAULT_MIN_BYTES, 20_000, 1_000_000, true),
     ] {
-        let mut m = Monitor::new(volume_cfg(None));
+        let mut m = Monitor::new(volume_cfg_min(None, min_bytes));
         for w in 0..12 {
             volume_window(&mut m, w, 1, base);
         }
         let d = volume_window(&mut m, 12, 1, probe);
-        assert_eq!(!d.is_empty(), fires, "{base} then {probe}");
+        assert_eq!(!d.is_empty(), fires, "{min_bytes}: {base} then {probe}");
         if fires {
             assert_eq!(d[0].details["reason"], json!("baseline"));
         }
@@ -641,17 +651,16 @@ fn off_hours_fires_once_per_new_local_hour_after_min_days_and_never_learns_it() 
 
 #[test]
 fn off_hours_learns_silently_until_min_days_and_min_calls() {
-    // (days of office hours before, whether a night call before the probe was in the warm-up)
     let mut m = Monitor::new(off_hours_cfg());
     office_hours(&mut m, 3);
     // A night call on day 3: still learning (3 days < 7), so 03:00 becomes a usual hour.
     assert!(m.observe(&call("bot", T0 + 3 * DAY + 2 * HOUR)).is_empty());
-    office_hours(&mut m, 0);
     for day in 3..8 {
         for h in 8..17 {
             m.observe(&call("bot", T0 + day * DAY + h * HOUR));
         }
     }
+    // After the warm-up, 03:00 is usual and 05:00 is not.
     assert!(m.observe(&call("bot", T0 + 9 * DAY + 2 * HOUR)).is_empty());
     assert_eq!(m.observe(&call("bot", T0 + 9 * DAY + 4 * HOUR)).len(), 1);
 
@@ -999,9 +1008,42 @@ fn import_refuses_other_versions_and_malformed_blobs_and_changes_nothing() {
             with(&|v| v["agents"]["bot"]["extra"] = json!(1)),
             "unknown field `extra`",
         ),
+        (
+            with(&|v| v["agents"]["bot"]["first_ms"] = json!(i64::MIN + 1)),
+            "agents.bot.first_ms: -9223372036854775807 is not a time",
+        ),
+        (
+            with(&|v| v["agents"]["bot"]["activity"]["hour"] = json!(i64::MAX)),
+            "agents.bot.activity.hour",
+        ),
     ] {
         let err = fresh.import(&blob).expect_err("refused");
         assert!(err.contains(text), "{err}");
         assert_eq!(fresh.tracked_agents(), 1, "nothing changed");
     }
+}
+
+/// The unkeyed name hash spreads config-like names over the low bits hashbrown indexes by,
+/// including names that differ only in the last byte of an 8-byte word.
+#[test]
+fn the_name_hash_spreads_similar_names_over_buckets() {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    let build = BuildHasherDefault::<detectors::NameHasher>::default();
+    let buckets = |names: &[String], bits: u32| -> usize {
+        let mask = (1u64 << bits) - 1;
+        let set: std::collections::HashSet<u64> = names
+            .iter()
+            .map(|n| build.hash_one(n.as_str()) & mask)
+            .collect();
+        set.len()
+    };
+    let agents: Vec<String> = (0..1000).map(|i| format!("agent-{i:05}")).collect();
+    let routes: Vec<String> = (0..1000).map(|i| format!("r-{i:03}xyz")).collect();
+    let last_byte: Vec<String> = (b'a'..=b'z')
+        .map(|c| format!("tickets{}", c as char))
+        .collect();
+    // 1,000 random values in 1,024 buckets fill about 632 of them.
+    assert!(buckets(&agents, 10) > 580, "{}", buckets(&agents, 10));
+    assert!(buckets(&routes, 10) > 580, "{}", buckets(&routes, 10));
+    assert!(buckets(&last_byte, 8) >= 24, "{}", buckets(&last_byte, 8));
 }
