@@ -673,3 +673,59 @@ async fn text_flow() {
     b.assert_no_alert().await;
     b.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_page_shows_what_monitoring_saw() {
+    bounded(monitoring_flow()).await;
+}
+
+/// With monitoring on, a burst of refused deletes is an anomaly: the page shows the agent's
+/// activity and the anomaly with its summary.
+async fn monitoring_flow() {
+    require_browser();
+    let up = Upstream::start().await;
+    let mut setup = Setup::new(&up);
+    setup.extra_routes = "  - name: tickets-delete\n    methods: [DELETE]\n    path: /api/tickets/{id}\n    upstream: tickets-api\n    scopes: [tickets:delete]\n".into();
+    setup.admin = admin_section("")
+        + "monitoring:\n  detectors:\n    denial_burst: {denials: 3, window: 1m}\n  playbooks:\n    - name: notice\n      steps:\n        - [alert]\n";
+    let gw = Gateway::start(setup).await;
+    let t = token("support-bot", READ);
+    assert_eq!(get(&gw, "/api/tickets/1", Some(&t)).await.status, 200);
+    for i in 0..3 {
+        let a = Answer::read(
+            client()
+                .delete(gw.url(&format!("/api/tickets/{i}")))
+                .bearer_auth(&t)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        a.assert_refusal(403, "insufficient_scope");
+    }
+    // The API has it before the page is opened.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let api = agent_api(&gw, "support-bot").await;
+        if api["activity"]["anomalies_24h"] == 1 {
+            assert_eq!(api["activity"]["denials_24h"], 3, "{api}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no anomaly in {api}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let b = Browser::start().await;
+    b.sign_in(&gw, ADMIN_TOKEN, "Signed in with an admin token")
+        .await;
+    b.select("support-bot").await;
+    let ui = b.ui().await.unwrap();
+    assert!(ui.detail.contains("denial_burst"), "{}", ui.detail);
+    assert!(
+        ui.detail.contains("refus"),
+        "the summary is shown: {}",
+        ui.detail
+    );
+    let row = &ui.row("support-bot").text;
+    assert!(!row.contains('—'), "activity columns are filled: {row}");
+    b.close().await;
+}
