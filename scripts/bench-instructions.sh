@@ -71,7 +71,8 @@ measure() { # NAME PORT CMD...
   wait "$pid" 2>/dev/null || true
 }
 
-bench_gateway_config 9080 9981 "$work/access.log" > "$work/gateway.yaml"
+# BENCH_MONITOR=1: every anomaly detector on for the current build (see scripts/lib.sh).
+bench_gateway_config 9080 9981 "$work/access.log" "${BENCH_MONITOR:+$BENCH_MONITOR_ROUTE_YAML}" "${BENCH_MONITOR:+$BENCH_MONITOR_YAML}" > "$work/gateway.yaml"
 echo "callgrind, $n requests each, one worker:"
 measure "bare pingora" 9085 ./target/release/examples/pingora_floor 127.0.0.1:9085 127.0.0.1:9001
 measure portcullis 9080 ./target/release/portcullis run -c "$work/gateway.yaml"

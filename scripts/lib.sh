@@ -70,8 +70,8 @@ routes:
 ${4:+$4
 }access_log:
   path: $3
-${5:+$5
-}YAML
+${5:-}
+YAML
 }
 
 # What BENCH_POLICY=1 adds to the benchmarked route: one condition and one rate limit that
