@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Quickstart, one command: build, start the demo tools API on 127.0.0.1:9090, then the gateway
 # on 127.0.0.1:8080 (admin and approvals console on 127.0.0.1:9901) with the bundled gateway.yaml.
-# Ctrl-C stops both. Keys and the approver token are made on first start under .portcullis/.
+# Ctrl-C stops both. Keys, the approver token and the operator token are made on first start
+# under .portcullis/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -13,6 +14,9 @@ if [ ! -f .portcullis/signing-key.pem ]; then
 fi
 if [ ! -f .portcullis/approver-alice.token ]; then
   ./target/release/portcullis approver-token --out .portcullis/approver-alice
+fi
+if [ ! -f .portcullis/ops.token ]; then
+  ./target/release/portcullis approver-token --out .portcullis/ops
 fi
 ./target/release/portcullis-demo-tools 127.0.0.1:9090 &
 demo=$!

@@ -11,14 +11,19 @@ use std::process::ExitCode;
 #[derive(Args)]
 pub struct AdminConn {
     /// Admin base URL (default: `http://` + listen.admin of the config).
-    #[arg(long)]
+    #[arg(long, global = true)]
     admin: Option<String>,
     /// Configuration file, to find the admin listener.
-    #[arg(short, long, default_value = "gateway.yaml")]
+    #[arg(short, long, default_value = "gateway.yaml", global = true)]
     config: PathBuf,
     /// Admin token (`admin.tokens`); an approver token may list, pause and revoke
     /// (`PORTCULLIS_APPROVER_TOKEN` is used when neither is given).
-    #[arg(long, env = "PORTCULLIS_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "PORTCULLIS_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
     token: Option<String>,
 }
 

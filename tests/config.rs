@@ -168,11 +168,13 @@ fn bundled_gateway_yaml_is_valid() {
     let key = portcullis::identity::generate_signing_key().unwrap();
     std::fs::create_dir_all(dir.path().join(".portcullis")).unwrap();
     std::fs::write(dir.path().join(".portcullis/signing-key.pem"), key).unwrap();
-    std::fs::write(
-        dir.path().join(".portcullis/approver-alice.sha256"),
-        format!("{}\n", "ab".repeat(32)),
-    )
-    .unwrap();
+    for name in ["approver-alice", "ops"] {
+        std::fs::write(
+            dir.path().join(format!(".portcullis/{name}.sha256")),
+            format!("{}\n", "ab".repeat(32)),
+        )
+        .unwrap();
+    }
     let text =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.yaml")).unwrap();
     std::env::set_var("TICKETS_API_KEY", "test-key");
