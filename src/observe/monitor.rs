@@ -205,13 +205,15 @@ pub struct MonitorService {
 impl MonitorService {
     fn sync_config(&self, core: &mut Core) {
         let current = self.state.snapshot.load().monitoring.clone();
-        if !Arc::ptr_eq(&current, &core.config) && *current != *core.config {
+        if Arc::ptr_eq(&current, &core.config) {
+            return;
+        }
+        // A reload that left `monitoring:` as it was keeps the detectors' state untouched.
+        if *current != *core.config {
             core.monitor.set_config(current.clone());
             core.playbooks.set_config(current.clone());
-            core.config = current;
-        } else if !Arc::ptr_eq(&current, &core.config) {
-            core.config = current;
         }
+        core.config = current;
     }
 
     fn alerters(&self, a: &mut Alerters) {
@@ -246,8 +248,7 @@ impl MonitorService {
 
     async fn handle(&self, ev: CallEvent, alerters: &mut Alerters) {
         let (detections, decisions) = {
-            let core = self.state.monitor.core.clone();
-            let mut core = lock(&core);
+            let mut core = lock(&self.state.monitor.core);
             self.sync_config(&mut core);
             let detections = core.monitor.observe(&ev);
             let decisions: Vec<_> = detections
@@ -381,10 +382,6 @@ impl MonitorService {
             }
         }
     }
-
-    fn persist(&self) {
-        self.state.monitor.persist(&*self.state.agent_state);
-    }
 }
 
 /// The admin listener's base URL, for links in alerts.
@@ -426,16 +423,16 @@ impl BackgroundService for MonitorService {
                 },
                 _ = persist.tick() => {
                     self.state.monitor.tidy(&self.state.snapshot.load());
-                    let me = MonitorService { state: self.state.clone() };
-                    let _ = tokio::task::spawn_blocking(move || me.persist()).await;
+                    let st = self.state.clone();
+                    let _ = tokio::task::spawn_blocking(move || st.monitor.persist(&*st.agent_state)).await;
                 }
             }
         }
-        // What is still queued was decided already; learn from it before saving.
+        // What is still queued was decided already: learn from it; `server::run` saves the
+        // baselines once every runtime has stopped.
         while let Ok(ev) = rx.try_recv() {
             self.handle(ev, &mut alerters).await;
         }
-        self.persist();
         for n in alerters.general.iter().chain(alerters.owners.values()) {
             n.flush(Duration::from_secs(2));
         }
