@@ -288,18 +288,13 @@ impl Refusal {
                                 (format!("this token (jti `{jti}`) was revoked"), stamp)
                             }
                             Revocation::IssuedBefore(before, stamp) => {
-                                extra.insert(
-                                    "revoked_before".into(),
-                                    json!(rfc3339_ms(*before as i64 * 1000)),
+                                let at = rfc3339_ms(*before as i64 * 1000);
+                                let what = format!(
+                                    "every token of agent `{}` issued up to {at} was revoked",
+                                    agent.id
                                 );
-                                (
-                                    format!(
-                                        "every token of agent `{}` issued up to {} was revoked",
-                                        agent.id,
-                                        rfc3339_ms(*before as i64 * 1000)
-                                    ),
-                                    stamp,
-                                )
+                                extra.insert("revoked_before".into(), json!(at));
+                                (what, stamp)
                             }
                         };
                         extra.insert("revoked_by".into(), json!(stamp.by));
