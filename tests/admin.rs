@@ -89,18 +89,9 @@ async fn reload_needs_an_operator_credential_and_the_audit_says_who() {
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["config_version"], 2, "{body}");
-    let deadline = std::time::Instant::now() + POLL_TIMEOUT;
-    let audit = loop {
-        if let Some(l) = gw
-            .access_log()
-            .into_iter()
-            .find(|l| l["event"] == "config_reload")
-        {
-            break l;
-        }
-        assert!(std::time::Instant::now() < deadline, "no reload audit line");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+    let (audit, _) = gw
+        .wait_log_line("the reload", |l| l["event"] == "config_reload")
+        .await;
     assert_eq!(audit["by"], "ops", "{audit}");
     assert_eq!(audit["credential"], "admin", "{audit}");
     assert_eq!(audit["outcome"], "reloaded", "{audit}");
@@ -248,18 +239,10 @@ async fn state_changes_a_web_page_could_send_are_refused_on_every_admin_route() 
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let deadline = std::time::Instant::now() + POLL_TIMEOUT;
-    while !gw
-        .access_log()
-        .iter()
-        .any(|l| l["event"] == "config_reload" && l["by"] == "alice")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no audit line for alice"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    gw.wait_log_line("alice's reload", |l| {
+        l["event"] == "config_reload" && l["by"] == "alice"
+    })
+    .await;
 }
 
 /// DNS rebinding: a page on `evil.example` points its name at the admin listener and reads or

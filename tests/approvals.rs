@@ -372,18 +372,7 @@ impl Env {
 
     /// Poll the access log until `pred` holds for some line.
     async fn wait_log(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + POLL_TIMEOUT;
-        loop {
-            if let Some(l) = self.gw.access_log().into_iter().find(|l| pred(l)) {
-                return l;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no access-log line for {what}: {:#?}",
-                self.gw.access_log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.gw.wait_log_line(what, pred).await.0
     }
 
     /// The audit line of `event` for approval `id`.

@@ -178,8 +178,12 @@ async fn a_paused_agent_is_refused_at_once_across_reloads_and_restarts() {
         Some(1.0),
         "{m}"
     );
-    let events: Vec<Value> = gw
-        .access_log()
+    let (_, log) = gw
+        .wait_log_line("the resume", |l| {
+            l["event"] == "agent_state" && l["action"] == "resume"
+        })
+        .await;
+    let events: Vec<Value> = log
         .into_iter()
         .filter(|l| l["event"] == "agent_state")
         .collect();

@@ -59,17 +59,9 @@ impl Hook {
     }
 }
 
-/// The access log once a line matching `pred` is in it (lines are written every 20 ms).
+/// The access log once a line matching `pred` is in it.
 async fn wait_log(gw: &Gateway, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let log = gw.access_log();
-        if log.iter().any(&pred) {
-            return log;
-        }
-        assert!(Instant::now() < deadline, "no such access-log line");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gw.wait_log_line("the awaited event", pred).await.1
 }
 
 const ROUTES: &str = "  - name: tickets-delete

@@ -779,25 +779,33 @@ impl Gateway {
         }
     }
 
-    /// The access-log line of a request id (waits for it to appear).
-    pub async fn access_log_line(&self, request_id: &str) -> Value {
+    /// Poll until some access-log line satisfies `pred`; returns that line and the whole log
+    /// as read then. Lines are written asynchronously, so a test reading the log right after a
+    /// call must wait for the line it needs rather than read once.
+    pub async fn wait_log_line(
+        &self,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> (Value, Vec<Value>) {
         let deadline = Instant::now() + POLL_TIMEOUT;
         loop {
-            if let Some(l) = self
-                .access_log()
-                .into_iter()
-                .find(|l| l["request_id"] == request_id)
-            {
-                return l;
+            let log = self.access_log();
+            if let Some(l) = log.iter().find(|l| pred(l)) {
+                return (l.clone(), log);
             }
-            if Instant::now() > deadline {
-                panic!(
-                    "no access-log line for {request_id}: {:#?}",
-                    self.access_log()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(
+                Instant::now() < deadline,
+                "no access-log line for {what} after {POLL_TIMEOUT:?}: {log:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The access-log line of a request id (waits for it to appear).
+    pub async fn access_log_line(&self, request_id: &str) -> Value {
+        self.wait_log_line(request_id, |l| l["request_id"] == request_id)
+            .await
+            .0
     }
 
     /// Replace the config file with `text` (atomically).
