@@ -274,6 +274,47 @@ pub fn revoke(
     )
 }
 
+/// MCP tool-definition pins (rug-pull detection).
+#[derive(Subcommand)]
+pub enum McpCommand {
+    /// Every recorded tool definition, and which changed since (JSON).
+    Tools,
+    /// Accept the changed definition of a tool: it becomes the recorded one and calls of the
+    /// tool are no longer held or refused for it (admin token).
+    Accept {
+        /// The upstream (MCP server) name in gateway.yaml.
+        upstream: String,
+        /// The tool.
+        tool: String,
+        /// Why (kept in the audit trail).
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+/// `portcullis mcp ...`.
+pub fn mcp(conn: AdminConn, command: McpCommand) -> ExitCode {
+    match command {
+        McpCommand::Tools => done(
+            call(conn, "mcp tools", |c, base| {
+                c.get(format!("{base}/api/mcp/tools"))
+            }),
+            pretty,
+        ),
+        McpCommand::Accept {
+            upstream,
+            tool,
+            reason,
+        } => done(
+            call(conn, "mcp accept", |c, base| {
+                c.post(format!("{base}/api/mcp/tools/accept"))
+                    .json(&json!({ "upstream": upstream, "tool": tool, "reason": reason }))
+            }),
+            pretty,
+        ),
+    }
+}
+
 fn urlencode(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }

@@ -65,6 +65,14 @@ enum Command {
         #[command(subcommand)]
         command: cli_agents::AgentsCommand,
     },
+    /// MCP tool-definition pins: list them, accept a changed one (talks to the admin
+    /// listener).
+    Mcp {
+        #[command(flatten)]
+        conn: cli_agents::AdminConn,
+        #[command(subcommand)]
+        command: cli_agents::McpCommand,
+    },
     /// Pending approvals: list, show, approve, deny (talks to the admin listener).
     Approvals {
         /// Admin base URL (default: `http://` + listen.admin of the config).
@@ -234,6 +242,7 @@ fn main() -> ExitCode {
                 },
         } => cli_agents::revoke(conn, jti, agent, reason),
         Command::Agents { conn, command } => cli_agents::run(conn, command),
+        Command::Mcp { conn, command } => cli_agents::mcp(conn, command),
         Command::Keygen { out, force } => keygen(&out, force),
         Command::Reload { conn } => reload_cli(conn),
         Command::ApproverToken { out } => approver_token(out.as_deref()),

@@ -4,6 +4,7 @@
 
 pub mod agent_state;
 pub mod limits;
+pub mod mcp;
 
 use crate::approval::executor::Executor;
 use crate::approval::ApprovalService;
@@ -51,6 +52,8 @@ pub struct GatewayState {
     pub agent_state: Arc<dyn agent_state::AgentStateStore>,
     /// Anomaly detection: the queue the proxy feeds and the detectors' state.
     pub monitor: crate::observe::monitor::MonitorHandle,
+    /// MCP sessions (which agent opened each) and tool-definition pins.
+    pub mcp: mcp::McpState,
     next_version: AtomicU64,
     reload_lock: Mutex<()>,
     last_reload_error: Mutex<Option<String>>,
@@ -116,6 +119,7 @@ impl GatewayState {
             approvals: ArcSwapOption::empty(),
             executor: Executor::new(),
             limits: Arc::new(limits::InProcessLimitStore::new()),
+            mcp: mcp::McpState::load(agent_state.clone()),
             agent_state,
             monitor,
             next_version: AtomicU64::new(next),

@@ -45,7 +45,7 @@ fn bad_file_reports_every_error_with_path_and_line() {
         "line 40: routes[1].upstream: unknown upstream `ticket`; defined: tickets",
         "line 43: routes[2].path_regex: invalid regex: regex parse error:\n    ^(?:/api/([)$\n              ^\nerror: unclosed character class",
         "line 46: routes[3]: a route must require at least one scope (`scopes` or `any_of`): deny by default",
-        "line 53: routes[4].timeout: unknown field `timeout`, expected one of `name`, `methods`, `path`, `path_regex`, `host`, `upstream`, `scopes`, `any_of`, `approval`, `websocket`, `mode`, `shadow`, `limits`, `conditions`, `tags`",
+        "line 53: routes[4].timeout: unknown field `timeout`, expected one of `name`, `methods`, `path`, `path_regex`, `host`, `upstream`, `scopes`, `any_of`, `approval`, `websocket`, `mode`, `shadow`, `limits`, `conditions`, `tags`, `kind`, `mcp`",
         "line 54: metrics: unknown section `metrics`, expected one of: listen, server, identity, issuers, token_service, agents, upstreams, routes, access_log, approvals, admin, enforcement, limits, tiers, state, monitoring",
     ];
     for (i, (g, e)) in got.iter().zip(expected.iter()).enumerate() {

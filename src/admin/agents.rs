@@ -39,6 +39,8 @@ pub fn routes() -> Router<Arc<GatewayState>> {
         .route("/api/agents/{id}/relearn", post(relearn))
         .route("/api/tokens/revoke", post(revoke))
         .route("/api/audit", get(audit))
+        .route("/api/mcp/tools", get(mcp_tools))
+        .route("/api/mcp/tools/accept", post(mcp_accept))
 }
 
 /// The agents page of the console (static; it talks to the API below).
@@ -346,6 +348,92 @@ async fn relearn(
         detail: json!({"had_baselines": forgot}),
     });
     Ok(Json(json!({"action": "relearn", "agent": id, "by": who.name, "reason": reason, "had_baselines": forgot})).into_response())
+}
+
+/// `GET /api/mcp/tools`: every MCP tool definition the gateway recorded, per upstream, and
+/// which changed since (rug-pull detection).
+async fn mcp_tools(State(s): State<Arc<GatewayState>>, _who: Operator) -> Answer {
+    let tools: Vec<Value> = s
+        .mcp
+        .pins()
+        .into_iter()
+        .map(|(upstream, tool, p)| {
+            json!({
+                "upstream": upstream,
+                "tool": tool,
+                "sha256": p.sha256,
+                "accepted_at": crate::approval::rfc3339_ms(p.accepted_at_ms),
+                "accepted_by": p.accepted_by,
+                "changed": p.changed.as_ref().map(|c| json!({
+                    "sha256": c.sha256,
+                    "seen_at": crate::approval::rfc3339_ms(c.seen_at_ms),
+                })),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "tools": tools })).into_response())
+}
+
+/// `{"upstream": "...", "tool": "...", "reason": "..."}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AcceptBody {
+    upstream: String,
+    tool: String,
+    reason: String,
+}
+
+/// `POST /api/mcp/tools/accept`: the changed definition of a tool becomes its pin (admin
+/// only: it loosens what calls of the tool need).
+async fn mcp_accept(
+    State(s): State<Arc<GatewayState>>,
+    who: Operator,
+    body: Result<Json<AcceptBody>, axum::extract::rejection::JsonRejection>,
+) -> Answer {
+    admin_only(&who, "accepting a changed MCP tool definition")?;
+    let Json(b) = body.map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!(
+                "send JSON {{\"upstream\": \"...\", \"tool\": \"...\", \"reason\": \"why\"}}: {}",
+                e.body_text()
+            ),
+        )
+    })?;
+    let reason = clean_reason(&b.reason)?;
+    let now = crate::approval::now_ms();
+    let pin = match s.mcp.accept(&b.upstream, &b.tool, &who.name, now) {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            return Err(error(
+                StatusCode::CONFLICT,
+                "nothing_to_accept",
+                format!(
+                    "tool `{}` of upstream `{}` has no changed definition waiting (see GET /api/mcp/tools)",
+                    b.tool, b.upstream
+                ),
+            ))
+        }
+        Err(e) => return Err(state_error(e)),
+    };
+    s.access_log.log(&json!({
+        "time": crate::approval::rfc3339_ms(now),
+        "event": "mcp_tool_accepted",
+        "upstream": b.upstream,
+        "tool": b.tool,
+        "sha256": pin.sha256,
+        "by": who.name,
+        "credential": who.credential,
+        "reason": reason,
+    }));
+    Ok(Json(json!({
+        "upstream": b.upstream,
+        "tool": b.tool,
+        "sha256": pin.sha256,
+        "accepted_by": who.name,
+    }))
+    .into_response())
 }
 
 /// `POST /api/tokens/revoke`: `{"jti": "...", "reason": "..."}` revokes one token;

@@ -357,6 +357,20 @@ impl ApprovalService {
         }
     }
 
+    /// Be told of the decision on open approval `id` (an MCP call waiting a little while
+    /// for it). One watcher per approval: a newer one replaces the older, which then sees its
+    /// channel closed and answers "pending".
+    pub fn watch(&self, id: &str) -> oneshot::Receiver<Approval> {
+        let (tx, rx) = oneshot::channel();
+        self.lock_waiters().insert(id.to_string(), tx);
+        rx
+    }
+
+    /// Stop watching `id`; the approval stays open.
+    pub fn unwatch(&self, id: &str) {
+        self.lock_waiters().remove(id);
+    }
+
     /// The agent hung up while its call was held.
     pub async fn abandon(&self, id: &str) {
         self.lock_waiters().remove(id);

@@ -216,6 +216,9 @@ pub struct RawUpstream {
     /// The upstream treats paths case-insensitively: its routes match ignoring ASCII case.
     #[serde(default)]
     pub case_insensitive: bool,
+    /// `http` (default) or `mcp`: every route to it carries JSON-RPC (Model Context
+    /// Protocol) and is judged per tool (`routes[].mcp`).
+    pub kind: Option<String>,
 }
 
 /// A route that allows some calls.
@@ -263,6 +266,57 @@ pub struct RawRoute {
     /// sequence detector watches for an agent touching one tag and then another.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// `http` (default) or `mcp` (also implied by an `mcp` upstream or an `mcp:` section).
+    pub kind: Option<String>,
+    /// MCP rules: which tools, prompts and resources, with what scopes, conditions, limits
+    /// and approvals.
+    pub mcp: Option<RawMcp>,
+}
+
+/// A route's `mcp:` section.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawMcp {
+    /// Rules naming tools (`name`, exact or glob).
+    #[serde(default)]
+    pub tools: Vec<RawMcpRule>,
+    /// Rules naming prompts (`name`).
+    #[serde(default)]
+    pub prompts: Vec<RawMcpRule>,
+    /// Rules naming resources (`uri` patterns).
+    #[serde(default)]
+    pub resources: Vec<RawMcpRule>,
+    /// Largest JSON-RPC message read to decide (default 1 MiB).
+    pub max_body_bytes: Option<u64>,
+    /// How long a call needing approval waits for the decision before the agent is told it
+    /// is pending (default 25s; below the ~60 s request timeout of common clients).
+    pub approval_wait: Option<String>,
+    /// `report` (default), `approve` or `deny`: what a changed tool definition does.
+    pub tool_changes: Option<String>,
+}
+
+/// One MCP rule.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawMcpRule {
+    /// Tool or prompt name, exact or glob (`search_*`).
+    pub name: Option<String>,
+    /// Resource URI pattern (`tickets://*`, `docs://**`).
+    pub uri: Option<String>,
+    /// Scopes all required (besides the route's).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// At least one of these too.
+    #[serde(default)]
+    pub any_of: Vec<String>,
+    /// Human approval before the call runs.
+    pub approval: Option<RawApprovalPolicy>,
+    /// Limits of calls under this rule.
+    #[serde(default)]
+    pub limits: Vec<super::raw_limits::RawLimit>,
+    /// Conditions of calls under this rule.
+    #[serde(default)]
+    pub conditions: Vec<super::raw_conditions::RawCondition>,
 }
 
 /// How calls needing approval are handled.

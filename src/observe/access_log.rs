@@ -74,6 +74,32 @@ pub struct AccessRecord<'a> {
     /// when none ran; a refusal by a condition names it in `reason` and its JSON).
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     pub conditions: &'a [crate::policy::decision::ConditionRan],
+    /// On an MCP route: the JSON-RPC method, what it named, the digest of a tool call's
+    /// arguments (never the arguments) and the rule that applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<McpFields<'a>>,
+}
+
+/// The `mcp` object of an access-log line.
+#[derive(Debug, Serialize)]
+pub struct McpFields<'a> {
+    /// JSON-RPC method (`null` for a client's response, `GET`/`DELETE` carry none).
+    pub method: Option<&'a str>,
+    /// `tool`, `prompt` or `resource`, when the method names one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    /// Its name or URI.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<&'a str>,
+    /// Hex SHA-256 of a tool call's canonical arguments.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub args_sha256: Option<&'a str>,
+    /// The rule's pattern that applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<&'a str>,
+    /// The session the call rode on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<&'a str>,
 }
 
 /// A wall-clock time that serializes as RFC 3339 UTC with milliseconds,

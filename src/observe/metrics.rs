@@ -73,6 +73,12 @@ pub struct Metrics {
     pub agent_state_changes: IntCounterVec,
     /// Anomalies detected, by agent, detector and mode (`enforce`, `shadow`).
     pub anomalies: IntCounterVec,
+    /// MCP messages, by route, JSON-RPC method (known ones; else `other`) and decision.
+    pub mcp_requests: IntCounterVec,
+    /// Items removed from MCP list answers, by list.
+    pub mcp_hidden: IntCounterVec,
+    /// MCP tool definitions seen changed from their pin, by upstream.
+    pub mcp_tool_changes: IntCounterVec,
     /// Playbook actions taken, by agent and action.
     pub playbook_actions: IntCounterVec,
     /// Call events the monitor could not take (its queue was full): detection is best effort
@@ -278,6 +284,21 @@ impl Metrics {
             "Runtime agent-state changes (pause, resume, revoke_token, revoke_agent_tokens, step_up, throttle, lift), by credential kind (admin, approver, playbook).",
             &["action", "credential"],
         );
+        let mcp_requests = counter(
+            "portcullis_mcp_requests_total",
+            "MCP (JSON-RPC) messages, by route, method (known methods; else other) and decision (allow, deny, held, error).",
+            &["route", "method", "decision"],
+        );
+        let mcp_hidden = counter(
+            "portcullis_mcp_list_items_hidden_total",
+            "Items removed from MCP list answers because the caller may not use them, by list (tools, prompts, resources, resource_templates).",
+            &["list"],
+        );
+        let mcp_tool_changes = counter(
+            "portcullis_mcp_tool_changes_total",
+            "MCP tool definitions seen changed from the recorded one (rug-pull detection), by upstream.",
+            &["upstream"],
+        );
         let anomalies = counter(
             "portcullis_anomalies_total",
             "Anomalies detected, by agent, detector and mode (enforce, shadow).",
@@ -299,6 +320,9 @@ impl Metrics {
         config_last_reload_ok.set(1);
         Metrics {
             agent_state_changes,
+            mcp_requests,
+            mcp_hidden,
+            mcp_tool_changes,
             anomalies,
             playbook_actions,
             monitor_events_dropped,

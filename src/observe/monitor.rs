@@ -47,6 +47,8 @@ use tokio::sync::mpsc;
 
 /// Events waiting for the monitor; past that they are dropped and counted.
 pub const QUEUE_CAPACITY: usize = 65_536;
+/// Alerts waiting for the webhook sender (rare events; a burst beyond this is logged).
+const ALERT_QUEUE_CAPACITY: usize = 1024;
 /// Most events taken off the queue at once.
 const BATCH: usize = 1024;
 /// How long the task lets events gather after a batch; bounds the extra detection delay.
@@ -67,6 +69,10 @@ struct Core {
 pub struct MonitorHandle {
     tx: mpsc::Sender<CallEvent>,
     rx: Mutex<Option<mpsc::Receiver<CallEvent>>>,
+    /// Alerts raised outside the detectors (a changed MCP tool definition), sent by the same
+    /// webhooks.
+    alert_tx: mpsc::Sender<AlertNotice>,
+    alert_rx: Mutex<Option<mpsc::Receiver<AlertNotice>>>,
     core: Arc<Mutex<Core>>,
 }
 
@@ -75,6 +81,7 @@ impl MonitorHandle {
     /// process) when given.
     pub fn new(config: Arc<MonitoringConfig>, baselines: Option<&Value>) -> MonitorHandle {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let (alert_tx, alert_rx) = mpsc::channel(ALERT_QUEUE_CAPACITY);
         let mut monitor = Monitor::new(config.clone());
         if let Some(b) = baselines {
             if let Err(e) = monitor.import(b) {
@@ -84,11 +91,21 @@ impl MonitorHandle {
         MonitorHandle {
             tx,
             rx: Mutex::new(Some(rx)),
+            alert_tx,
+            alert_rx: Mutex::new(Some(alert_rx)),
             core: Arc::new(Mutex::new(Core {
                 monitor,
                 playbooks: Playbooks::new(config.clone()),
                 config,
             })),
+        }
+    }
+
+    /// Send an alert to the security team's webhook (`monitoring.alerts.webhook`); dropped
+    /// with a warning when the queue is full.
+    pub fn alert(&self, n: AlertNotice) {
+        if self.alert_tx.try_send(n).is_err() {
+            tracing::warn!("alert queue full: an alert was dropped");
         }
     }
 
@@ -402,6 +419,9 @@ impl BackgroundService for MonitorService {
         let Some(mut rx) = lock(&self.state.monitor.rx).take() else {
             return;
         };
+        let Some(mut alert_rx) = lock(&self.state.monitor.alert_rx).take() else {
+            return;
+        };
         let mut alerters = Alerters::default();
         let mut batch = Vec::with_capacity(BATCH);
         let mut persist = tokio::time::interval(PERSIST_EVERY);
@@ -420,6 +440,12 @@ impl BackgroundService for MonitorService {
                     // it waits in `recv_many`, so under load it wakes once per batch, not once
                     // per call (a cross-thread wake-up per call cost more CPU than detection).
                     tokio::time::sleep(BATCH_DELAY).await;
+                },
+                Some(n) = alert_rx.recv() => {
+                    self.alerters(&mut alerters);
+                    if let Some(g) = &alerters.general {
+                        g.notify(n);
+                    }
                 },
                 _ = persist.tick() => {
                     self.state.monitor.tidy(&self.state.snapshot.load());

@@ -15,20 +15,21 @@ pub fn step_up(snap: &Snapshot, route: &Route) -> Option<Arc<ApprovalPolicy>> {
         .or_else(|| snap.approvals.as_ref().map(|a| a.supervised.clone()))
 }
 
-/// The route's own approval rule first, else supervised agents' writes (anything but
-/// GET/HEAD/OPTIONS) under `approvals.supervised`.
+/// The route's own approval rule first, else supervised agents' writes (`write`: anything but
+/// GET/HEAD/OPTIONS, or an MCP `tools/call`) under `approvals.supervised`.
 pub fn required(
     snap: &Snapshot,
     route: &Route,
     agent: &Agent,
-    method: &Method,
+    write: bool,
 ) -> Option<Arc<ApprovalPolicy>> {
-    route.approval.clone().or_else(|| {
-        match (&snap.approvals, agent.supervised && is_write(method)) {
+    route
+        .approval
+        .clone()
+        .or_else(|| match (&snap.approvals, agent.supervised && write) {
             (Some(a), true) => Some(a.supervised.clone()),
             _ => None,
-        }
-    })
+        })
 }
 
 /// A write: anything but GET, HEAD and OPTIONS (what supervised agents and step-ups put to a

@@ -39,6 +39,10 @@ pub struct RequestFacts<'a> {
     pub body_len: Option<u64>,
     /// Runtime agent state: pauses, revocations, step-ups, throttles.
     pub agent_states: &'a super::agent_state::AgentStates,
+    /// On an MCP route: the JSON-RPC message read from the body (`None` until read).
+    pub mcp: Option<&'a Result<super::mcp::McpMessage, super::mcp::Malformed>>,
+    /// MCP tools whose definition changed and was not accepted yet.
+    pub changed_tools: &'a super::mcp::ChangedTools,
 }
 
 impl<'a> RequestFacts<'a> {
@@ -66,6 +70,8 @@ impl<'a> RequestFacts<'a> {
             body: BodyFact::NotRead,
             body_len: None,
             agent_states: &super::agent_state::NO_AGENT_STATE,
+            mcp: None,
+            changed_tools: &super::mcp::NO_CHANGED_TOOLS,
         }
     }
 }
@@ -99,6 +105,9 @@ pub struct Allowed {
     pub charge: Charge,
     /// The conditions that ran, and whether each passed (the access log's `conditions`).
     pub conditions: Vec<ConditionRan>,
+    /// On an MCP route: the rule that named the call's tool, prompt or resource (index into
+    /// the route's `mcp.rules`).
+    pub mcp_rule: Option<usize>,
 }
 
 /// Whose a condition is: the three places conditions are declared. Condition names are
@@ -111,6 +120,8 @@ pub enum ConditionOf {
     Agent,
     /// `routes[].conditions`.
     Route,
+    /// `routes[].mcp.<tools|prompts|resources>[].conditions`: the rule that named the call.
+    McpRule,
 }
 
 impl std::fmt::Display for ConditionOf {
@@ -119,6 +130,7 @@ impl std::fmt::Display for ConditionOf {
             ConditionOf::Tier(t) => write!(f, "tier:{t}"),
             ConditionOf::Agent => f.write_str("agent"),
             ConditionOf::Route => f.write_str("route"),
+            ConditionOf::McpRule => f.write_str("mcp_rule"),
         }
     }
 }
@@ -230,6 +242,60 @@ pub enum Denial {
         /// Which limit, and when a retry can pass.
         refused: Box<Refused>,
     },
+    /// MCP: the body is not one JSON-RPC message this gateway can judge, or its headers
+    /// disagree with it.
+    McpInvalid {
+        /// The agent.
+        agent: Arc<Agent>,
+        /// Index of the route.
+        route: usize,
+        /// What is wrong, in words.
+        reason: String,
+    },
+    /// MCP: a JSON-RPC method this gateway does not know (deny by default).
+    McpUnknownMethod {
+        /// The agent.
+        agent: Arc<Agent>,
+        /// Index of the route.
+        route: usize,
+        /// The method.
+        method: String,
+    },
+    /// MCP: no rule of the route names this tool, prompt or resource.
+    McpNotAllowed {
+        /// The agent.
+        agent: Arc<Agent>,
+        /// Index of the route.
+        route: usize,
+        /// What was named.
+        kind: super::mcp::Kind,
+        /// Its name or URI.
+        name: String,
+    },
+    /// MCP: the rule naming the tool, prompt or resource needs scopes the agent lacks.
+    McpScope {
+        /// The agent.
+        agent: Arc<Agent>,
+        /// Index of the route.
+        route: usize,
+        /// Index of the rule in the route's `mcp.rules`.
+        rule: usize,
+        /// The name or URI called.
+        name: String,
+        /// Required scopes (all of) that are missing.
+        missing_all: Vec<String>,
+        /// The `any_of` set, when none of it is held.
+        missing_any_of: Vec<String>,
+    },
+    /// MCP: the tool's definition changed since it was recorded (`tool_changes: deny`).
+    McpToolChanged {
+        /// The agent.
+        agent: Arc<Agent>,
+        /// Index of the route.
+        route: usize,
+        /// The tool.
+        tool: String,
+    },
     /// The request asks for a protocol upgrade the route does not allow.
     UpgradeNotAllowed {
         /// The agent.
@@ -256,6 +322,11 @@ impl Denial {
             | Denial::HostScoped { agent, .. }
             | Denial::Limited { agent, .. }
             | Denial::Condition { agent, .. }
+            | Denial::McpInvalid { agent, .. }
+            | Denial::McpUnknownMethod { agent, .. }
+            | Denial::McpNotAllowed { agent, .. }
+            | Denial::McpScope { agent, .. }
+            | Denial::McpToolChanged { agent, .. }
             | Denial::UpgradeNotAllowed { agent, .. } => Some(agent),
         }
     }
@@ -266,7 +337,12 @@ impl Denial {
             Denial::InsufficientScope { route, .. }
             | Denial::UpgradeNotAllowed { route, .. }
             | Denial::Limited { route, .. }
-            | Denial::Condition { route, .. } => Some(*route),
+            | Denial::Condition { route, .. }
+            | Denial::McpInvalid { route, .. }
+            | Denial::McpUnknownMethod { route, .. }
+            | Denial::McpNotAllowed { route, .. }
+            | Denial::McpScope { route, .. }
+            | Denial::McpToolChanged { route, .. } => Some(*route),
             Denial::HostScoped { claimed_by, .. } => Some(*claimed_by),
             Denial::UnknownAgent { .. }
             | Denial::AgentDisabled { .. }
@@ -396,6 +472,13 @@ routes:
             Decision::Deny(Denial::Limited { refused, .. }) => refused.code().to_string(),
             Decision::Deny(Denial::Condition { condition, .. }) => format!("condition {condition}"),
             Decision::NeedBody(n) => format!("need_body {n}"),
+            Decision::Deny(
+                d @ (Denial::McpInvalid { .. }
+                | Denial::McpUnknownMethod { .. }
+                | Denial::McpNotAllowed { .. }
+                | Denial::McpScope { .. }
+                | Denial::McpToolChanged { .. }),
+            ) => format!("{d:?}"),
             Decision::Deny(Denial::InsufficientScope {
                 missing_all,
                 missing_any_of,

@@ -8,6 +8,7 @@ pub mod approval;
 pub mod conditions;
 pub mod decision;
 pub mod limits;
+pub mod mcp;
 pub mod path;
 pub mod pipeline;
 pub mod route;

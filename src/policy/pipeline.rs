@@ -8,7 +8,7 @@ use super::decision::{Allowed, Decision, RequestFacts};
 use super::decision::{ConditionOf, ConditionRan, Denial};
 use super::limits::{self, Charge, LimitDecision};
 use super::snapshot::Snapshot;
-use super::{agent_state, agents, approval, routing, scopes, upgrade};
+use super::{agent_state, agents, approval, mcp, routing, scopes, upgrade};
 use crate::util::unix_ms;
 
 /// Decide one call.
@@ -35,6 +35,28 @@ pub fn evaluate(snap: &Snapshot, facts: &RequestFacts<'_>) -> Decision {
     if let Err(d) = upgrade::check(snap, facts, agent, route) {
         return Decision::Deny(d);
     }
+    // 3b. MCP: on a `kind: mcp` route the JSON-RPC message names a tool, prompt or resource;
+    //     the rule naming it applies on top of the route (its scopes here, its conditions,
+    //     limits and approval below). The body is read before anything else is judged, so
+    //     every later refusal can answer as JSON-RPC with the request's id.
+    let (mut mcp_rule, mut write, mut changed_tool) =
+        (None, approval::is_write(facts.method), false);
+    if let Some(policy) = &r.mcp {
+        let upstream = &snap.upstreams[r.upstream].name;
+        match mcp::check(policy, upstream, facts, agent, route) {
+            mcp::Step::Continue {
+                rule,
+                call,
+                changed,
+            } => {
+                mcp_rule = rule.map(|i| (i, &policy.rules[i]));
+                write = call;
+                changed_tool = changed;
+            }
+            mcp::Step::NeedBody(max) => return Decision::NeedBody(max),
+            mcp::Step::Deny(d) => return Decision::Deny(d),
+        }
+    }
     // From here on a policy may be in shadow mode on this route: it records what it would
     // refuse (the first such refusal is kept) and the call goes on.
     let mut would_deny = None;
@@ -57,10 +79,15 @@ pub fn evaluate(snap: &Snapshot, facts: &RequestFacts<'_>) -> Decision {
     //    `approve` puts the call to a human.
     let mut step_up = None;
     let mut ran = Vec::new();
+    let no_conditions = super::conditions::Conditions::default();
     let sets = [
         (ConditionOf::Tier(agent.tier()), &agent.tier_conditions),
         (ConditionOf::Agent, &agent.conditions),
         (ConditionOf::Route, &r.conditions),
+        (
+            ConditionOf::McpRule,
+            mcp_rule.map_or(&no_conditions, |(_, rule)| &rule.conditions),
+        ),
     ];
     if sets.iter().any(|(_, c)| !c.is_empty()) {
         let needs = sets.iter().filter_map(|(_, c)| c.needs_body()).max();
@@ -117,6 +144,16 @@ pub fn evaluate(snap: &Snapshot, facts: &RequestFacts<'_>) -> Decision {
     // 6. Rate and volume limits: volumes are read here (a budget already spent refuses the
     //    call); rates are taken by the proxy with the returned charge, atomically.
     let mut applied = limits::applicable(&agent.id, &agent.limits, &r.name, &r.limits);
+    if let Some((_, rule)) = mcp_rule {
+        // A rule's limits count apart from the route's: under the rule's own key.
+        let none = limits::Limits::default();
+        applied.extend(limits::applicable(
+            &agent.id,
+            &none,
+            &rule.key,
+            &rule.limits,
+        ));
+    }
     if let Some(t) = runtime.and_then(|rt| rt.throttle_at(unix_ms(facts.now))) {
         let path = format!(
             "throttle by {} ({})",
@@ -145,10 +182,35 @@ pub fn evaluate(snap: &Snapshot, facts: &RequestFacts<'_>) -> Decision {
     };
     // 7. Tiered trust last: only a call that would otherwise pass is put to a human. A
     //    runtime step-up (an intervention) makes the agent's writes need approval for a while.
-    let mut approval = approval::required(snap, r, agent, facts.method).or(step_up.flatten());
+    //    On an MCP route the rule's approval applies, and a tool whose definition changed
+    //    (`tool_changes: approve`) is put to a human until an operator accepts the change.
+    let mut approval = match mcp_rule {
+        Some((_, rule)) => rule.approval.clone().or_else(|| {
+            approval::required(snap, r, agent, write).or_else(|| {
+                changed_tool.then(|| snap.approvals.as_ref().map(|a| a.supervised.clone()))?
+            })
+        }),
+        None => approval::required(snap, r, agent, write),
+    }
+    .or(step_up.flatten());
+    if changed_tool && approval.is_none() {
+        // `tool_changes: approve` without an `approvals:` section: refuse, never forward.
+        if let Some((_, (_, name))) = mcp_rule.zip(
+            facts
+                .mcp
+                .and_then(|m| m.as_ref().ok())
+                .and_then(|m| m.target.as_ref()),
+        ) {
+            return Decision::Deny(Denial::McpToolChanged {
+                agent: agent.clone(),
+                route,
+                tool: name.clone(),
+            });
+        }
+    }
     if approval.is_none() {
         if let Some(until) = runtime.and_then(|rt| rt.step_up_at(unix_ms(facts.now))) {
-            if approval::is_write(facts.method) {
+            if write {
                 match &snap.approvals {
                     Some(a) => approval = Some(a.supervised.clone()),
                     None => {
@@ -167,6 +229,7 @@ pub fn evaluate(snap: &Snapshot, facts: &RequestFacts<'_>) -> Decision {
         approval,
         would_deny,
         conditions: ran,
+        mcp_rule: mcp_rule.map(|(i, _)| i),
         charge: if r.shadow.limits {
             // A shadowed limit only watches: it takes nothing and cuts nothing.
             Charge::default()

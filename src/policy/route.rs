@@ -265,6 +265,9 @@ pub struct Route {
     pub conditions: super::conditions::Conditions,
     /// Monitoring labels (`tags:`), shared by every call event of the route.
     pub tags: Arc<[Arc<str>]>,
+    /// `kind: mcp`: the route carries JSON-RPC (Model Context Protocol) and these rules name
+    /// its tools, prompts and resources.
+    pub mcp: Option<Arc<super::mcp::McpPolicy>>,
 }
 
 /// Which shadowable policies of a route record `would_deny` instead of refusing. Identity,
@@ -493,6 +496,7 @@ mod tests {
             limits: Default::default(),
             conditions: Default::default(),
             tags: Arc::from([]),
+            mcp: None,
         }
     }
 

@@ -16,27 +16,32 @@ pub fn check(
     agent: &Arc<Agent>,
     token: &VerifiedToken,
 ) -> Result<(), Denial> {
-    let holds = |s: &String| agent.scopes.contains(s.as_str()) && token.scopes.contains(s);
-    let missing_all: Vec<String> = route
-        .scopes_all
-        .iter()
-        .filter(|s| !holds(s))
-        .cloned()
-        .collect();
-    let any_ok = route.scopes_any.is_empty() || route.scopes_any.iter().any(holds);
-    if missing_all.is_empty() && any_ok {
-        return Ok(());
+    match missing(&route.scopes_all, &route.scopes_any, agent, token) {
+        None => Ok(()),
+        Some((missing_all, missing_any_of)) => Err(Denial::InsufficientScope {
+            agent: agent.clone(),
+            route: index,
+            missing_all,
+            missing_any_of,
+        }),
     }
-    Err(Denial::InsufficientScope {
-        agent: agent.clone(),
-        route: index,
-        missing_all,
-        missing_any_of: if any_ok {
-            Vec::new()
-        } else {
-            route.scopes_any.clone()
-        },
-    })
+}
+
+/// What is missing of `all` (every one) and `any` (one of them, when not empty) among the
+/// scopes the agent holds with this token (token ∩ registry); `None` when nothing is.
+pub fn missing(
+    all: &[String],
+    any: &[String],
+    agent: &Agent,
+    token: &VerifiedToken,
+) -> Option<(Vec<String>, Vec<String>)> {
+    let holds = |s: &String| agent.scopes.contains(s.as_str()) && token.scopes.contains(s);
+    let missing_all: Vec<String> = all.iter().filter(|s| !holds(s)).cloned().collect();
+    let any_ok = any.is_empty() || any.iter().any(holds);
+    if missing_all.is_empty() && any_ok {
+        return None;
+    }
+    Some((missing_all, if any_ok { Vec::new() } else { any.to_vec() }))
 }
 
 /// The scopes an agent actually holds with this token: token scopes ∩ registry scopes, in token

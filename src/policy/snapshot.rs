@@ -240,6 +240,8 @@ pub struct Upstream {
     /// `case_insensitive: true`: the upstream serves `/Admin` as `/admin`, so its routes
     /// match literal segments ignoring ASCII case.
     pub case_insensitive: bool,
+    /// `kind: mcp`: an MCP server; its routes are judged per tool.
+    pub mcp: bool,
 }
 
 /// The CA certificates of an upstream's `tls_ca_file`, parsed once per load into what each

@@ -279,6 +279,177 @@ impl Gateway {
         self.execute(session, ctx, bound.body).await
     }
 
+    /// An MCP `tools/call` that needs approval. Bound to the agent, the route (the server),
+    /// the tool, the canonical digest of its arguments and the forwardable headers (less the
+    /// session id): not to the JSON-RPC `id`, which every retry changes. The call waits up to
+    /// `mcp.approval_wait` for a decision (`hold` rules; `async` rules answer at once), then
+    /// answers a "pending" tool result; the approval stays open, and the same call with the
+    /// same arguments runs once approved.
+    pub(super) async fn mcp_approval_gate(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        policy: Arc<ApprovalPolicy>,
+        body: Bytes,
+    ) -> Result<bool> {
+        let snap = ctx.snap.clone().expect("snapshot loaded");
+        let (Some(settings), Some(svc)) =
+            (snap.approvals.as_ref(), self.state.approvals.load_full())
+        else {
+            tracing::error!(request_id = %ctx.request_id, "a call needs approval but no approval service is running");
+            return self
+                .refuse(session, ctx, Refusal::ApprovalUnavailable)
+                .await;
+        };
+        let agent = ctx.agent.clone().expect("allowed call has an agent");
+        let call = ctx.mcp.as_ref().expect("an MCP call");
+        let wait = match policy.mode {
+            ApprovalMode::Hold => call.policy.approval_wait,
+            ApprovalMode::Async => std::time::Duration::ZERO,
+        };
+        let msg = call.msg.as_ref().expect("a tools/call has a message");
+        let (tool, args) = match (&msg.target, &msg.args_sha256) {
+            (Some((_, t)), Some(a)) => (t.clone(), a.clone()),
+            _ => {
+                tracing::error!(request_id = %ctx.request_id, "an MCP call needing approval names no tool");
+                return self.refuse(session, ctx, Refusal::Internal).await;
+            }
+        };
+        let mut headers = forwardable_headers(session, ctx);
+        headers.retain(|(k, _)| k != super::mcp::SESSION_HEADER);
+        if let Some(r) = headers_over_cap(&headers, settings) {
+            return self.refuse(session, ctx, r).await;
+        }
+        if body.len() as u64 > settings.max_body_bytes {
+            session.set_keepalive(None);
+            let limit = settings.max_body_bytes;
+            return self
+                .refuse(session, ctx, Refusal::BodyTooLarge { limit })
+                .await;
+        }
+        let route = ctx.route_name().to_string();
+        let digest = request_digest(&Binding {
+            agent: &agent.id,
+            route: &route,
+            method: "tools/call",
+            path: &tool,
+            query: None,
+            body_sha256: &args,
+            config_digest: &snap.digest,
+            headers_sha256: &headers_sha256(&headers),
+        });
+        let bound = Bound {
+            body_hash: body_sha256(&body),
+            body,
+            digest,
+            query: None,
+            headers,
+        };
+        let pending_cap = settings.limits.max_pending_per_agent;
+        let (approval, rx) = match svc.find_open(&agent.id, &bound.digest).await {
+            Err(e) => return self.store_down(session, ctx, e).await,
+            Ok(Some(a)) if a.status == Status::Approved => (a, None),
+            Ok(Some(a)) if wait.is_zero() => return self.pending(session, ctx, &a).await,
+            Ok(Some(a)) => {
+                let rx = svc.watch(&a.id);
+                (a, Some(rx))
+            }
+            Ok(None) => {
+                match svc.find_denied(&agent.id, &bound.digest).await {
+                    Ok(Some(a)) => return self.denied(session, ctx, a).await,
+                    Ok(None) => {}
+                    Err(e) => return self.store_down(session, ctx, e).await,
+                }
+                let new =
+                    self.new_approval(session, ctx, &policy, &bound, Mode::Async, pending_cap);
+                match svc.create(new, !wait.is_zero()).await {
+                    Ok((a, _)) if wait.is_zero() => return self.pending(session, ctx, &a).await,
+                    Ok((a, rx)) => (a, rx),
+                    Err(e) => return self.create_failed(session, ctx, e).await,
+                }
+            }
+        };
+        ctx.approval_id = Some(approval.id.clone());
+        let approval = match rx {
+            None => approval,
+            Some(rx) => {
+                // Waiting holds the agent's connection: bounded per agent like held calls.
+                let limit = settings.limits.max_held_per_agent;
+                let Some(_slot) = svc.try_hold(&agent.id, limit) else {
+                    svc.unwatch(&approval.id);
+                    return self.pending(session, ctx, &approval).await;
+                };
+                // A decision that landed before the watch was set is not missed.
+                let fresh = match svc.get(&approval.id).await {
+                    Ok(a) => a,
+                    Err(e) => return self.store_down(session, ctx, e).await,
+                };
+                let decided = if fresh.status != Status::Pending {
+                    svc.unwatch(&fresh.id);
+                    Some(fresh)
+                } else {
+                    tokio::select! {
+                        r = tokio::time::timeout(wait, rx) => match r {
+                            Ok(Ok(a)) => Some(a),
+                            _ => None,
+                        },
+                        _ = session.read_body_or_idle(true) => {
+                            svc.unwatch(&approval.id);
+                            ctx.outcome = Outcome::Error { code: "approval_abandoned" };
+                            return Err(Error::explain(ErrorType::ConnectionClosed, "agent disconnected while its MCP call waited for approval").into_down());
+                        }
+                    }
+                };
+                match decided {
+                    None => {
+                        svc.unwatch(&approval.id);
+                        let latest = svc.get(&approval.id).await.unwrap_or(approval);
+                        if latest.status == Status::Pending {
+                            return self.pending(session, ctx, &latest).await;
+                        }
+                        latest
+                    }
+                    Some(a) => a,
+                }
+            }
+        };
+        match approval.status {
+            Status::Approved => {}
+            Status::Denied => return self.denied(session, ctx, approval).await,
+            Status::Cancelled => return self.cancelled(session, ctx, approval).await,
+            Status::Pending => return self.pending(session, ctx, &approval).await,
+            Status::Used => {
+                let id = approval.id;
+                return self
+                    .refuse(session, ctx, Refusal::ApprovalUsed { id })
+                    .await;
+            }
+            Status::TimedOut | Status::Abandoned | Status::Expired => {
+                let id = approval.id;
+                return self
+                    .refuse(session, ctx, Refusal::ApprovalTimeout { id })
+                    .await;
+            }
+        }
+        if self.paused(ctx).is_some() {
+            return self.cancelled(session, ctx, approval).await;
+        }
+        match svc.consume(&approval).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let fresh = svc.get(&approval.id).await.unwrap_or(approval);
+                let r = if fresh.status == Status::Used {
+                    Refusal::ApprovalUsed { id: fresh.id }
+                } else {
+                    Refusal::ApprovalTimeout { id: fresh.id }
+                };
+                return self.refuse(session, ctx, r).await;
+            }
+            Err(e) => return self.store_down(session, ctx, e).await,
+        }
+        self.execute(session, ctx, bound.body).await
+    }
+
     /// The store failed: log why (it names files), refuse without forwarding (fail closed).
     async fn store_down(
         &self,

@@ -15,6 +15,7 @@ mod approval_gate;
 use approval_gate::read_body_capped;
 pub mod connections;
 pub mod headers;
+mod mcp;
 pub mod refusal;
 pub mod upstream;
 
@@ -23,6 +24,7 @@ use crate::observe::{AccessRecord, LogTime, Outcome};
 use crate::policy::conditions::{parse_json_body, BodyFact};
 use crate::policy::decision::ConditionRan;
 use crate::policy::limits::{Charge, ChargeOutcome, Direction, Refused};
+use crate::policy::mcp::{Malformed, McpMessage};
 use crate::policy::{
     effective_scopes, evaluate, normalize, Agent, Decision, Denial, NormalizedPath, RequestFacts,
     Snapshot,
@@ -90,6 +92,8 @@ pub struct RequestCtx {
     approval_id: Option<String>,
     /// Method, kept for the line written if the request is cut off before `logging`.
     method: Option<http::Method>,
+    /// On an MCP route: the JSON-RPC message and what its answer needs.
+    mcp: Option<Box<mcp::McpCall>>,
     logged: bool,
     _in_flight: Option<InFlight>,
 }
@@ -215,7 +219,24 @@ impl RequestCtx {
             approval_id: self.approval_id.as_deref(),
             would_deny: self.outcome.would_deny(),
             conditions: &self.conditions,
+            mcp: self.mcp.as_deref().map(|c| {
+                let msg = c.msg.as_ref();
+                crate::observe::access_log::McpFields {
+                    method: msg.and_then(|m| m.method.as_deref()),
+                    kind: msg.and_then(|m| m.target.as_ref()).map(|(k, _)| k.as_str()),
+                    name: msg.and_then(|m| m.target.as_ref()).map(|(_, n)| n.as_str()),
+                    args_sha256: msg.and_then(|m| m.args_sha256.as_deref()),
+                    rule: c.rule.map(|i| &*c.policy.rules[i].pattern),
+                    session: c.session.as_deref(),
+                }
+            }),
         });
+        if let Some(c) = &self.mcp {
+            let method = c.msg.as_ref().map_or(seen.method, |m| m.method_label());
+            m.mcp_requests
+                .with_label_values(&[&route, method, decision])
+                .inc();
+        }
         // Anomaly detection, off the request path: one bounded-queue send per call.
         if let Some(agent) = &self.agent {
             let denied = match self.outcome {
@@ -290,9 +311,19 @@ impl Gateway {
         if has_body {
             session.set_keepalive(None);
         }
-        let mut h = ResponseHeader::build(out.status, Some(6))?;
+        // An MCP request with an id is answered in JSON-RPC, as its client expects.
+        let (status, body) = match ctx.mcp.as_ref().and_then(|c| Some((c.id()?, c))) {
+            Some((id, call)) => match (&r, call.msg.as_ref().and_then(|m| m.target.as_ref())) {
+                (Refusal::ApprovalPending { .. }, Some((_, tool))) => {
+                    (200, mcp::pending_result(id, &out, tool))
+                }
+                _ => mcp::jsonrpc_refusal(id, &out),
+            },
+            None => (out.status, out.body),
+        };
+        let mut h = ResponseHeader::build(status, Some(6))?;
         h.insert_header("content-type", "application/json")?;
-        h.insert_header("content-length", out.body.len().to_string())?;
+        h.insert_header("content-length", body.len().to_string())?;
         h.insert_header("cache-control", "no-store")?;
         h.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
         if let Some(w) = out.www_authenticate {
@@ -303,7 +334,7 @@ impl Gateway {
         }
         session.write_response_header(Box::new(h), false).await?;
         session
-            .write_response_body(Some(Bytes::from(out.body)), true)
+            .write_response_body(Some(Bytes::from(body)), true)
             .await?;
         Ok(true)
     }
@@ -335,6 +366,7 @@ impl ProxyHttp for Gateway {
             upstream_started: None,
             approval_id: None,
             method: None,
+            mcp: None,
             logged: false,
             _in_flight: None,
         }
@@ -378,7 +410,11 @@ impl ProxyHttp for Gateway {
         let host = request_host(session.req_header());
         let client_ip = condition_client_ip(session, &snap.settings.trusted_proxies);
         let agent_states = self.state.agent_state.current();
-        let decide = |session: &Session, body: BodyFact<'_>, body_len: Option<u64>| {
+        let changed_tools = self.state.mcp.changed();
+        let decide = |session: &Session,
+                      body: BodyFact<'_>,
+                      body_len: Option<u64>,
+                      mcp: Option<&Result<McpMessage, Malformed>>| {
             let req = session.req_header();
             let facts = RequestFacts {
                 method: &req.method,
@@ -394,22 +430,42 @@ impl ProxyHttp for Gateway {
                 body,
                 body_len,
                 agent_states: &agent_states,
+                mcp,
+                changed_tools: &changed_tools,
             };
             evaluate(&snap, &facts)
         };
-        let mut decision = decide(session, BodyFact::NotRead, None);
+        let mut decision = decide(session, BodyFact::NotRead, None, None);
         // A condition reads the body: buffer it (capped), decide again, and forward the
         // buffered call through the executor, as approved calls are.
         let mut buffered = None;
+        let mut message = None;
         if let Decision::NeedBody(max) = decision {
+            // Kept by pingora as it is read, so that an allowed call (up to 64 KiB) is
+            // forwarded on the streaming path with this very body.
+            session.as_mut().enable_retry_buffering();
             let body = read_body_capped(session, max).await?;
+            // One MCP message, if the route turns out to carry MCP (cheap to parse here, and
+            // only routes of `kind: mcp` read it).
+            let msg = mcp::parse_message(body.as_ref(), max);
             decision = match &body {
-                None => decide(session, BodyFact::TooLarge, None),
+                None => decide(session, BodyFact::TooLarge, None, Some(&msg)),
                 Some(b) => match parse_json_body(b) {
-                    Ok(v) => decide(session, BodyFact::Json(&v), Some(b.len() as u64)),
-                    Err(why) => decide(session, BodyFact::NotJson(&why), Some(b.len() as u64)),
+                    Ok(v) => decide(
+                        session,
+                        BodyFact::Json(&v),
+                        Some(b.len() as u64),
+                        Some(&msg),
+                    ),
+                    Err(why) => decide(
+                        session,
+                        BodyFact::NotJson(&why),
+                        Some(b.len() as u64),
+                        Some(&msg),
+                    ),
                 },
             };
+            message = msg.ok();
             if body.is_none() {
                 session.set_keepalive(None);
             }
@@ -423,6 +479,20 @@ impl ProxyHttp for Gateway {
             Decision::Allow(a) => {
                 ctx.route = Some(a.route);
                 ctx.agent = Some(a.agent);
+                if let Some(policy) = &snap.routes.routes[a.route].mcp {
+                    ctx.mcp = Some(Box::new(mcp::McpCall {
+                        msg: message.take(),
+                        policy: policy.clone(),
+                        rule: a.mcp_rule,
+                        session: session
+                            .req_header()
+                            .headers
+                            .get(mcp::SESSION_HEADER)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_string),
+                        filter: None,
+                    }));
+                }
                 if let Some(d) = a.would_deny {
                     let code = Refusal::Policy(d).render("", Some(&snap)).code;
                     tracing::info!(request_id = %ctx.request_id, route = ctx.route_name(), would_deny = code, "shadow mode: forwarded a call a policy would refuse");
@@ -457,11 +527,44 @@ impl ProxyHttp for Gateway {
                         .refuse(session, ctx, Refusal::MethodOverrideParameter)
                         .await;
                 }
+                if let Some(call) = &ctx.mcp {
+                    let agent = ctx.agent.as_deref().expect("set above");
+                    if let Some(r) = mcp::session_refusal(&self.state, &up.name, agent, call) {
+                        return self.refuse(session, ctx, r).await;
+                    }
+                }
                 if let Some(policy) = a.approval {
+                    if ctx.mcp.as_ref().is_some_and(|c| c.id().is_some()) {
+                        let body = buffered.unwrap_or_default();
+                        return self.mcp_approval_gate(session, ctx, policy, body).await;
+                    }
                     return self.approval_gate(session, ctx, policy, buffered).await;
                 }
                 if let Some(body) = buffered {
-                    return self.execute(session, ctx, body).await;
+                    if ctx.mcp.is_none() {
+                        return self.execute(session, ctx, body).await;
+                    }
+                    // MCP: pingora forwards the body it kept, so the answer passes through the
+                    // response filters (list filtering, session binding). Past its 64 KiB
+                    // buffer, only a call whose answer needs no filtering may go through the
+                    // executor.
+                    if session.as_ref().retry_buffer_truncated() {
+                        let call = ctx.mcp.as_ref().expect("checked above");
+                        let plain = mcp::list_of(call.msg.as_ref()).is_none()
+                            && call
+                                .msg
+                                .as_ref()
+                                .is_some_and(|m| m.method.as_deref() != Some("initialize"));
+                        if !plain {
+                            let d = Denial::McpInvalid {
+                                agent: ctx.agent.clone().expect("set above"),
+                                route: a.route,
+                                reason: "a list or initialize request longer than 64 KiB".into(),
+                            };
+                            return self.refuse(session, ctx, Refusal::Policy(d)).await;
+                        }
+                        return self.execute(session, ctx, body).await;
+                    }
                 }
                 ctx.outcome = ctx.forwarded();
                 tracing::debug!(request_id = %ctx.request_id, agent = ctx.agent.as_ref().map(|a| &*a.id), route = ctx.route_name(), decision = "allow", "allowed");
@@ -470,6 +573,15 @@ impl ProxyHttp for Gateway {
             Decision::Deny(d) => {
                 ctx.agent = d.agent().cloned();
                 ctx.route = d.route();
+                if let Some(policy) = d.route().and_then(|r| snap.routes.routes[r].mcp.as_ref()) {
+                    ctx.mcp = Some(Box::new(mcp::McpCall {
+                        msg: message.take(),
+                        policy: policy.clone(),
+                        rule: None,
+                        session: None,
+                        filter: None,
+                    }));
+                }
                 self.refuse(session, ctx, Refusal::Policy(d)).await
             }
         }
@@ -503,7 +615,7 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -511,6 +623,35 @@ impl ProxyHttp for Gateway {
             upstream::sanitize_response(resp, up);
         }
         resp.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
+        if ctx.mcp.is_some() {
+            let issued = resp
+                .headers
+                .get(mcp::SESSION_HEADER)
+                .and_then(|v| v.to_str().ok());
+            self.track_session(
+                ctx,
+                &session.req_header().method,
+                resp.status.as_u16(),
+                issued,
+            );
+            let is_list = ctx.mcp.as_ref().and_then(|c| mcp::list_of(c.msg.as_ref()));
+            if let (Some(call), Some(_), true) = (
+                ctx.mcp.as_mut(),
+                is_list,
+                resp.status == http::StatusCode::OK,
+            ) {
+                // The answer is rewritten: its length changes, and it is this caller's alone.
+                let ct = resp
+                    .headers
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok());
+                call.filter = Some(mcp::ListFilter::for_content_type(ct));
+                resp.remove_header(&http::header::CONTENT_LENGTH);
+                resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+                resp.insert_header(http::header::CACHE_CONTROL, "private, no-store")?;
+                resp.remove_header(&http::header::ETAG);
+            }
+        }
         Ok(())
     }
 
@@ -531,10 +672,13 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
         charge_body(&self.state, ctx, body, Direction::Response)?;
+        if ctx.mcp.as_ref().is_some_and(|c| c.filter.is_some()) {
+            self.filter_list_answer(ctx, body, end_of_stream);
+        }
         Ok(None)
     }
 

@@ -90,6 +90,11 @@ pub enum Refusal {
     },
     /// An unexpected failure inside the gateway.
     Internal,
+    /// MCP: the request names an upstream session another agent opened.
+    McpSessionForeign,
+    /// MCP: the request names a session this gateway never saw opened (or forgot): 404, which
+    /// tells the client to initialize a new one.
+    McpSessionUnknown,
     /// The agent already has as many approvals pending (or calls held open) as allowed.
     TooManyPending {
         /// The agent.
@@ -185,6 +190,8 @@ impl Refusal {
             | Refusal::ApprovalUsed { .. }
             | Refusal::ForbiddenHeader { .. }
             | Refusal::MethodOverrideParameter
+            | Refusal::McpSessionForeign
+            | Refusal::McpSessionUnknown
             | Refusal::TooManyConnections { .. }
             | Refusal::TooManyPending { .. }
             | Refusal::HeadersTooLarge { .. } => Outcome::Denied { code },
@@ -393,6 +400,89 @@ impl Refusal {
                             "this method and path are reserved to host `{host}` (route `{route_name}`); send the call with that Host and a token the route accepts"
                         ))
                     }
+                    Denial::McpInvalid {
+                        agent,
+                        route,
+                        reason,
+                    } => {
+                        extra.insert("agent".into(), json!(&*agent.id));
+                        extra.insert("route".into(), json!(route_name_of(*route)));
+                        extra.insert("reason".into(), json!(reason));
+                        (400, "invalid_mcp_message", format!(
+                            "{reason}; nothing was sent to the MCP server"
+                        ))
+                    }
+                    Denial::McpUnknownMethod {
+                        agent,
+                        route,
+                        method,
+                    } => {
+                        extra.insert("agent".into(), json!(&*agent.id));
+                        extra.insert("route".into(), json!(route_name_of(*route)));
+                        extra.insert("method".into(), json!(method));
+                        (403, "mcp_method_not_allowed", format!(
+                            "the MCP method `{method}` is not allowed through this gateway (it allows initialize, ping, the lists, tools/call, prompts/get, resources/read and subscribe, completion/complete and logging/setLevel)"
+                        ))
+                    }
+                    Denial::McpNotAllowed {
+                        agent,
+                        route,
+                        kind,
+                        name,
+                    } => {
+                        extra.insert("agent".into(), json!(&*agent.id));
+                        extra.insert("route".into(), json!(route_name_of(*route)));
+                        extra.insert(kind.as_str().into(), json!(name));
+                        (403, "mcp_not_allowed", format!(
+                            "{} `{name}` is not allowed for agent `{}`: no rule of route `{}` names it (deny by default). Use only what the list shows; an operator must add a rule to allow it",
+                            kind.as_str(), agent.id, route_name_of(*route)
+                        ))
+                    }
+                    Denial::McpScope {
+                        agent,
+                        route,
+                        rule,
+                        name,
+                        missing_all,
+                        missing_any_of,
+                    } => {
+                        let rule = snap
+                            .and_then(|s| s.routes.routes[*route].mcp.as_ref())
+                            .map(|m| m.rules[*rule].clone());
+                        let kind = rule.as_ref().map_or("tool", |r| r.kind.as_str());
+                        extra.insert("agent".into(), json!(&*agent.id));
+                        extra.insert("route".into(), json!(route_name_of(*route)));
+                        extra.insert(kind.into(), json!(name));
+                        if let Some(r) = &rule {
+                            extra.insert("rule".into(), json!(&*r.pattern));
+                            extra.insert("required_scopes".into(), json!(r.scopes_all));
+                        }
+                        extra.insert("missing_scopes".into(), json!(missing_all));
+                        let mut needs: Vec<String> = missing_all.clone();
+                        if !missing_any_of.is_empty() {
+                            needs.push(format!("one of [{}]", missing_any_of.join(", ")));
+                        }
+                        let grantable = missing_all.iter().all(|s| agent.scopes.contains(s))
+                            && (missing_any_of.is_empty()
+                                || missing_any_of.iter().any(|s| agent.scopes.contains(s)));
+                        let what_to_do = if grantable {
+                            "request a token that includes them"
+                        } else {
+                            "this agent is not registered for them; its owner must ask an operator to grant them"
+                        };
+                        (403, "insufficient_scope", format!(
+                            "{kind} `{name}` needs scope {}; {what_to_do}",
+                            needs.join(" and ")
+                        ))
+                    }
+                    Denial::McpToolChanged { agent, route, tool } => {
+                        extra.insert("agent".into(), json!(&*agent.id));
+                        extra.insert("route".into(), json!(route_name_of(*route)));
+                        extra.insert("tool".into(), json!(tool));
+                        (403, "tool_definition_changed", format!(
+                            "the definition of tool `{tool}` (its description or schema) changed since it was reviewed; calls are refused until an operator accepts the change. Do not retry now; use another tool or tell the agent's owner"
+                        ))
+                    }
                     Denial::Condition {
                         agent,
                         route,
@@ -412,6 +502,9 @@ impl Refusal {
                             }
                             ConditionOf::Agent => format!("agent `{}`", agent.id),
                             ConditionOf::Route => format!("route `{route_name}`"),
+                            ConditionOf::McpRule => {
+                                format!("the MCP rule of route `{route_name}` that names this call")
+                            }
                         };
                         (403, "condition_failed", format!(
                             "this call does not meet condition `{condition}` of {whose}: {reason}; it was refused and nothing was sent to the tool"
@@ -467,6 +560,8 @@ impl Refusal {
                     UpstreamFailure::Protocol => (502, f.code(), "the upstream tool failed while answering; retry later, and check whether the call took effect before repeating a write".into()),
                 }
             }
+            Refusal::McpSessionForeign => (403, "mcp_session_not_yours", "this MCP session was opened by another agent; a session belongs to the agent that initialized it. Initialize your own session (send `initialize` without `Mcp-Session-Id`)".to_string()),
+            Refusal::McpSessionUnknown => (404, "mcp_session_unknown", "this gateway does not know this MCP session (it expired, or the gateway restarted); initialize a new session".to_string()),
             Refusal::BodyTooLarge { limit } => {
                 extra.insert("limit_bytes".into(), json!(limit));
                 (413, "body_too_large", format!(

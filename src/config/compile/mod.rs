@@ -10,6 +10,7 @@ mod admin;
 mod agents;
 mod approvals;
 mod identity;
+mod mcp;
 mod monitoring;
 mod routes;
 mod settings;

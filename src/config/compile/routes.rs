@@ -129,6 +129,12 @@ impl Compiler<'_> {
                     tags.push(t.as_str().into());
                 }
             }
+            let mcp = self.route_mcp(
+                &p,
+                r,
+                upstream.is_some_and(|u| compiled_upstreams[u].mcp),
+                approvals,
+            );
             if let (true, Some(path), Some(host), Some(upstream)) = (ok, path, host, upstream) {
                 out.push(Route {
                     name: r.name.as_str().into(),
@@ -146,6 +152,7 @@ impl Compiler<'_> {
                     limits,
                     conditions,
                     tags: tags.into(),
+                    mcp,
                 });
             }
         }

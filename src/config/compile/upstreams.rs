@@ -23,10 +23,23 @@ impl Compiler<'_> {
             &r.connect_timeout,
             Duration::from_secs(2),
         );
+        let mcp = match r.kind.as_deref() {
+            None | Some("http") => false,
+            Some("mcp") => true,
+            Some(other) => {
+                self.invalid(
+                    format!("{p}.kind"),
+                    format!("`{other}` is not `http` or `mcp`"),
+                );
+                false
+            }
+        };
+        // Tool calls run long and answer as event streams: an MCP server gets 5 minutes per
+        // read unless told otherwise.
         let read_timeout = self.duration(
             &format!("{p}.read_timeout"),
             &r.read_timeout,
-            Duration::from_secs(30),
+            Duration::from_secs(if mcp { 300 } else { 30 }),
         );
         let write_timeout = self.duration(
             &format!("{p}.write_timeout"),
@@ -138,6 +151,7 @@ impl Compiler<'_> {
             refused_headers,
             stripped_headers,
             path_parameters,
+            mcp,
             case_insensitive: r.case_insensitive,
         })
     }
