@@ -264,7 +264,8 @@ fn filter_event(event: &[u8], scope: &FilterScope<'_>) -> Vec<u8> {
         out.push_str(f);
         out.push('\n');
     }
-    if !data.is_empty() {
+    // An event without data (a priming event that only sets `id` and `retry`) passes as is.
+    if data.iter().any(|d| !d.is_empty()) {
         let joined = data.join("\n");
         let payload = match serde_json::from_str::<Value>(&joined) {
             Ok(mut v) => {
@@ -278,6 +279,8 @@ fn filter_event(event: &[u8], scope: &FilterScope<'_>) -> Vec<u8> {
         out.push_str("data: ");
         out.push_str(&payload);
         out.push('\n');
+    } else if !data.is_empty() {
+        out.push_str("data:\n");
     }
     out.push('\n');
     out.into_bytes()
