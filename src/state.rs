@@ -298,7 +298,7 @@ impl GatewayState {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::load_str;
 
@@ -310,7 +310,8 @@ mod tests {
             .port()
     }
 
-    fn state_listening_on(proxy: &[String]) -> GatewayState {
+    /// A state for unit tests: one agent `bot`, one catch-all route, proxy listeners `proxy`.
+    pub(crate) fn state_listening_on(proxy: &[String]) -> GatewayState {
         let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys/jwks.json");
         let yaml = format!(
             "listen:\n  proxy: {proxy:?}\n  admin: 127.0.0.1:{admin}\n\

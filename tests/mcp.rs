@@ -551,3 +551,70 @@ async fn batches_unknown_methods_and_lying_headers_are_refused() {
     assert_eq!(r.status(), 400);
     assert!(env.server.calls().is_empty());
 }
+
+/// A tool rule carries conditions on the arguments and its own limits, counted apart from the
+/// route's; a supervised agent's tool calls need approval while its lists and reads do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_rules_carry_conditions_limits_and_supervision() {
+    let up = Upstream::start().await;
+    let server = McpServer::start(ResponseMode::Json, Revision::Stateless).await;
+    let mut setup = mcp_setup(&up, &server, "");
+    setup.extra_routes = setup.extra_routes.replace(
+        "        - name: get_ticket\n",
+        "        - name: get_ticket\n          conditions:\n            - name: low-ids\n              json: {field: params.arguments.id, lte: 100}\n          limits:\n            - rate: {requests: 2, per: 1h, scope: agent_route}\n",
+    );
+    let gw = Gateway::start_edited(setup, |text| {
+        text.replace(
+            "agents:\n",
+            "agents:\n  - id: intern-bot\n    owner: dave@example.com\n    tier: supervised\n    scopes: [tickets:read, tickets:write]\n",
+        )
+    })
+    .await;
+    let env = Env {
+        _up: up,
+        server,
+        gw,
+    };
+    let rev = Revision::Stateless;
+    let bot = env.client("reporting-bot", READ, rev).await;
+    let e = refused(
+        bot.call_tool("get_ticket", json!({"id": 4242})).await,
+        -32001,
+        "condition_failed",
+    );
+    assert!(e.contains("low-ids") && e.contains("mcp_rule"), "{e}");
+    assert!(bot.call_tool("get_ticket", json!({"id": 1})).await.is_ok());
+    assert!(bot.call_tool("get_ticket", json!({"id": 2})).await.is_ok());
+    let e = refused(
+        bot.call_tool("get_ticket", json!({"id": 3})).await,
+        -32001,
+        "rate_limited",
+    );
+    assert!(e.contains("tickets-mcp/tool:get_ticket"), "{e}");
+    // Other tools of the route are not charged to that rule.
+    assert!(bot
+        .call_tool("search_tickets", json!({"query": "q"}))
+        .await
+        .is_ok());
+    assert_eq!(env.executed("get_ticket").len(), 2);
+
+    let intern = env.client("intern-bot", READ_WRITE, rev).await;
+    assert!(intern
+        .list_tools()
+        .await
+        .unwrap()
+        .contains(&"search_tickets".into()));
+    assert!(intern.read_resource("tickets://open/1").await.is_ok());
+    pending_approval(
+        intern
+            .call_tool("search_tickets", json!({"query": "q"}))
+            .await,
+    );
+    assert_eq!(
+        env.executed("search_tickets").len(),
+        1,
+        "only reporting-bot's call ran"
+    );
+    bot.close().await;
+    intern.close().await;
+}

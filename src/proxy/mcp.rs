@@ -506,3 +506,75 @@ impl Gateway {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::mcp::{Kind, McpRule};
+    use std::time::Duration;
+
+    /// Feed `chunks` of an event stream answering list request 1 through the filter.
+    fn filtered(chunks: &[&str]) -> String {
+        let state = crate::state::tests::state_listening_on(&[]);
+        let rule = McpRule::new(
+            "m",
+            Kind::Tool,
+            "ok_*",
+            vec![],
+            vec![],
+            Default::default(),
+            Default::default(),
+            None,
+        )
+        .unwrap();
+        let policy = McpPolicy::new(vec![rule], 1 << 20, Duration::ZERO, ToolChanges::Report);
+        let agent = state.snapshot.load().agents["bot"].clone();
+        let id = json!(1);
+        let scope = FilterScope {
+            state: &state,
+            upstream: "m",
+            policy: &policy,
+            list: ListKind::Tools,
+            id: &id,
+            holds: &|_| true,
+            request_id: "r",
+            agent: &agent,
+        };
+        let mut f = ListFilter::for_content_type(Some("text/event-stream"));
+        let mut out = Vec::new();
+        for (i, c) in chunks.iter().enumerate() {
+            out.extend_from_slice(&f.feed(c.as_bytes(), i + 1 == chunks.len(), &scope));
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn events_split_anywhere_are_filtered_whole_and_other_events_pass() {
+        let list =
+            r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"ok_a"},{"name":"secret"}]}}"#;
+        let (head, tail) = list.split_at(30);
+        let out = filtered(&[
+            "id: 0\r\nretry: 100\r\ndata:\r\n\r\n",
+            "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n",
+            "id: 1\ndata: ",
+            head,
+            tail,
+            "\n",
+            "\n",
+        ]);
+        let events: Vec<&str> = out.split("\n\n").filter(|e| !e.is_empty()).collect();
+        assert_eq!(events.len(), 3, "{out}");
+        assert_eq!(events[0], "id: 0\nretry: 100\ndata:");
+        assert!(events[1].contains("notifications/progress"), "{out}");
+        assert!(events[2].starts_with("id: 1\ndata: "), "{out}");
+        let v: Value = serde_json::from_str(events[2].trim_start_matches("id: 1\ndata: ")).unwrap();
+        assert_eq!(v["result"]["tools"], json!([{"name": "ok_a"}]));
+        assert_eq!(v["result"]["cacheScope"], "private");
+        // A last event cut off without its blank line is still judged, never passed raw.
+        let out = filtered(&["data: ", list]);
+        assert!(!out.contains("secret") && out.contains("ok_a"), "{out}");
+        // Data that is not JSON cannot be filtered: replaced by an error for the request.
+        let out = filtered(&["data: {\"tools\": [\"secret\"\n\n"]);
+        assert!(!out.contains("secret") && out.contains("-32002"), "{out}");
+    }
+}

@@ -191,3 +191,108 @@ impl Compiler<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{load_str, LoadContext};
+    use crate::observe::Metrics;
+    use crate::state::new_key_store;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    /// A config with an MCP upstream and `route` (indented as a list item of `routes:`).
+    fn load(route: &str, approvals: bool) -> Result<crate::policy::Snapshot, String> {
+        let approvals = if approvals {
+            "approvals:\n  store: /tmp/never-opened.db\n  approvers:\n    - name: alice\n      token_sha256: \"0000000000000000000000000000000000000000000000000000000000000000\"\n"
+        } else {
+            ""
+        };
+        let yaml = format!(
+            "issuers:\n  - name: idp\n    issuer: https://idp.test\n    audiences: [t]\n    algorithms: [ES256]\n    jwks_file: {}/tests/fixtures/keys/jwks.json\n\
+             agents:\n  - id: bot\n    owner: alice@example.com\n    scopes: [t:read]\n\
+             upstreams:\n  - name: tools\n    url: http://127.0.0.1:9/\n    kind: mcp\n  - name: plain\n    url: http://127.0.0.1:9/\n\
+             routes:\n{route}{approvals}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let metrics = Arc::new(Metrics::new());
+        let ctx = LoadContext::new(new_key_store(&metrics), 1);
+        load_str(&yaml, Path::new("."), "<test>", &ctx).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn an_mcp_upstream_makes_its_routes_mcp_with_long_reads() {
+        let snap = load(
+            "  - name: m\n    path: /mcp\n    upstream: tools\n    scopes: [t:read]\n    mcp:\n      tools:\n        - name: \"search_*\"\n          scopes: [t:read]\n",
+            false,
+        )
+        .unwrap();
+        let m = snap.routes.routes[0].mcp.as_ref().expect("an MCP route");
+        assert_eq!(m.rules.len(), 1);
+        assert_eq!(&*m.rules[0].key, "m/tool:search_*");
+        assert_eq!(snap.upstreams[0].read_timeout.as_secs(), 300);
+        assert_eq!(snap.upstreams[1].read_timeout.as_secs(), 30);
+        // `kind: mcp` on a route to a plain upstream works too, with no rules: deny by default.
+        let snap = load(
+            "  - name: m\n    path: /mcp\n    upstream: plain\n    kind: mcp\n    scopes: [t:read]\n",
+            false,
+        )
+        .unwrap();
+        assert!(snap.routes.routes[0]
+            .mcp
+            .as_ref()
+            .is_some_and(|m| m.rules.is_empty()));
+    }
+
+    #[test]
+    fn mistakes_in_mcp_rules_are_reported_with_their_path() {
+        let cases = [
+            (
+                "    approval: {mode: hold}\n",
+                true,
+                "routes[0].approval: an MCP route cannot need approval as a whole",
+            ),
+            (
+                "    mcp:\n      tools:\n        - scopes: [t:read]\n",
+                false,
+                "routes[0].mcp.tools[0]: a tool rule needs `name`",
+            ),
+            (
+                "    mcp:\n      resources:\n        - name: x\n",
+                false,
+                "routes[0].mcp.resources[0].name: a resource rule is named by `uri`",
+            ),
+            (
+                "    mcp:\n      tools:\n        - name: \"a[\"\n",
+                false,
+                "routes[0].mcp.tools[0].name: `a[` is not a valid pattern",
+            ),
+            (
+                "    mcp:\n      tool_changes: approve\n",
+                false,
+                "routes[0].mcp.tool_changes: `approve` needs an `approvals:` section",
+            ),
+            (
+                "    mcp:\n      approval_wait: 2m\n",
+                false,
+                "routes[0].mcp.approval_wait: at most 55s",
+            ),
+            (
+                "    mcp:\n      tools:\n        - name: x\n          approval: {mode: hold}\n",
+                false,
+                "routes[0].mcp.tools[0].approval: needs an `approvals:` section",
+            ),
+            (
+                "    kind: http\n",
+                false,
+                "routes[0].kind: `http` contradicts",
+            ),
+        ];
+        for (extra, approvals, want) in cases {
+            let route = format!(
+                "  - name: m\n    path: /mcp\n    upstream: tools\n    scopes: [t:read]\n{extra}"
+            );
+            let err = load(&route, approvals).expect_err(want);
+            assert!(err.contains(want), "want `{want}` in:\n{err}");
+        }
+    }
+}
