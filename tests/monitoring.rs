@@ -5,59 +5,11 @@
 
 mod support;
 
-use axum::extract::State;
-use axum::routing::post;
-use axum::{Json, Router};
 use serde_json::Value;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::*;
 
 const RW: &[&str] = &["tickets:read", "tickets:write"];
-
-/// A webhook receiver on loopback.
-#[derive(Clone, Default)]
-struct Hook {
-    got: Arc<Mutex<Vec<Value>>>,
-}
-
-impl Hook {
-    async fn start() -> (Hook, String) {
-        let hook = Hook::default();
-        async fn take(State(h): State<Hook>, Json(v): Json<Value>) -> &'static str {
-            h.got.lock().unwrap().push(v);
-            "ok"
-        }
-        let app = Router::new()
-            .route("/hook", post(take))
-            .with_state(hook.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        (hook, url)
-    }
-
-    fn all(&self) -> Vec<Value> {
-        self.got.lock().unwrap().clone()
-    }
-
-    async fn wait_for(&self, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(v) = self.all().into_iter().find(|v| pred(v)) {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no such alert; got {:#?}",
-                self.all()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
 
 /// The access log once a line matching `pred` is in it.
 async fn wait_log(gw: &Gateway, pred: impl Fn(&Value) -> bool) -> Vec<Value> {

@@ -293,6 +293,9 @@ pub struct RawMcp {
     pub approval_wait: Option<String>,
     /// `report` (default), `approve` or `deny`: what a changed tool definition does.
     pub tool_changes: Option<String>,
+    /// Write tool-call arguments into the access log (default: only their SHA-256).
+    #[serde(default)]
+    pub log_arguments: bool,
 }
 
 /// One MCP rule.

@@ -100,6 +100,9 @@ pub struct McpFields<'a> {
     /// The session the call rode on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session: Option<&'a str>,
+    /// The tool call's arguments, only under `mcp.log_arguments: true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<&'a serde_json::Value>,
 }
 
 /// A wall-clock time that serializes as RFC 3339 UTC with milliseconds,

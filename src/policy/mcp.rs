@@ -130,6 +130,9 @@ pub struct McpPolicy {
     pub approval_wait: Duration,
     /// What a changed tool definition does.
     pub tool_changes: ToolChanges,
+    /// `log_arguments: true`: tool-call arguments go into the access log, not only their
+    /// digest (they may hold personal data or secrets; off by default).
+    pub log_arguments: bool,
 }
 
 impl McpPolicy {
@@ -152,6 +155,7 @@ impl McpPolicy {
             max_body,
             approval_wait,
             tool_changes,
+            log_arguments: false,
         }
     }
 

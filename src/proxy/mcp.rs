@@ -45,6 +45,8 @@ pub(super) struct McpCall {
     pub session: Option<String>,
     /// Filtering of a list answer, once its headers said how it comes.
     pub filter: Option<ListFilter>,
+    /// The tool call's arguments, kept for the access log only under `log_arguments: true`.
+    pub arguments: Option<Value>,
 }
 
 impl McpCall {
@@ -61,6 +63,12 @@ pub(super) fn parse_message(body: Option<&Bytes>, max: u64) -> Result<McpMessage
     };
     let v: Value = serde_json::from_slice(b).map_err(|e| Malformed::NotJson(e.to_string()))?;
     McpMessage::parse(&v)
+}
+
+/// A tool call's arguments from its body, for the access log.
+pub(super) fn arguments_of(body: Option<&Bytes>) -> Option<Value> {
+    let v: Value = serde_json::from_slice(body?).ok()?;
+    v.get("params")?.get("arguments").cloned()
 }
 
 /// A refusal as JSON-RPC: HTTP 200 (clients treat a 4xx on the transport as fatal) carrying

@@ -228,6 +228,7 @@ impl RequestCtx {
                     args_sha256: msg.and_then(|m| m.args_sha256.as_deref()),
                     rule: c.rule.map(|i| &*c.policy.rules[i].pattern),
                     session: c.session.as_deref(),
+                    arguments: c.arguments.as_ref(),
                 }
             }),
         });
@@ -491,7 +492,13 @@ impl ProxyHttp for Gateway {
                             .and_then(|v| v.to_str().ok())
                             .map(str::to_string),
                         filter: None,
+                        arguments: None,
                     }));
+                }
+                if let Some(call) = ctx.mcp.as_mut() {
+                    if call.policy.log_arguments && call.msg.as_ref().is_some_and(|m| m.is_call()) {
+                        call.arguments = mcp::arguments_of(buffered.as_ref());
+                    }
                 }
                 if let Some(d) = a.would_deny {
                     let code = Refusal::Policy(d).render("", Some(&snap)).code;
@@ -580,6 +587,7 @@ impl ProxyHttp for Gateway {
                         rule: None,
                         session: None,
                         filter: None,
+                        arguments: None,
                     }));
                 }
                 self.refuse(session, ctx, Refusal::Policy(d)).await

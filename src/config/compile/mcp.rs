@@ -109,12 +109,9 @@ impl Compiler<'_> {
                 }
             }
         }
-        Some(Arc::new(McpPolicy::new(
-            rules,
-            max_body,
-            approval_wait,
-            tool_changes,
-        )))
+        let mut policy = McpPolicy::new(rules, max_body, approval_wait, tool_changes);
+        policy.log_arguments = m.log_arguments;
+        Some(Arc::new(policy))
     }
 
     fn mcp_rule(
