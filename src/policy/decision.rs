@@ -371,10 +371,12 @@ mod tests {
     use super::*;
     use crate::config::{load_str, LoadContext};
     use crate::identity::KeyStore;
+    use crate::policy::conditions::BodyFact;
     use crate::policy::normalize;
     use crate::policy::snapshot::Snapshot;
     use crate::policy::{effective_scopes, evaluate};
     use crate::state::limits::InProcessLimitStore;
+    use serde_json::Value;
     use std::path::Path;
 
     /// A snapshot of the fixture issuer plus `rest` (agents, upstreams, routes).
@@ -674,5 +676,102 @@ routes:
             };
             assert_eq!(describe(&s, evaluate(&s, &facts)), *want, "{m} {p} {up:?}");
         }
+    }
+
+    /// MCP calls on a `kind: mcp` route: the body is read first, then the rule that names the
+    /// tool decides; a shadowed route records a rule's missing scope instead of refusing.
+    #[test]
+    fn mcp_calls_are_decided_by_the_rule_naming_their_tool() {
+        let s = load_with_fixture_issuer(
+            r#"
+agents:
+  - id: bot
+    owner: alice@example.com
+    scopes: [read, write]
+upstreams:
+  - name: tools
+    url: http://127.0.0.1:9
+    kind: mcp
+routes:
+  - name: m
+    path: /mcp
+    upstream: tools
+    scopes: [read]
+    mcp:
+      tools:
+        - name: "get_*"
+        - name: delete
+          scopes: [write]
+  - name: watched
+    path: /watched
+    upstream: tools
+    scopes: [read]
+    mode: shadow
+    mcp:
+      tools:
+        - name: delete
+          scopes: [write]
+"#,
+        );
+        let decide = |method: &str, path: &str, body: Option<Value>| {
+            let t = token("bot", &["read"]);
+            let p = normalize(path, 999).unwrap();
+            let m: Method = method.parse().unwrap();
+            let (no_headers, no_volumes) = (http::HeaderMap::new(), InProcessLimitStore::new());
+            let msg = body.as_ref().map(super::super::mcp::McpMessage::parse);
+            let facts = RequestFacts {
+                body: body.as_ref().map_or(BodyFact::NotRead, BodyFact::Json),
+                mcp: msg.as_ref(),
+                ..RequestFacts::plain(&m, &p, &t, &no_headers, &no_volumes)
+            };
+            match evaluate(&s, &facts) {
+                Decision::Allow(a) => format!(
+                    "allow {} rule={:?} would_deny={}",
+                    s.routes.routes[a.route].name,
+                    a.mcp_rule,
+                    a.would_deny.is_some()
+                ),
+                d @ Decision::NeedBody(_) => describe(&s, d),
+                Decision::Deny(d) => format!("{d:?}")
+                    .split([' ', '{'])
+                    .next()
+                    .unwrap()
+                    .to_string(),
+            }
+        };
+        let call = |name: &str| {
+            Some(
+                serde_json::json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":name,"arguments":{}}}),
+            )
+        };
+        assert_eq!(decide("POST", "/mcp", None), "need_body 1048576");
+        assert_eq!(
+            decide("POST", "/mcp", call("get_x")),
+            "allow m rule=Some(0) would_deny=false"
+        );
+        assert_eq!(decide("POST", "/mcp", call("delete")), "McpScope");
+        assert_eq!(decide("POST", "/mcp", call("drop_all")), "McpNotAllowed");
+        assert_eq!(decide("PUT", "/mcp", call("get_x")), "McpInvalid");
+        assert_eq!(
+            decide("GET", "/mcp", None),
+            "allow m rule=None would_deny=false"
+        );
+        assert_eq!(
+            decide(
+                "POST",
+                "/mcp",
+                Some(serde_json::json!({"jsonrpc":"2.0","id":1,"method":"tools/list"}))
+            ),
+            "allow m rule=None would_deny=false"
+        );
+        assert_eq!(
+            decide("POST", "/watched", call("delete")),
+            "allow watched rule=Some(0) would_deny=true"
+        );
+        // Shadow mode never lets an unnamed tool through: routing-like checks always enforce.
+        assert_eq!(
+            decide("POST", "/watched", call("drop_all")),
+            "McpNotAllowed"
+        );
     }
 }

@@ -469,6 +469,9 @@ pub enum Step {
         call: bool,
         /// The tool changed and must be approved.
         changed: bool,
+        /// The rule's scopes are missing but the route's scope check is in shadow mode: the
+        /// refusal it would make.
+        would_deny: Option<super::decision::Denial>,
     },
     /// Read the body (at most this many bytes) and decide again.
     NeedBody(u64),
@@ -482,6 +485,7 @@ pub enum Step {
 /// is refused, because a replayed answer to a list would bypass the filtering.
 pub fn check(
     policy: &McpPolicy,
+    shadow_scopes: bool,
     upstream: &str,
     facts: &super::decision::RequestFacts<'_>,
     agent: &Arc<super::snapshot::Agent>,
@@ -495,6 +499,15 @@ pub fn check(
             reason,
         })
     };
+    if !matches!(
+        *facts.method,
+        http::Method::POST | http::Method::GET | http::Method::DELETE
+    ) {
+        return invalid(format!(
+            "MCP over HTTP uses POST (messages), GET (the server's event stream) and DELETE (ending a session), not {}",
+            facts.method
+        ));
+    }
     if *facts.method != http::Method::POST {
         if facts.headers.contains_key("last-event-id") {
             return invalid("resuming an event stream (`Last-Event-ID`) is not supported through this gateway: a replayed answer would skip its checks; send the request again".into());
@@ -503,6 +516,7 @@ pub fn check(
             rule: None,
             call: false,
             changed: false,
+            would_deny: None,
         };
     }
     let msg = match facts.mcp {
@@ -522,6 +536,7 @@ pub fn check(
                 rule: None,
                 call: false,
                 changed: false,
+                would_deny: None,
             }
         }
         (MethodClass::Unknown, _) | (MethodClass::Target(_), None) => {
@@ -542,17 +557,22 @@ pub fn check(
         });
     };
     let r = &policy.rules[i];
+    let mut would_deny = None;
     if let Some((missing_all, missing_any_of)) =
         super::scopes::missing(&r.scopes_all, &r.scopes_any, agent, facts.token)
     {
-        return Step::Deny(Denial::McpScope {
+        let d = Denial::McpScope {
             agent: agent.clone(),
             route,
             rule: i,
             name: name.clone(),
             missing_all,
             missing_any_of,
-        });
+        };
+        if !shadow_scopes {
+            return Step::Deny(d);
+        }
+        would_deny = Some(d);
     }
     let changed = kind == Kind::Tool && facts.changed_tools.contains(upstream, name);
     if changed && policy.tool_changes == ToolChanges::Deny {
@@ -566,6 +586,7 @@ pub fn check(
         rule: Some(i),
         call: kind == Kind::Tool,
         changed: changed && policy.tool_changes == ToolChanges::Approve,
+        would_deny,
     }
 }
 

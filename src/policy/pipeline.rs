@@ -41,17 +41,20 @@ pub fn evaluate(snap: &Snapshot, facts: &RequestFacts<'_>) -> Decision {
     //     every later refusal can answer as JSON-RPC with the request's id.
     let (mut mcp_rule, mut write, mut changed_tool) =
         (None, approval::is_write(facts.method), false);
+    let mut mcp_would_deny = None;
     if let Some(policy) = &r.mcp {
         let upstream = &snap.upstreams[r.upstream].name;
-        match mcp::check(policy, upstream, facts, agent, route) {
+        match mcp::check(policy, r.shadow.scopes, upstream, facts, agent, route) {
             mcp::Step::Continue {
                 rule,
                 call,
                 changed,
+                would_deny,
             } => {
                 mcp_rule = rule.map(|i| (i, &policy.rules[i]));
                 write = call;
                 changed_tool = changed;
+                mcp_would_deny = would_deny;
             }
             mcp::Step::NeedBody(max) => return Decision::NeedBody(max),
             mcp::Step::Deny(d) => return Decision::Deny(d),
@@ -59,7 +62,7 @@ pub fn evaluate(snap: &Snapshot, facts: &RequestFacts<'_>) -> Decision {
     }
     // From here on a policy may be in shadow mode on this route: it records what it would
     // refuse (the first such refusal is kept) and the call goes on.
-    let mut would_deny = None;
+    let mut would_deny = mcp_would_deny;
     let mut refuse = |d, shadowed: bool| {
         if shadowed {
             would_deny.get_or_insert(d);
@@ -195,18 +198,16 @@ pub fn evaluate(snap: &Snapshot, facts: &RequestFacts<'_>) -> Decision {
     .or(step_up.flatten());
     if changed_tool && approval.is_none() {
         // `tool_changes: approve` without an `approvals:` section: refuse, never forward.
-        if let Some((_, (_, name))) = mcp_rule.zip(
-            facts
-                .mcp
-                .and_then(|m| m.as_ref().ok())
-                .and_then(|m| m.target.as_ref()),
-        ) {
-            return Decision::Deny(Denial::McpToolChanged {
-                agent: agent.clone(),
-                route,
-                tool: name.clone(),
-            });
-        }
+        let tool = facts
+            .mcp
+            .and_then(|m| m.as_ref().ok())
+            .and_then(|m| m.target.as_ref())
+            .map_or(String::new(), |(_, name)| name.clone());
+        return Decision::Deny(Denial::McpToolChanged {
+            agent: agent.clone(),
+            route,
+            tool,
+        });
     }
     if approval.is_none() {
         if let Some(until) = runtime.and_then(|rt| rt.step_up_at(unix_ms(facts.now))) {

@@ -25,9 +25,19 @@ impl Compiler<'_> {
             raw.iter()
                 .map(|(i, r)| (format!("agents[{i}].id"), r.id.as_str())),
         );
+        // Scopes a route or one of its MCP rules requires.
         let known: BTreeSet<&str> = routes
             .iter()
-            .flat_map(|(_, r)| r.scopes.iter().chain(&r.any_of))
+            .flat_map(|(_, r)| {
+                let rules = r
+                    .mcp
+                    .iter()
+                    .flat_map(|m| m.tools.iter().chain(&m.prompts).chain(&m.resources));
+                r.scopes
+                    .iter()
+                    .chain(&r.any_of)
+                    .chain(rules.flat_map(|x| x.scopes.iter().chain(&x.any_of)))
+            })
             .map(String::as_str)
             .collect();
         let mut out = HashMap::new();
