@@ -101,15 +101,33 @@ impl Env {
             .collect()
     }
 
-    async fn approve(&self, id: &str) {
+    /// GET an admin API path with `bearer`; the JSON answer (any status).
+    async fn admin_get(&self, path: &str, bearer: &str) -> Value {
         let r = client()
-            .post(self.gw.admin_url(&format!("/api/approvals/{id}/approve")))
-            .bearer_auth(ALICE)
-            .json(&json!({"reason": "looked at the arguments"}))
+            .get(self.gw.admin_url(path))
+            .bearer_auth(bearer)
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        r.json().await.unwrap()
+    }
+
+    /// POST JSON to an admin API path with `bearer`; the status.
+    async fn admin_post(&self, path: &str, bearer: &str, body: Value) -> u16 {
+        let r = client()
+            .post(self.gw.admin_url(path))
+            .bearer_auth(bearer)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        r.status().as_u16()
+    }
+
+    async fn approve(&self, id: &str) {
+        let path = format!("/api/approvals/{id}/approve");
+        let body = json!({"reason": "looked at the arguments"});
+        assert_eq!(self.admin_post(&path, ALICE, body).await, 200);
     }
 }
 
@@ -274,15 +292,7 @@ async fn an_approval_binds_the_tool_and_its_arguments_and_passes_once() {
         assert!(t.elapsed() >= Duration::from_secs(2), "{:?}", t.elapsed());
         assert!(env.executed("delete_ticket").is_empty());
         // The approver sees the tool and its arguments.
-        let a: Value = client()
-            .get(env.gw.admin_url(&format!("/api/approvals/{id}")))
-            .bearer_auth(ALICE)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let a = env.admin_get(&format!("/api/approvals/{id}"), ALICE).await;
         let preview = a["body_preview"].as_str().unwrap_or_default();
         assert!(
             preview.contains("delete_ticket") && preview.contains("\"id\":5"),
@@ -318,15 +328,7 @@ async fn an_approval_binds_the_tool_and_its_arguments_and_passes_once() {
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         let held = loop {
-            let list: Value = client()
-                .get(env.gw.admin_url("/api/approvals?status=pending"))
-                .bearer_auth(ALICE)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let list = env.admin_get("/api/approvals?status=pending", ALICE).await;
             let found = list["approvals"].as_array().and_then(|l| {
                 l.iter()
                     .find(|a| {
@@ -408,15 +410,7 @@ async fn a_changed_tool_definition_is_caught_and_refused_until_accepted() {
         ),
         Some(1.0)
     );
-    let pins: Value = client()
-        .get(env.gw.admin_url("/api/mcp/tools"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let pins = env.admin_get("/api/mcp/tools", ADMIN_TOKEN).await;
     let pin = pins["tools"]
         .as_array()
         .unwrap()
@@ -426,22 +420,12 @@ async fn a_changed_tool_definition_is_caught_and_refused_until_accepted() {
         .unwrap();
     assert!(pin["changed"].is_object(), "{pins:#}");
     // An approver may not accept it; an operator may.
-    let r = client()
-        .post(env.gw.admin_url("/api/mcp/tools/accept"))
-        .bearer_auth(ALICE)
-        .json(&json!({"upstream": "tickets-mcp", "tool": "search_tickets", "reason": "reviewed"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 403);
-    let r = client()
-        .post(env.gw.admin_url("/api/mcp/tools/accept"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"upstream": "tickets-mcp", "tool": "search_tickets", "reason": "reviewed"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let accept = json!({"upstream": "tickets-mcp", "tool": "search_tickets", "reason": "reviewed"});
+    let path = "/api/mcp/tools/accept";
+    assert_eq!(env.admin_post(path, ALICE, accept.clone()).await, 403);
+    assert_eq!(env.admin_post(path, ADMIN_TOKEN, accept.clone()).await, 200);
+    // Nothing left to accept.
+    assert_eq!(env.admin_post(path, ADMIN_TOKEN, accept).await, 409);
     assert!(bot
         .list_tools()
         .await

@@ -254,12 +254,24 @@ impl Gateway {
             }
         };
         ctx.approval_id = Some(approval.id.clone());
-        // The agent may have been paused while its call waited: the kill switch wins over an
-        // approval given before it.
+        self.use_approval(session, ctx, &svc, approval, bound.body)
+            .await
+    }
+
+    /// Forward a call under an approved approval: unless its agent was paused meanwhile (the
+    /// kill switch wins over an approval given before it), and only once (two identical
+    /// retries racing for one approval cannot both pass).
+    async fn use_approval(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        svc: &crate::approval::ApprovalService,
+        approval: Approval,
+        body: Bytes,
+    ) -> Result<bool> {
         if self.paused(ctx).is_some() {
             return self.cancelled(session, ctx, approval).await;
         }
-        // At most once: two identical retries racing for one approval cannot both pass.
         match svc.consume(&approval).await {
             Ok(true) => {}
             Ok(false) => {
@@ -276,7 +288,7 @@ impl Gateway {
                 return self.store_down(session, ctx, e).await;
             }
         }
-        self.execute(session, ctx, bound.body).await
+        self.execute(session, ctx, body).await
     }
 
     /// An MCP `tools/call` that needs approval. Bound to the agent, the route (the server),
@@ -431,23 +443,8 @@ impl Gateway {
                     .await;
             }
         }
-        if self.paused(ctx).is_some() {
-            return self.cancelled(session, ctx, approval).await;
-        }
-        match svc.consume(&approval).await {
-            Ok(true) => {}
-            Ok(false) => {
-                let fresh = svc.get(&approval.id).await.unwrap_or(approval);
-                let r = if fresh.status == Status::Used {
-                    Refusal::ApprovalUsed { id: fresh.id }
-                } else {
-                    Refusal::ApprovalTimeout { id: fresh.id }
-                };
-                return self.refuse(session, ctx, r).await;
-            }
-            Err(e) => return self.store_down(session, ctx, e).await,
-        }
-        self.execute(session, ctx, bound.body).await
+        self.use_approval(session, ctx, &svc, approval, bound.body)
+            .await
     }
 
     /// The store failed: log why (it names files), refuse without forwarding (fail closed).

@@ -166,6 +166,27 @@ pub struct Rendered {
     pub body: Vec<u8>,
 }
 
+/// What a scope refusal says is missing (`a and one of [b, c]`) and what the agent can do:
+/// ask for a wider token, or have its owner get the scopes granted.
+fn scope_advice(
+    agent: &crate::policy::Agent,
+    missing_all: &[String],
+    missing_any_of: &[String],
+) -> (String, &'static str) {
+    let mut needs: Vec<String> = missing_all.to_vec();
+    if !missing_any_of.is_empty() {
+        needs.push(format!("one of [{}]", missing_any_of.join(", ")));
+    }
+    let grantable = missing_all.iter().all(|s| agent.scopes.contains(s))
+        && (missing_any_of.is_empty() || missing_any_of.iter().any(|s| agent.scopes.contains(s)));
+    let what_to_do = if grantable {
+        "request a token that includes them"
+    } else {
+        "this agent is not registered for them; its owner must ask an operator to grant them"
+    };
+    (needs.join(" and "), what_to_do)
+}
+
 fn quote(s: &str) -> String {
     s.replace(['"', '\\'], "'")
 }
@@ -355,18 +376,7 @@ impl Refusal {
                             }
                         }
                         extra.insert("missing_scopes".into(), json!(missing_all));
-                        let mut needs: Vec<String> = missing_all.clone();
-                        if !missing_any_of.is_empty() {
-                            needs.push(format!("one of [{}]", missing_any_of.join(", ")));
-                        }
-                        let grantable = missing_all.iter().all(|s| agent.scopes.contains(s))
-                            && (missing_any_of.is_empty()
-                                || missing_any_of.iter().any(|s| agent.scopes.contains(s)));
-                        let what_to_do = if grantable {
-                            "request a token that includes them"
-                        } else {
-                            "this agent is not registered for them; its owner must ask an operator to grant them"
-                        };
+                        let (needs, what_to_do) = scope_advice(agent, missing_all, missing_any_of);
                         www = Some(format!(
                         "Bearer realm=\"portcullis\", error=\"insufficient_scope\", scope=\"{}\"",
                         quote(&missing_all.iter().chain(missing_any_of).cloned().collect::<Vec<_>>().join(" "))
@@ -375,8 +385,7 @@ impl Refusal {
                             403,
                             "insufficient_scope",
                             format!(
-                                "route `{route_name}` needs scope {}; {what_to_do}",
-                                needs.join(" and ")
+                                "route `{route_name}` needs scope {needs}; {what_to_do}"
                             ),
                         )
                     }
@@ -458,21 +467,9 @@ impl Refusal {
                             extra.insert("required_scopes".into(), json!(r.scopes_all));
                         }
                         extra.insert("missing_scopes".into(), json!(missing_all));
-                        let mut needs: Vec<String> = missing_all.clone();
-                        if !missing_any_of.is_empty() {
-                            needs.push(format!("one of [{}]", missing_any_of.join(", ")));
-                        }
-                        let grantable = missing_all.iter().all(|s| agent.scopes.contains(s))
-                            && (missing_any_of.is_empty()
-                                || missing_any_of.iter().any(|s| agent.scopes.contains(s)));
-                        let what_to_do = if grantable {
-                            "request a token that includes them"
-                        } else {
-                            "this agent is not registered for them; its owner must ask an operator to grant them"
-                        };
+                        let (needs, what_to_do) = scope_advice(agent, missing_all, missing_any_of);
                         (403, "insufficient_scope", format!(
-                            "{kind} `{name}` needs scope {}; {what_to_do}",
-                            needs.join(" and ")
+                            "{kind} `{name}` needs scope {needs}; {what_to_do}"
                         ))
                     }
                     Denial::McpToolChanged { agent, route, tool } => {
