@@ -520,6 +520,16 @@ async fn batches_unknown_methods_and_lying_headers_are_refused() {
         .await;
     assert_eq!(a.body["error"]["code"], -32600, "{}", a.body);
     assert_eq!(a.body["error"]["data"]["error"], "invalid_mcp_message");
+    // A repeated key: the gateway and the server could each believe a different copy.
+    let a = env
+        .raw(
+            &t,
+            r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"get_ticket","name":"admin_reset","arguments":{}}}"#,
+            &[proto],
+        )
+        .await;
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert_eq!(a.body["error"], "invalid_mcp_message");
     // Not JSON-RPC at all.
     let a = env.raw(&t, "{not json", &[proto]).await;
     assert_eq!(a.status, 400, "{}", a.body);

@@ -7,8 +7,7 @@ use super::refusal::{Refusal, Rendered};
 use super::{Gateway, RequestCtx};
 use crate::observe::alert::AlertNotice;
 use crate::policy::mcp::{
-    filter_list, tool_definition_sha256, ListKind, Malformed, McpMessage, McpPolicy, MethodClass,
-    ToolChanges,
+    filter_list, tool_definition_sha256, ListKind, McpMessage, McpPolicy, MethodClass, ToolChanges,
 };
 use crate::policy::Agent;
 use crate::state::mcp::Observation;
@@ -54,15 +53,6 @@ impl McpCall {
     pub fn id(&self) -> Option<&Value> {
         self.msg.as_ref().and_then(|m| m.id.as_ref())
     }
-}
-
-/// Read a body as one MCP message (`None`: over the cap).
-pub(super) fn parse_message(body: Option<&Bytes>, max: u64) -> Result<McpMessage, Malformed> {
-    let Some(b) = body else {
-        return Err(Malformed::TooLarge(max));
-    };
-    let v: Value = serde_json::from_slice(b).map_err(|e| Malformed::NotJson(e.to_string()))?;
-    McpMessage::parse(&v)
 }
 
 /// A tool call's arguments from its body, for the access log.

@@ -446,25 +446,20 @@ impl ProxyHttp for Gateway {
             // forwarded on the streaming path with this very body.
             session.as_mut().enable_retry_buffering();
             let body = read_body_capped(session, max).await?;
-            // One MCP message, if the route turns out to carry MCP (cheap to parse here, and
-            // only routes of `kind: mcp` read it).
-            let msg = mcp::parse_message(body.as_ref(), max);
-            decision = match &body {
+            // Parsed once, strictly (a repeated key is refused: the gateway and the upstream
+            // could each believe a different copy); read as one MCP message too, which only
+            // routes of `kind: mcp` look at.
+            let json = body.as_deref().map(parse_json_body);
+            let msg = match &json {
+                None => Err(Malformed::TooLarge(max)),
+                Some(Ok(v)) => McpMessage::parse(v),
+                Some(Err(why)) => Err(Malformed::NotJson(why.clone())),
+            };
+            let len = body.as_ref().map(|b| b.len() as u64);
+            decision = match &json {
                 None => decide(session, BodyFact::TooLarge, None, Some(&msg)),
-                Some(b) => match parse_json_body(b) {
-                    Ok(v) => decide(
-                        session,
-                        BodyFact::Json(&v),
-                        Some(b.len() as u64),
-                        Some(&msg),
-                    ),
-                    Err(why) => decide(
-                        session,
-                        BodyFact::NotJson(&why),
-                        Some(b.len() as u64),
-                        Some(&msg),
-                    ),
-                },
+                Some(Ok(v)) => decide(session, BodyFact::Json(v), len, Some(&msg)),
+                Some(Err(why)) => decide(session, BodyFact::NotJson(why), len, Some(&msg)),
             };
             message = msg.ok();
             if body.is_none() {
