@@ -243,6 +243,15 @@ async fn lists_show_only_allowed_items_and_hidden_ones_cannot_be_called() {
             reader.read_resource("tickets://open/1").await.unwrap(),
             "ticket open/1"
         );
+        // A URI matching `tickets://**` as text but naming something else on the server.
+        refused(
+            reader
+                .read_resource("tickets://open/../../secrets/db")
+                .await
+                .map(|_| unreachable_ok()),
+            -32600,
+            "invalid_mcp_message",
+        );
         reader.close().await;
         writer.close().await;
 

@@ -296,8 +296,12 @@ pub struct McpMessage {
     /// For a target method: what is named, and as what kind.
     pub target: Option<(Kind, String)>,
     /// `tools/call`: hex SHA-256 of the canonical JSON of `arguments` (keys sorted, no
-    /// spaces; absent arguments count as `{}`). Approvals bind to it; the log records it.
+    /// spaces; absent arguments count as `{}`). The log records it.
     pub args_sha256: Option<String>,
+    /// `tools/call`: hex SHA-256 of the canonical JSON of all of `params` (name, arguments,
+    /// `task` and anything a later revision adds) except the per-request
+    /// `_meta.progressToken`. Approvals bind to it: what runs is what the approver saw.
+    pub params_sha256: Option<String>,
 }
 
 impl McpMessage {
@@ -330,6 +334,7 @@ impl McpMessage {
                 class: MethodClass::Response,
                 target: None,
                 args_sha256: None,
+                params_sha256: None,
             });
         };
         let Some(method) = method.as_str() else {
@@ -343,6 +348,7 @@ impl McpMessage {
         let mut class = classify(method);
         let mut target = None;
         let mut args_sha256 = None;
+        let mut params_sha256 = None;
         if let MethodClass::Target(kind) = class {
             let named = match method {
                 "completion/complete" => {
@@ -378,7 +384,9 @@ impl McpMessage {
                     ));
                 }
                 args_sha256 = Some(arguments_sha256(args));
+                params_sha256 = params.map(binding_sha256);
             }
+
             class = MethodClass::Target(kind);
             target = Some((kind, name.to_string()));
         }
@@ -388,6 +396,7 @@ impl McpMessage {
             class,
             target,
             args_sha256,
+            params_sha256,
         })
     }
 
@@ -548,6 +557,13 @@ pub fn check(
         }
         (MethodClass::Target(_), Some((kind, name))) => (*kind, name),
     };
+    if kind == Kind::Resource {
+        if let Some(why) = ambiguous_uri(name) {
+            return invalid(format!(
+                "the resource URI `{name}` {why}; name the resource plainly"
+            ));
+        }
+    }
     let Some(i) = policy.rule_for(kind, name) else {
         return Step::Deny(Denial::McpNotAllowed {
             agent: agent.clone(),
@@ -588,6 +604,41 @@ pub fn check(
         changed: changed && policy.tool_changes == ToolChanges::Approve,
         would_deny,
     }
+}
+
+/// Hex SHA-256 of `params` as an approval binds them: canonical JSON without
+/// `_meta.progressToken` (a fresh correlation token on every request, which would make every
+/// retry a different call).
+fn binding_sha256(params: &Value) -> String {
+    let mut p = params.clone();
+    if let Some(meta) = p.get_mut("_meta").and_then(Value::as_object_mut) {
+        meta.remove("progressToken");
+    }
+    hex::encode(Sha256::digest(
+        serde_json::to_vec(&p).expect("a Value always serializes"),
+    ))
+}
+
+/// Why a resource URI is ambiguous, if it is: a `.` or `..` segment (raw or percent-encoded),
+/// an encoded `/` or `\`, a backslash, or a control character. Rules match URIs as text,
+/// while a file-backed server resolves them; `tickets://open/../../etc/passwd` matches
+/// `tickets://**` and names something else.
+pub fn ambiguous_uri(uri: &str) -> Option<&'static str> {
+    if uri.chars().any(|c| c == '\\' || c.is_control()) {
+        return Some("contains a backslash or a control character");
+    }
+    let lower = uri.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") {
+        return Some("contains an encoded `/` or `\\`");
+    }
+    let decoded = percent_encoding::percent_decode_str(uri).decode_utf8_lossy();
+    let path = decoded
+        .split_once("://")
+        .map_or(&*decoded, |(_, rest)| rest);
+    if path.split(['/', '\\']).any(|seg| seg == "." || seg == "..") {
+        return Some("contains a `.` or `..` segment");
+    }
+    None
 }
 
 /// Hex SHA-256 of the canonical JSON of tool arguments (absent = `{}`). `serde_json` keeps
@@ -777,6 +828,57 @@ mod tests {
         let u = McpMessage::parse(&json!({"jsonrpc":"2.0","id":3,"method":"tasks/get"})).unwrap();
         assert_eq!(u.class, MethodClass::Unknown);
         assert_eq!(u.method_label(), "other");
+    }
+
+    #[test]
+    fn resource_uris_that_could_resolve_elsewhere_are_refused() {
+        for bad in [
+            "tickets://open/../../etc/passwd",
+            "tickets://open/%2e%2e/x",
+            "tickets://open/%2E%2E/x",
+            "file:///srv/docs/./a",
+            "tickets://open%2f..%2fsecrets",
+            "tickets://open\\..\\x",
+            "tickets://a\u{0}b",
+        ] {
+            assert!(ambiguous_uri(bad).is_some(), "{bad}");
+        }
+        for good in [
+            "tickets://open/1",
+            "file:///srv/docs/a.b/c..d",
+            "tickets://{id}",
+            "https://x.example/a%20b",
+        ] {
+            assert_eq!(ambiguous_uri(good), None, "{good}");
+        }
+    }
+
+    #[test]
+    fn an_approval_binds_all_params_but_the_progress_token() {
+        let digest = |params: Value| {
+            McpMessage::parse(
+                &json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":params}),
+            )
+            .unwrap()
+            .params_sha256
+            .unwrap()
+        };
+        let base = digest(json!({"name":"t","arguments":{"a":1},"_meta":{"progressToken":1}}));
+        assert_eq!(
+            base,
+            digest(json!({"_meta":{"progressToken":99},"arguments":{"a":1},"name":"t"}))
+        );
+        assert_ne!(
+            base,
+            digest(
+                json!({"name":"t","arguments":{"a":1},"_meta":{"progressToken":1},"task":{"ttl":60000}})
+            )
+        );
+        assert_ne!(
+            base,
+            digest(json!({"name":"t","arguments":{"a":1},"_meta":{"progressToken":1,"x":1}}))
+        );
+        assert_ne!(base, digest(json!({"name":"t","arguments":{"a":2}})));
     }
 
     #[test]

@@ -320,15 +320,18 @@ impl Gateway {
             ApprovalMode::Async => std::time::Duration::ZERO,
         };
         let msg = call.msg.as_ref().expect("a tools/call has a message");
-        let (tool, args) = match (&msg.target, &msg.args_sha256) {
+        let (tool, args) = match (&msg.target, &msg.params_sha256) {
             (Some((_, t)), Some(a)) => (t.clone(), a.clone()),
             _ => {
                 tracing::error!(request_id = %ctx.request_id, "an MCP call needing approval names no tool");
                 return self.refuse(session, ctx, Refusal::Internal).await;
             }
         };
+        // Only the protocol's own headers are bound (`Mcp-Protocol-Version`, `Mcp-Method`,
+        // `Mcp-Name`, `Mcp-Param-*`): an MCP server acts on the message, and clients send a
+        // fresh `traceparent`, `baggage` or request id with every retry.
         let mut headers = forwardable_headers(session, ctx);
-        headers.retain(|(k, _)| k != super::mcp::SESSION_HEADER);
+        headers.retain(|(k, _)| k.starts_with("mcp-") && k != super::mcp::SESSION_HEADER);
         if let Some(r) = headers_over_cap(&headers, settings) {
             return self.refuse(session, ctx, r).await;
         }
