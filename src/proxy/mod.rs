@@ -538,13 +538,16 @@ impl ProxyHttp for Gateway {
                 if let Some(policy) = a.approval {
                     if ctx.mcp.as_ref().is_some_and(|c| c.id().is_some()) {
                         let body = buffered.unwrap_or_default();
-                        return self.mcp_approval_gate(session, ctx, policy, body).await;
+                        return Box::pin(self.mcp_approval_gate(session, ctx, policy, body)).await;
                     }
-                    return self.approval_gate(session, ctx, policy, buffered).await;
+                    // Boxed, like the other rare paths below: their futures are large, and
+                    // inlined they would grow the state of every call's request_filter
+                    // (which async_trait boxes, copying it whole: +8k instructions a call).
+                    return Box::pin(self.approval_gate(session, ctx, policy, buffered)).await;
                 }
                 if let Some(body) = buffered {
                     if ctx.mcp.is_none() {
-                        return self.execute(session, ctx, body).await;
+                        return Box::pin(self.execute(session, ctx, body)).await;
                     }
                     // MCP: pingora forwards the body it kept, so the answer passes through the
                     // response filters (list filtering, session binding). Past its 64 KiB
@@ -565,7 +568,7 @@ impl ProxyHttp for Gateway {
                             };
                             return self.refuse(session, ctx, Refusal::Policy(d)).await;
                         }
-                        return self.execute(session, ctx, body).await;
+                        return Box::pin(self.execute(session, ctx, body)).await;
                     }
                 }
                 ctx.outcome = ctx.forwarded();
