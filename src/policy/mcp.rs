@@ -298,10 +298,6 @@ pub struct McpMessage {
     /// `tools/call`: hex SHA-256 of the canonical JSON of `arguments` (keys sorted, no
     /// spaces; absent arguments count as `{}`). The log records it.
     pub args_sha256: Option<String>,
-    /// `tools/call`: hex SHA-256 of the canonical JSON of all of `params` (name, arguments,
-    /// `task` and anything a later revision adds) except the per-request
-    /// `_meta.progressToken`. Approvals bind to it: what runs is what the approver saw.
-    pub params_sha256: Option<String>,
 }
 
 impl McpMessage {
@@ -334,7 +330,6 @@ impl McpMessage {
                 class: MethodClass::Response,
                 target: None,
                 args_sha256: None,
-                params_sha256: None,
             });
         };
         let Some(method) = method.as_str() else {
@@ -348,7 +343,6 @@ impl McpMessage {
         let mut class = classify(method);
         let mut target = None;
         let mut args_sha256 = None;
-        let mut params_sha256 = None;
         if let MethodClass::Target(kind) = class {
             let named = match method {
                 "completion/complete" => {
@@ -384,7 +378,6 @@ impl McpMessage {
                     ));
                 }
                 args_sha256 = Some(arguments_sha256(args));
-                params_sha256 = params.map(binding_sha256);
             }
 
             class = MethodClass::Target(kind);
@@ -396,7 +389,6 @@ impl McpMessage {
             class,
             target,
             args_sha256,
-            params_sha256,
         })
     }
 
@@ -606,10 +598,11 @@ pub fn check(
     }
 }
 
-/// Hex SHA-256 of `params` as an approval binds them: canonical JSON without
+/// Hex SHA-256 of a `tools/call`'s `params` as an approval binds them: canonical JSON of all
+/// of them (name, arguments, `task`, `_meta`, anything a later revision adds) without
 /// `_meta.progressToken` (a fresh correlation token on every request, which would make every
-/// retry a different call).
-fn binding_sha256(params: &Value) -> String {
+/// retry a different call). Computed only for calls that need approval.
+pub fn binding_sha256(params: &Value) -> String {
     let mut p = params.clone();
     if let Some(meta) = p.get_mut("_meta").and_then(Value::as_object_mut) {
         meta.remove("progressToken");
@@ -855,14 +848,7 @@ mod tests {
 
     #[test]
     fn an_approval_binds_all_params_but_the_progress_token() {
-        let digest = |params: Value| {
-            McpMessage::parse(
-                &json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":params}),
-            )
-            .unwrap()
-            .params_sha256
-            .unwrap()
-        };
+        let digest = |params: Value| binding_sha256(&params);
         let base = digest(json!({"name":"t","arguments":{"a":1},"_meta":{"progressToken":1}}));
         assert_eq!(
             base,

@@ -320,12 +320,13 @@ impl Gateway {
             ApprovalMode::Async => std::time::Duration::ZERO,
         };
         let msg = call.msg.as_ref().expect("a tools/call has a message");
-        let (tool, args) = match (&msg.target, &msg.params_sha256) {
-            (Some((_, t)), Some(a)) => (t.clone(), a.clone()),
-            _ => {
-                tracing::error!(request_id = %ctx.request_id, "an MCP call needing approval names no tool");
-                return self.refuse(session, ctx, Refusal::Internal).await;
-            }
+        let tool = msg.target.as_ref().map(|(_, t)| t.clone());
+        let params = crate::policy::conditions::parse_json_body(&body)
+            .ok()
+            .and_then(|v| v.get("params").map(crate::policy::mcp::binding_sha256));
+        let (Some(tool), Some(args)) = (tool, params) else {
+            tracing::error!(request_id = %ctx.request_id, "an MCP call needing approval names no tool");
+            return self.refuse(session, ctx, Refusal::Internal).await;
         };
         // Only the protocol's own headers are bound (`Mcp-Protocol-Version`, `Mcp-Method`,
         // `Mcp-Name`, `Mcp-Param-*`): an MCP server acts on the message, and clients send a
