@@ -98,12 +98,8 @@ impl Gateway {
         buffered: Option<Bytes>,
     ) -> Result<bool> {
         let snap = ctx.snap.clone().expect("snapshot loaded");
-        let (Some(settings), Some(svc)) =
-            (snap.approvals.as_ref(), self.state.approvals.load_full())
+        let (Some(settings), Some(svc)) = (snap.approvals.as_ref(), self.approval_service(ctx))
         else {
-            // Cannot happen with a validated config (a route with `approval:` needs the section
-            // and start-up opens the store), but if it does, fail closed.
-            tracing::error!(request_id = %ctx.request_id, "a call needs approval but no approval service is running");
             return self
                 .refuse(session, ctx, Refusal::ApprovalUnavailable)
                 .await;
@@ -305,10 +301,8 @@ impl Gateway {
         body: Bytes,
     ) -> Result<bool> {
         let snap = ctx.snap.clone().expect("snapshot loaded");
-        let (Some(settings), Some(svc)) =
-            (snap.approvals.as_ref(), self.state.approvals.load_full())
+        let (Some(settings), Some(svc)) = (snap.approvals.as_ref(), self.approval_service(ctx))
         else {
-            tracing::error!(request_id = %ctx.request_id, "a call needs approval but no approval service is running");
             return self
                 .refuse(session, ctx, Refusal::ApprovalUnavailable)
                 .await;
@@ -449,6 +443,17 @@ impl Gateway {
         }
         self.use_approval(session, ctx, &svc, approval, bound.body)
             .await
+    }
+
+    /// The running approval service. Missing only if the config has no `approvals:` section,
+    /// which a validated config with an approval rule cannot be, and start-up opened the store;
+    /// if it happens anyway, the caller fails closed.
+    fn approval_service(&self, ctx: &RequestCtx) -> Option<Arc<crate::approval::ApprovalService>> {
+        let svc = self.state.approvals.load_full();
+        if svc.is_none() || ctx.snap.as_ref().is_none_or(|s| s.approvals.is_none()) {
+            tracing::error!(request_id = %ctx.request_id, "a call needs approval but no approval service is running");
+        }
+        svc
     }
 
     /// The store failed: log why (it names files), refuse without forwarding (fail closed).

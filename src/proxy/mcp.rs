@@ -49,6 +49,24 @@ pub(super) struct McpCall {
 }
 
 impl McpCall {
+    /// The MCP facts of a call on a route with `policy`: its message (if read), the rule that
+    /// named its target, and the session id it carried.
+    pub fn new(
+        policy: &Arc<McpPolicy>,
+        msg: Option<McpMessage>,
+        rule: Option<usize>,
+        session: Option<String>,
+    ) -> Box<McpCall> {
+        Box::new(McpCall {
+            msg,
+            policy: policy.clone(),
+            rule,
+            session,
+            filter: None,
+            arguments: None,
+        })
+    }
+
     /// The request's id, when it has one (refusals then answer as JSON-RPC).
     pub fn id(&self) -> Option<&Value> {
         self.msg.as_ref().and_then(|m| m.id.as_ref())
@@ -446,18 +464,21 @@ impl Gateway {
         body: &mut Option<Bytes>,
         end: bool,
     ) {
-        let (Some(up), Some(agent), Some(token)) = (
-            ctx.upstream().cloned(),
-            ctx.agent.clone(),
-            ctx.token.clone(),
+        // The filter is taken out for the chunk, so the rest of the context is only read:
+        // nothing of it is copied per chunk.
+        let Some(mut filter) = ctx.mcp.as_mut().and_then(|c| c.filter.take()) else {
+            return;
+        };
+        let ctx_ro: &RequestCtx = ctx;
+        let (Some(up), Some(agent), Some(token), Some(call)) = (
+            ctx_ro.upstream(),
+            ctx_ro.agent.as_deref(),
+            ctx_ro.token.as_deref(),
+            ctx_ro.mcp.as_deref(),
         ) else {
             return;
         };
-        let request_id = ctx.request_id.clone();
-        let Some(call) = ctx.mcp.as_mut() else {
-            return;
-        };
-        let (Some(msg), Some(mut filter)) = (call.msg.as_ref(), call.filter.take()) else {
+        let Some(msg) = call.msg.as_ref() else {
             return;
         };
         let (Some(list), Some(id)) = (list_of(Some(msg)), msg.id.as_ref()) else {
@@ -471,13 +492,15 @@ impl Gateway {
             list,
             id,
             holds: &holds,
-            request_id: &request_id,
-            agent: &agent,
+            request_id: &ctx_ro.request_id,
+            agent,
         };
         let chunk = body.take().unwrap_or_default();
         let out = filter.feed(&chunk, end, &scope);
         *body = (!out.is_empty() || end).then_some(out);
-        call.filter = Some(filter);
+        if let Some(call) = ctx.mcp.as_mut() {
+            call.filter = Some(filter);
+        }
     }
 
     /// Bind a session the upstream opened to the agent that opened it, or forget one the

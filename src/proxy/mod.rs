@@ -437,8 +437,9 @@ impl ProxyHttp for Gateway {
             evaluate(&snap, &facts)
         };
         let mut decision = decide(session, BodyFact::NotRead, None, None);
-        // A condition reads the body: buffer it (capped), decide again, and forward the
-        // buffered call through the executor, as approved calls are.
+        // A condition or an MCP route reads the body: buffer it (capped) and decide again. A
+        // buffered HTTP call is forwarded through the executor, as approved calls are; an MCP
+        // call by pingora itself, from the copy it kept (see below).
         let mut buffered = None;
         let mut message = None;
         if let Decision::NeedBody(max) = decision {
@@ -476,24 +477,17 @@ impl ProxyHttp for Gateway {
                 ctx.route = Some(a.route);
                 ctx.agent = Some(a.agent);
                 if let Some(policy) = &snap.routes.routes[a.route].mcp {
-                    ctx.mcp = Some(Box::new(mcp::McpCall {
-                        msg: message.take(),
-                        policy: policy.clone(),
-                        rule: a.mcp_rule,
-                        session: session
-                            .req_header()
-                            .headers
-                            .get(mcp::SESSION_HEADER)
-                            .and_then(|v| v.to_str().ok())
-                            .map(str::to_string),
-                        filter: None,
-                        arguments: None,
-                    }));
-                }
-                if let Some(call) = ctx.mcp.as_mut() {
-                    if call.policy.log_arguments && call.msg.as_ref().is_some_and(|m| m.is_call()) {
+                    let sid = session
+                        .req_header()
+                        .headers
+                        .get(mcp::SESSION_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    let mut call = mcp::McpCall::new(policy, message.take(), a.mcp_rule, sid);
+                    if policy.log_arguments && call.msg.as_ref().is_some_and(|m| m.is_call()) {
                         call.arguments = mcp::arguments_of(buffered.as_ref());
                     }
+                    ctx.mcp = Some(call);
                 }
                 if let Some(d) = a.would_deny {
                     let code = Refusal::Policy(d).render("", Some(&snap)).code;
@@ -579,14 +573,7 @@ impl ProxyHttp for Gateway {
                 ctx.agent = d.agent().cloned();
                 ctx.route = d.route();
                 if let Some(policy) = d.route().and_then(|r| snap.routes.routes[r].mcp.as_ref()) {
-                    ctx.mcp = Some(Box::new(mcp::McpCall {
-                        msg: message.take(),
-                        policy: policy.clone(),
-                        rule: None,
-                        session: None,
-                        filter: None,
-                        arguments: None,
-                    }));
+                    ctx.mcp = Some(mcp::McpCall::new(policy, message.take(), None, None));
                 }
                 self.refuse(session, ctx, Refusal::Policy(d)).await
             }
