@@ -15,6 +15,10 @@
 # the cost of monitoring alone: the baseline run uses the config without it).
 # BASELINE_BIN=/path/to/an/older/portcullis also runs that build, with the same config, in the
 # same CPU-per-request rounds ("portcullis baseline"), for before/after figures of a change.
+# BENCH_STATE=shared also runs the current build with `state.backend: shared` (a private
+# redis-server and PostgreSQL on loopback, started here) in the same rounds ("portcullis
+# shared"), with the rate limit of BENCH_POLICY on both gateways (it is set for you): every call
+# then takes its rate from Redis. Redis's own CPU for those calls is printed beside it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -35,13 +39,15 @@ cargo build --release --example pingora_floor
 "$kit/peers.sh" start
 work=$(mktemp -d)
 cleanup() {
-  for p in ${gw:-} ${floor:-} ${base:-}; do kill "$p" 2>/dev/null || true; done
+  for p in ${gw:-} ${floor:-} ${base:-} ${shared:-} ${redis:-}; do kill "$p" 2>/dev/null || true; done
+  [ -n "${pg:-}" ] && kill -INT "$pg" 2>/dev/null && wait "$pg" 2>/dev/null || true
   "$kit/peers.sh" stop; rm -rf "$work"
 }
 trap cleanup EXIT
 
 # BENCH_POLICY=1: the current build's route also carries one condition and one rate limit
 # (the baseline build, which may predate them, keeps the plain route).
+[ -n "${BENCH_STATE:-}" ] && BENCH_POLICY=1
 route_extra="${BENCH_POLICY:+$BENCH_POLICY_YAML}"
 if [ -n "${BENCH_MONITOR:-}" ]; then
   route_extra="${route_extra:+$route_extra
@@ -67,6 +73,26 @@ if [ -n "${BASELINE_BIN:-}" ]; then
   base=$!
   for _ in $(seq 100); do curl -sf http://127.0.0.1:9982/readyz >/dev/null && break; sleep 0.1; done
 fi
+if [ -n "${BENCH_STATE:-}" ]; then
+  # Private servers for the shared backend (PostgreSQL refuses to run as root: as `postgres`).
+  pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+  as_pg=(); [ "$(id -u)" -eq 0 ] && as_pg=(runuser -u postgres --) && chown postgres "$work"
+  "${as_pg[@]}" "$pgbin/initdb" -U postgres --auth=trust --no-sync -D "$work/pg" >/dev/null
+  "${as_pg[@]}" "$pgbin/postgres" -D "$work/pg" -p 5499 -k "$work" -c listen_addresses=127.0.0.1 2>"$work/pg.err" &
+  pg=$!
+  redis-server --port 6399 --bind 127.0.0.1 --save "" --appendonly no >/dev/null &
+  redis=$!
+  for _ in $(seq 100); do "$pgbin/pg_isready" -q -h 127.0.0.1 -p 5499 && break; sleep 0.1; done
+  bench_gateway_config 9280 9983 "$work/access-shared.log" "$route_extra" "state:
+  backend: shared
+  postgres: {url: \"postgres://postgres@127.0.0.1:5499/postgres\"}
+  redis: {url: \"redis://127.0.0.1:6399/\"}" > "$work/shared.yaml"
+  ./target/release/portcullis run -c "$work/shared.yaml" 2>"$work/shared.err" &
+  shared=$!
+  for _ in $(seq 100); do curl -sf http://127.0.0.1:9983/readyz >/dev/null && break; sleep 0.1; done
+  code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" http://127.0.0.1:9280/api/tickets)
+  [ "$code" = 200 ] || { echo "shared gateway answered $code" >&2; cat "$work/shared.err" >&2; exit 1; }
+fi
 sleep 0.5
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
@@ -76,6 +102,7 @@ cpu_per_request() { # NAME PID URL
   out=$(wrk -t1 -c32 -d"${secs}s" -H "Authorization: Bearer $token" "$3")
   t1=$(ticks "$2")
   n=$(awk '/requests in/ {print $1}' <<<"$out")
+  last_n=$n
   printf '%-22s %8.0f req/s  %6.1f CPU µs per request\n' "$1" \
     "$(awk '/Requests\/sec/ {print $2}' <<<"$out")" "$(echo "($t1 - $t0) * 1000000 / $hz / $n" | bc -l)"
 }
@@ -87,6 +114,13 @@ for r in $(seq "$rounds"); do
   cpu_per_request "portcullis" "$gw" http://127.0.0.1:9080/api/tickets
   if [ -n "${base:-}" ]; then
     cpu_per_request "portcullis baseline" "$base" http://127.0.0.1:9180/api/tickets
+  fi
+  if [ -n "${shared:-}" ]; then
+    r0=$(ticks "$redis")
+    cpu_per_request "portcullis shared" "$shared" http://127.0.0.1:9280/api/tickets
+    r1=$(ticks "$redis")
+    printf '%-22s %8s        %6.1f CPU µs per request (the calls above)\n' "  redis-server" "" \
+      "$(echo "($r1 - $r0) * 1000000 / $hz / $last_n" | bc -l)"
   fi
 done
 echo "gateway RSS after the run: $(ps -o rss= -p "$gw" | awk '{printf "%.1f MiB", $1/1024}')"

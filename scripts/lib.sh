@@ -30,9 +30,15 @@ ensure_build_deps() {
   ensure_packages "to build pingora" cmake:cmake cc:gcc
 }
 
-# The console test drives Debian's Chromium through ChromeDriver.
+# The console test drives Debian's Chromium through ChromeDriver. The shared-state tests start
+# private redis-server and PostgreSQL servers on loopback (tests/support/stores.rs), from the
+# Debian packages; PostgreSQL's server binaries live outside PATH, in /usr/lib/postgresql/N/bin.
 ensure_test_deps() {
   ensure_packages "for the console's browser test" chromium:chromium chromedriver:chromium-driver
+  ensure_packages "for the shared-state tests" redis-server:redis-server
+  if ! compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null; then
+    ensure_packages "for the shared-state tests" portcullis-needs-postgres-server:postgresql
+  fi
 }
 
 # The benchmarked gateway: one worker; an ES256 token from the peer kit's key set (in $D);

@@ -4,10 +4,12 @@
 use crate::admin::AdminService;
 use crate::config::{load_file, LoadContext};
 use crate::observe::{AccessLog, Metrics};
+use crate::policy::snapshot::redact_url;
 use crate::policy::AccessLogTarget;
 use crate::proxy::connections::ConnectionGuard;
 use crate::proxy::Gateway;
-use crate::state::agent_state::SqliteAgentState;
+use crate::state::agent_state::{AgentStateStore, SqliteAgentState};
+use crate::state::shared::SharedState;
 use crate::state::{new_key_store, GatewayState};
 use async_trait::async_trait;
 use pingora::listeners::ListenerConfig;
@@ -40,6 +42,9 @@ pub enum StartError {
     /// The runtime agent state could not be opened.
     #[error("cannot open the agent state store: {0}")]
     AgentState(#[from] crate::state::agent_state::StateError),
+    /// The shared stores (`state.backend: shared`) could not be opened.
+    #[error("{0}")]
+    Shared(String),
 }
 
 /// Run until SIGTERM/SIGINT. Returns after the access log is flushed.
@@ -57,15 +62,31 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
     );
     access_log.set_max_field_bytes(settings.access_log_max_field_bytes);
     // Opened before serving: a pause recorded before a restart must hold from the first call.
-    let agent_state = Arc::new(SqliteAgentState::open(&settings.state_store)?);
-    let state = Arc::new(GatewayState::load(
+    let holder = uuid::Uuid::new_v4().to_string();
+    let (agent_state, shared): (Arc<dyn AgentStateStore>, _) = match &settings.shared_state {
+        Some(s) => {
+            let shared =
+                SharedState::start(s, &holder, metrics.clone()).map_err(StartError::Shared)?;
+            tracing::info!(postgres = %redact_url(&s.postgres_url), redis = %redact_url(&s.redis_url), "shared state: approvals and agent state in PostgreSQL, limits and propagation in Redis");
+            (shared.agents.clone(), Some(shared))
+        }
+        None => (
+            Arc::new(SqliteAgentState::open(&settings.state_store)?),
+            None,
+        ),
+    };
+    let mut state = GatewayState::load(
         config_path,
         metrics,
         key_store,
         access_log.clone(),
         first,
         agent_state,
-    ));
+    );
+    if let Some(shared) = shared {
+        state = state.with_shared(shared, holder);
+    }
+    let state = Arc::new(state);
 
     state.ensure_approvals(&state.snapshot.load())?;
 

@@ -5,6 +5,10 @@
 pub mod agent_state;
 pub mod limits;
 pub mod mcp;
+pub mod pg_agent_state;
+pub mod redis_limits;
+pub mod redis_sync;
+pub mod shared;
 
 use crate::approval::executor::Executor;
 use crate::approval::ApprovalService;
@@ -54,6 +58,11 @@ pub struct GatewayState {
     pub monitor: crate::observe::monitor::MonitorHandle,
     /// MCP sessions (which agent opened each) and tool-definition pins.
     pub mcp: mcp::McpState,
+    /// `state.backend: shared`: the stores shared with the other replicas.
+    pub shared: Option<Arc<shared::SharedState>>,
+    /// This process among the replicas (a random id per start): held approvals are recorded
+    /// as its, so another replica can settle them if it dies.
+    pub holder: String,
     next_version: AtomicU64,
     reload_lock: Mutex<()>,
     last_reload_error: Mutex<Option<String>>,
@@ -121,11 +130,22 @@ impl GatewayState {
             limits: Arc::new(limits::InProcessLimitStore::new()),
             mcp: mcp::McpState::load(agent_state.clone()),
             agent_state,
+            shared: None,
+            holder: uuid::Uuid::new_v4().to_string(),
             monitor,
             next_version: AtomicU64::new(next),
             reload_lock: Mutex::new(()),
             last_reload_error: Mutex::new(None),
         }
+    }
+
+    /// Use the replicas' shared stores: their limits, and approvals in PostgreSQL. (Agent
+    /// state was given to [`GatewayState::load`] already: `shared.agents`.)
+    pub fn with_shared(mut self, shared: Arc<shared::SharedState>, holder: String) -> Self {
+        self.limits = shared.limits.clone();
+        self.shared = Some(shared);
+        self.holder = holder;
+        self
     }
 
     /// What monitoring saw of `agent` (last seen, calls and denials in 24 h, anomalies), for
@@ -223,7 +243,18 @@ impl GatewayState {
                 return Ok(());
             }
         }
-        let svc = ApprovalService::open(settings, self.metrics.clone(), self.access_log.clone())?;
+        let pg = snap
+            .settings
+            .shared_state
+            .as_ref()
+            .filter(|_| self.shared.is_some())
+            .map(|s| shared::approval_store_options(s, &self.holder));
+        let svc = ApprovalService::open(
+            settings,
+            pg.as_ref(),
+            self.metrics.clone(),
+            self.access_log.clone(),
+        )?;
         self.approvals.store(Some(Arc::new(svc)));
         Ok(())
     }
@@ -252,6 +283,10 @@ impl GatewayState {
 
     /// Ready = every proxy listener accepting, keys loaded for every issuer, and not draining;
     /// `Err` says what is missing. Call [`GatewayState::probe_proxy_listeners`] first.
+    ///
+    /// The shared stores do not make a replica unready: an outage reaches every replica alike,
+    /// and unready replicas everywhere would refuse even the routes that fail open. `/readyz`
+    /// reports them instead ([`shared::SharedState::report`]).
     pub fn readiness(&self) -> Result<(), String> {
         if self.draining.load(Ordering::SeqCst) {
             return Err("draining: the gateway is shutting down".into());

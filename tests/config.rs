@@ -45,7 +45,7 @@ fn bad_file_reports_every_error_with_path_and_line() {
         "line 40: routes[1].upstream: unknown upstream `ticket`; defined: tickets",
         "line 43: routes[2].path_regex: invalid regex: regex parse error:\n    ^(?:/api/([)$\n              ^\nerror: unclosed character class",
         "line 46: routes[3]: a route must require at least one scope (`scopes` or `any_of`): deny by default",
-        "line 53: routes[4].timeout: unknown field `timeout`, expected one of `name`, `methods`, `path`, `path_regex`, `host`, `upstream`, `scopes`, `any_of`, `approval`, `websocket`, `mode`, `shadow`, `limits`, `conditions`, `tags`, `kind`, `mcp`",
+        "line 53: routes[4].timeout: unknown field `timeout`, expected one of `name`, `methods`, `path`, `path_regex`, `host`, `upstream`, `scopes`, `any_of`, `approval`, `websocket`, `mode`, `shadow`, `limits`, `conditions`, `tags`, `kind`, `mcp`, `store_unavailable`",
         "line 54: metrics: unknown section `metrics`, expected one of: listen, server, identity, issuers, token_service, agents, upstreams, routes, access_log, approvals, admin, enforcement, limits, tiers, state, monitoring",
     ];
     for (i, (g, e)) in got.iter().zip(expected.iter()).enumerate() {
@@ -536,4 +536,157 @@ fn shadow_modes_compile_and_merge_and_bad_names_are_reported() {
     ] {
         assert!(got.iter().any(|g| g == want), "missing {want:?} in {got:#?}");
     }
+}
+
+/// `issues` of `good_yaml()` plus `extra`, or the snapshot.
+fn compile_with(extra: &str) -> Result<portcullis::policy::Snapshot, Vec<String>> {
+    let yaml = format!("{}{extra}", good_yaml());
+    load_str(&yaml, Path::new("."), "<test>", &ctx())
+        .map_err(|e| e.issues().iter().map(|i| i.to_string()).collect())
+}
+
+#[test]
+fn shared_state_compiles_with_secrets_resolved_and_credentials_kept_out_of_debug() {
+    std::env::set_var("PORTCULLIS_TEST_PG_PASSWORD", "pgs3cret");
+    let snap = compile_with(
+        "state:
+  backend: shared
+  postgres:
+    url: \"postgres://gw:${env:PORTCULLIS_TEST_PG_PASSWORD}@db.internal:5432/portcullis?sslmode=verify-full\"
+    max_connections: 4
+  redis:
+    url: rediss://:rs3cret@redis.internal:6380/0
+    timeout: 100ms
+",
+    )
+    .expect("valid");
+    let s = snap.settings.shared_state.as_ref().expect("shared");
+    assert_eq!(
+        s.postgres_url,
+        "postgres://gw:pgs3cret@db.internal:5432/portcullis?sslmode=verify-full"
+    );
+    assert_eq!(s.postgres_max_connections, 4);
+    assert_eq!(s.postgres_timeout, std::time::Duration::from_secs(2));
+    assert_eq!(s.redis_timeout, std::time::Duration::from_millis(100));
+    assert_eq!(s.redis_key_prefix, "portcullis:");
+    let debug = format!("{:?}", snap.settings);
+    assert!(
+        !debug.contains("pgs3cret") && !debug.contains("rs3cret"),
+        "{debug}"
+    );
+    assert!(debug.contains("db.internal:5432"), "{debug}");
+    // The default stays embedded.
+    assert!(compile_with("").unwrap().settings.shared_state.is_none());
+}
+
+#[test]
+fn shared_state_mistakes_are_all_reported() {
+    let got = compile_with(
+        "state:
+  backend: shared
+  store: state.db
+  postgres: {url: \"mysql://db\"}
+",
+    )
+    .unwrap_err();
+    let want = [
+        "line 35: state: `backend: shared` needs both `postgres` (approvals, durable agent state) and `redis` (shared limits, kill-switch propagation)",
+        "line 37: state.store: a SQLite file is not shared: with `backend: shared` agent state lives in `state.postgres`; remove `store`",
+    ];
+    assert_eq!(got, want, "{got:#?}");
+    let got = compile_with(
+        "state:
+  redis: {url: \"redis://r\"}
+",
+    )
+    .unwrap_err();
+    assert_eq!(
+        got,
+        ["line 36: state.redis: only used with `backend: shared` (the embedded backend keeps everything in this process and its SQLite files)"],
+        "{got:#?}"
+    );
+    let got = compile_with(
+        "state:
+  backend: cluster
+",
+    )
+    .unwrap_err();
+    assert_eq!(
+        got,
+        ["line 36: state.backend: `cluster` is not `embedded` or `shared`"]
+    );
+    let got = compile_with(
+        "state:
+  backend: shared
+  postgres: {url: \"http://db\", max_connections: 0}
+  redis: {url: \"redis://r\"}
+",
+    )
+    .unwrap_err();
+    assert_eq!(
+        got,
+        [
+            "line 37: state.postgres.url: `http://db` must start with postgres:// or postgresql://",
+            "line 37: state.postgres.max_connections: must be at least 1",
+        ],
+        "{got:#?}"
+    );
+}
+
+#[test]
+fn fail_open_is_only_for_low_risk_reads() {
+    let route = |extra: &str| {
+        format!(
+            "  - name: r2
+    path: /r2/{{id}}
+    upstream: tickets
+    scopes: [tickets:read]
+    store_unavailable: fail_open
+{extra}"
+        )
+    };
+    let yaml = |routes: &str| good_yaml().replace("routes:\n", &format!("routes:\n{routes}"));
+    let load = |y: String| load_str(&y, Path::new("."), "<test>", &ctx());
+    let snap =
+        load(yaml(&route("    methods: [GET, HEAD]\n"))).expect("a read-only route may fail open");
+    let r = snap
+        .routes
+        .routes
+        .iter()
+        .find(|r| &*r.name == "r2")
+        .unwrap();
+    assert!(r.fail_open);
+    assert!(snap
+        .routes
+        .routes
+        .iter()
+        .filter(|r| &*r.name != "r2")
+        .all(|r| !r.fail_open));
+    for (extra, why) in [
+        (
+            "",
+            "the route allows writes (list only GET, HEAD, OPTIONS in `methods`)",
+        ),
+        (
+            "    methods: [GET, POST]\n",
+            "the route allows writes (list only GET, HEAD, OPTIONS in `methods`)",
+        ),
+    ] {
+        let err = load(yaml(&route(extra))).expect_err("refused");
+        let issues: Vec<String> = err.issues().iter().map(|i| i.to_string()).collect();
+        assert_eq!(
+            issues,
+            [format!("line 28: routes[0].store_unavailable: `fail_open` is only for low-risk reads: {why}")],
+            "{issues:#?}"
+        );
+    }
+    let err = load(yaml(
+        &route("    methods: [GET]\n").replace("fail_open", "maybe"),
+    ))
+    .expect_err("refused");
+    let issues: Vec<String> = err.issues().iter().map(|i| i.to_string()).collect();
+    assert_eq!(
+        issues,
+        ["line 28: routes[0].store_unavailable: `maybe` is not `fail_closed` or `fail_open`"]
+    );
 }

@@ -71,11 +71,17 @@ async fn healthz() -> impl IntoResponse {
 async fn readyz(State(s): State<Arc<GatewayState>>) -> Response {
     s.probe_proxy_listeners().await;
     let snap = s.snapshot.load();
+    // With shared state, what each store answers (and how old this replica's copy of agent
+    // state is); its outages do not make the replica unready (see `GatewayState::readiness`).
+    let stores = match &s.shared {
+        Some(shared) => shared.report().await,
+        None => json!({"backend": "embedded"}),
+    };
     match s.readiness() {
-        Ok(()) => Json(json!({"status": "ready", "config_version": snap.version, "config_digest": snap.digest})).into_response(),
+        Ok(()) => Json(json!({"status": "ready", "config_version": snap.version, "config_digest": snap.digest, "policy_digest": snap.policy_digest, "state_store": stores})).into_response(),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not_ready", "reason": reason, "config_version": snap.version})),
+            Json(json!({"status": "not_ready", "reason": reason, "config_version": snap.version, "state_store": stores})),
         )
             .into_response(),
     }

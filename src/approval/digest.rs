@@ -26,8 +26,8 @@ pub struct Binding<'a> {
     pub query: Option<&'a str>,
     /// Hex SHA-256 of the body.
     pub body_sha256: &'a str,
-    /// Digest of the config file the decision was made under.
-    pub config_digest: &'a str,
+    /// Digest of the policy the decision was made under (`Snapshot::policy_digest`).
+    pub policy_digest: &'a str,
     /// [`headers_sha256`] of the forwardable headers.
     pub headers_sha256: &'a str,
 }
@@ -48,7 +48,7 @@ pub fn request_digest(b: &Binding<'_>) -> String {
         b.path,
         b.query.unwrap_or("\u{0}none"),
         b.body_sha256,
-        b.config_digest,
+        b.policy_digest,
         b.headers_sha256,
     ] {
         h.update((part.len() as u64).to_be_bytes());
@@ -136,7 +136,7 @@ mod tests {
             path,
             query,
             body_sha256: body,
-            config_digest: "c",
+            policy_digest: "c",
             headers_sha256: "h",
         }
     }
@@ -153,7 +153,7 @@ mod tests {
         other_agent.agent = "bot2";
         assert_ne!(base, request_digest(&other_agent));
         let mut other_cfg = b("/t/1", None, "aa");
-        other_cfg.config_digest = "d";
+        other_cfg.policy_digest = "d";
         assert_ne!(base, request_digest(&other_cfg));
         let mut other_headers = b("/t/1", None, "aa");
         other_headers.headers_sha256 = "i";

@@ -11,6 +11,7 @@ pub mod digest;
 pub mod display;
 pub mod executor;
 pub mod notify;
+pub mod postgres;
 pub mod sqlite;
 pub mod store;
 
@@ -125,9 +126,16 @@ impl Drop for HeldSlot {
     }
 }
 
+/// How often a replica says it is alive (shared store): well inside
+/// [`postgres::HOLDER_STALE_MS`].
+const HEARTBEAT_EVERY_MS: i64 = 5_000;
+
 /// How often decided approvals past their retention are deleted: a DELETE scans the table, so
 /// not on every one-second sweep.
 const PRUNE_EVERY_MS: i64 = 60_000;
+
+/// Calls waiting for the decision on an approval, by approval id.
+type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Approval>>>>;
 
 /// Approvals for the proxy and the admin API. Store calls run on one dedicated thread.
 pub struct ApprovalService {
@@ -135,25 +143,66 @@ pub struct ApprovalService {
     held: Arc<Mutex<HashMap<String, u32>>>,
     /// When decided approvals were last pruned, Unix ms (0: never).
     last_prune_ms: std::sync::atomic::AtomicI64,
+    /// When this replica last wrote its heartbeat, Unix ms (0: never).
+    last_heartbeat_ms: std::sync::atomic::AtomicI64,
     worker: StoreWorker,
     recount_queued: Arc<AtomicBool>,
-    waiters: Mutex<HashMap<String, oneshot::Sender<Approval>>>,
+    waiters: Waiters,
     notifier: Notifier,
     metrics: Arc<Metrics>,
     access_log: Arc<AccessLog>,
     console_url: String,
     store_path: std::path::PathBuf,
+    store_name: String,
+}
+
+/// The callback a store calls when an approval changed elsewhere (`Some(id)`), or when changes
+/// may have been missed (`None`): every waiter concerned re-reads its approval on the store
+/// thread and is woken if it is no longer pending.
+fn wake_on_remote_change(
+    waiters: Waiters,
+    jobs: std::sync::mpsc::Sender<StoreJob>,
+) -> store::OnChange {
+    Arc::new(move |changed: Option<&str>| {
+        let ids: Vec<String> = {
+            let w = lock(&waiters);
+            match changed {
+                Some(id) if w.contains_key(id) => vec![id.to_string()],
+                Some(_) => return,
+                None => w.keys().cloned().collect(),
+            }
+        };
+        for id in ids {
+            let waiters = waiters.clone();
+            let _ = jobs.send(Box::new(move |s: &dyn ApprovalStore| {
+                let Ok(a) = s.get(&id) else { return };
+                if a.status == Status::Pending {
+                    return;
+                }
+                if let Some(tx) = lock(&waiters).remove(&id) {
+                    let _ = tx.send(a);
+                }
+            }));
+        }
+    })
 }
 
 impl ApprovalService {
     /// Open the store (creating it on first start), close out holds orphaned by a previous
     /// process, start the notifier.
+    ///
+    /// `shared`: approvals live in PostgreSQL, shared with the other replicas (then
+    /// `settings.store_path` is unused); otherwise in the SQLite file `settings.store_path`.
     pub fn open(
         settings: &ApprovalSettings,
+        shared: Option<&postgres::PgStoreOptions>,
         metrics: Arc<Metrics>,
         access_log: Arc<AccessLog>,
     ) -> Result<ApprovalService, StoreError> {
-        let store = SqliteStore::open(&settings.store_path)?;
+        let store: Arc<dyn ApprovalStore> = match shared {
+            Some(opts) => Arc::new(postgres::PostgresApprovalStore::open(opts)?),
+            None => Arc::new(SqliteStore::open(&settings.store_path)?),
+        };
         let orphaned = store.abandon_orphaned_holds(now_ms())?;
         if orphaned > 0 {
             tracing::warn!(
@@ -171,17 +220,23 @@ impl ApprovalService {
             metrics.approval_notifications_sent.clone(),
             metrics.approval_notification_failures.clone(),
         );
+        let waiters: Waiters = Arc::new(Mutex::new(HashMap::new()));
+        let worker = StoreWorker::start(store.clone())?;
+        // Decisions made on other replicas (or by their sweepers) wake the calls held here.
+        store.subscribe(wake_on_remote_change(waiters.clone(), worker.tx.clone()))?;
         let svc = ApprovalService {
             held: Arc::new(Mutex::new(HashMap::new())),
             last_prune_ms: std::sync::atomic::AtomicI64::new(0),
-            worker: StoreWorker::start(Arc::new(store))?,
+            last_heartbeat_ms: std::sync::atomic::AtomicI64::new(0),
+            worker,
             recount_queued: Arc::new(AtomicBool::new(false)),
-            waiters: Mutex::new(HashMap::new()),
+            waiters,
             notifier,
             metrics,
             access_log,
             console_url: settings.console_url.clone(),
             store_path: settings.store_path.clone(),
+            store_name: store.describe(),
         };
         svc.refresh_pending_gauge();
         Ok(svc)
@@ -247,9 +302,20 @@ impl ApprovalService {
         });
     }
 
-    /// The SQLite file behind this service.
+    /// The SQLite file behind this service (empty when approvals live in PostgreSQL).
     pub fn store_path(&self) -> &std::path::Path {
         &self.store_path
+    }
+
+    /// Where approvals are kept, for logs: a file path, or a PostgreSQL URL without its
+    /// credentials.
+    pub fn store_name(&self) -> &str {
+        &self.store_name
+    }
+
+    /// Is the store reachable (`/readyz`)?
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.blocking(|s| s.ping()).await
     }
 
     /// Console link of an approval.
@@ -587,9 +653,41 @@ impl ApprovalService {
         }
     }
 
-    /// Expire what is past its deadline (run periodically).
+    /// Expire what is past its deadline (run periodically). With a shared store, also say this
+    /// replica is alive and settle the holds of replicas that are not: their connections are
+    /// gone, so nobody can receive those answers.
     pub async fn sweep(&self) {
         let now = now_ms();
+        // Every few seconds is plenty against the 30 s after which others settle our holds.
+        let beat = now - self.last_heartbeat_ms.load(Ordering::Relaxed) >= HEARTBEAT_EVERY_MS;
+        if beat {
+            self.last_heartbeat_ms.store(now, Ordering::Relaxed);
+        }
+        match self
+            .blocking(move |s| {
+                if beat {
+                    s.heartbeat(now)
+                } else {
+                    Ok(Vec::new())
+                }
+            })
+            .await
+        {
+            Ok(ids) if !ids.is_empty() => {
+                self.metrics
+                    .approval_decisions
+                    .with_label_values(&["abandoned"])
+                    .inc_by(ids.len() as u64);
+                self.refresh_pending_gauge();
+                for id in ids {
+                    if let Ok(a) = self.get(&id).await {
+                        self.audit("approval_abandoned", &a, None, Some("its replica stopped"));
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "approval store heartbeat failed"),
+        }
         match self.blocking(move |s| s.expire_due(now)).await {
             Ok(ids) if !ids.is_empty() => {
                 self.metrics

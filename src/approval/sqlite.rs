@@ -21,7 +21,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::store::{
-    Approval, ApprovalStore, ListFilter, Mode, NewApproval, Status, StoreError, Vote,
+    automatic_reason, judge_vote, Approval, ApprovalStore, ListFilter, Mode, NewApproval, Status,
+    StoreError, Vote, VoteEffect, REASON_EXPIRED_APPROVED, REASON_EXPIRED_PENDING,
+    REASON_RESTARTED,
 };
 
 /// How long a writer waits for another connection's write lock before giving up. Long enough to
@@ -153,18 +155,6 @@ macro_rules! expire_sql {
          WHERE status IN ('pending', 'approved') AND expires_at_ms <= :now"
     };
 }
-
-/// `decision_reason` of a pending approval that expired.
-const REASON_EXPIRED_PENDING: &str = "no decision before the approval expired";
-/// `decision_reason` of an approved approval that expired unused.
-const REASON_EXPIRED_APPROVED: &str = "the approval expired before it was used";
-/// `decision_reason` of a hold that stopped waiting.
-const REASON_TIMED_OUT: &str = "no decision before the hold wait ended";
-/// `decision_reason` of a hold nobody waits for any more.
-const REASON_ABANDONED: &str =
-    "the agent disconnected or the gateway restarted while the request was held";
-/// `decision_reason` of holds found at start-up.
-const REASON_RESTARTED: &str = "the gateway restarted while the request was held";
 
 /// Approval store on a local SQLite file. One connection behind a mutex: every call is a
 /// short transaction, and the gateway calls them from `spawn_blocking`.
@@ -493,17 +483,6 @@ fn consume_in(conn: &Connection, id: &str, now_ms: i64) -> Result<bool, Fail> {
     Ok(changed == 1)
 }
 
-/// The fixed `decision_reason` recorded when a status change carries no approver's reason.
-fn automatic_reason(from: Status, to: Status) -> Option<&'static str> {
-    match (from, to) {
-        (_, Status::TimedOut) => Some(REASON_TIMED_OUT),
-        (_, Status::Abandoned) => Some(REASON_ABANDONED),
-        (Status::Approved, Status::Expired) => Some(REASON_EXPIRED_APPROVED),
-        (_, Status::Expired) => Some(REASON_EXPIRED_PENDING),
-        _ => None,
-    }
-}
-
 impl ApprovalStore for SqliteStore {
     fn create(&self, a: &NewApproval) -> Result<Approval, StoreError> {
         self.run("create", |conn| {
@@ -620,59 +599,32 @@ impl ApprovalStore for SqliteStore {
         self.run("vote", |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let current = reload(&tx, id)?;
-            if current.status != Status::Pending {
-                return Err(StoreError::AlreadyDecided {
-                    status: current.status,
+            let effect = match judge_vote(&current, approver, approve, now_ms) {
+                Err(StoreError::Expired) => {
+                    // Commit the expiry even though the vote is refused, so the console stops
+                    // offering an approval that can no longer be decided.
+                    expire_one(&tx, id, now_ms)?;
+                    tx.commit()?;
+                    return Err(StoreError::Expired.into());
                 }
-                .into());
-            }
-            if current.is_expired(now_ms) {
-                // Commit the expiry even though the vote is refused, so the console stops
-                // offering an approval that can no longer be decided.
-                expire_one(&tx, id, now_ms)?;
-                tx.commit()?;
-                return Err(StoreError::Expired.into());
-            }
-            // An empty name is never a person; an empty list defers to the caller's check
-            // against the configured approvers.
-            let allowed = !approver.is_empty()
-                && (current.approvers.is_empty()
-                    || current.approvers.iter().any(|a| a == approver));
-            if !allowed {
-                return Err(StoreError::NotAnApprover {
-                    approver: approver.to_owned(),
-                }
-                .into());
-            }
-            if current.votes.iter().any(|v| v.approver == approver) {
-                return Err(StoreError::AlreadyVoted {
-                    approver: approver.to_owned(),
-                }
-                .into());
-            }
+                other => other?,
+            };
             tx.execute(
                 "INSERT INTO votes (approval_id, approver, approve, reason, at_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
                 rusqlite::params![id, approver, approve, reason, now_ms],
             )?;
-
-            if !approve {
-                // One allowed "no" is enough: approval needs consent, refusal does not.
-                tx.execute(
-                    "UPDATE approvals SET status = 'denied', decided_at_ms = ?2, decided_by = ?3,
-                         decision_reason = ?4
-                     WHERE id = ?1",
-                    rusqlite::params![id, now_ms, to_json(&[approver])?, reason],
-                )?;
-            } else {
-                let approving: Vec<&str> = current
-                    .votes
-                    .iter()
-                    .filter(|v| v.approve)
-                    .map(|v| v.approver.as_str())
-                    .chain(std::iter::once(approver))
-                    .collect();
-                if approving.len() >= current.quorum as usize {
+            match effect {
+                VoteEffect::Recorded => {}
+                VoteEffect::Denied => {
+                    tx.execute(
+                        "UPDATE approvals SET status = 'denied', decided_at_ms = ?2,
+                             decided_by = ?3, decision_reason = ?4
+                         WHERE id = ?1",
+                        rusqlite::params![id, now_ms, to_json(&[approver])?, reason],
+                    )?;
+                }
+                VoteEffect::Approved(approving) => {
                     tx.execute(
                         "UPDATE approvals SET status = 'approved', decided_at_ms = ?2,
                              decided_by = ?3
@@ -880,22 +832,56 @@ impl ApprovalStore for SqliteStore {
             Ok(ids)
         })
     }
+
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Barrier};
-    use std::thread;
-
-    const NOW: i64 = 1_700_000_000_000;
-    const MINUTE: i64 = 60_000;
+    use crate::approval::store::conformance::{
+        approval_store_conformance, sample, status, with, Fixture, MINUTE, NOW,
+    };
+    use std::sync::Arc;
 
     fn temp_store() -> (tempfile::TempDir, PathBuf, SqliteStore) {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("state").join("approvals.db");
         let store = SqliteStore::open(&path).expect("open store");
         (dir, path, store)
+    }
+
+    /// A fresh file; `reopen` opens it again with a connection of its own, as another process
+    /// sharing the file (the CLI next to a gateway) would.
+    fn fixture() -> Fixture {
+        let (dir, path, store) = temp_store();
+        Fixture::new(
+            Arc::new(store),
+            move || Arc::new(SqliteStore::open(&path).expect("reopen store")),
+            dir,
+        )
+    }
+
+    // Every behaviour the store interface promises, shared with the PostgreSQL store.
+    approval_store_conformance!(fixture);
+
+    #[test]
+    fn pruned_approvals_take_their_votes_with_them() {
+        let (_dir, _path, store) = temp_store();
+        store
+            .create(&with("old-denied", |a| a.expires_at_ms = NOW + MINUTE))
+            .unwrap();
+        store.vote("old-denied", "alice", false, "no", NOW).unwrap();
+        assert_eq!(store.prune_final(NOW + 2 * MINUTE).unwrap(), 1);
+        let votes: i64 = store
+            .conn
+            .lock()
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM votes", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(votes, 0);
     }
 
     /// A version-2 file (before `cancelled` existed) is rebuilt without losing a row or a
@@ -961,49 +947,6 @@ mod tests {
         assert_eq!(version, SCHEMA_VERSION);
     }
 
-    fn sample(id: &str) -> NewApproval {
-        NewApproval {
-            id: id.to_owned(),
-            mode: Mode::Async,
-            agent: "billing-bot".to_owned(),
-            owner: "team-payments".to_owned(),
-            route: "refunds".to_owned(),
-            method: "POST".to_owned(),
-            path: "/v1/refunds".to_owned(),
-            query: Some("dry_run=false&x=%20".to_owned()),
-            body_sha256: "ab".repeat(32),
-            body_bytes: 1234,
-            body_preview: "{\"amount\": 5000, \"note\": \"caf\u{e9}\"}".to_owned(),
-            headers: vec![
-                ("content-type".to_owned(), "application/json".to_owned()),
-                ("x-request-id".to_owned(), "r-1".to_owned()),
-                ("authorization".to_owned(), "[redacted]".to_owned()),
-            ],
-            request_digest: format!("digest-{id}"),
-            config_version: 7,
-            approvers: vec!["alice".to_owned(), "bob".to_owned(), "carol".to_owned()],
-            quorum: 1,
-            created_at_ms: NOW,
-            expires_at_ms: NOW + 10 * MINUTE,
-            body: b"{\"amount\": 5000}".to_vec(),
-            max_pending_for_agent: None,
-        }
-    }
-
-    fn with(id: &str, edit: impl FnOnce(&mut NewApproval)) -> NewApproval {
-        let mut a = sample(id);
-        edit(&mut a);
-        a
-    }
-
-    fn status(store: &SqliteStore, id: &str) -> Status {
-        store.get(id).expect("get").status
-    }
-
-    fn ids(list: &[Approval]) -> Vec<&str> {
-        list.iter().map(|a| a.id.as_str()).collect()
-    }
-
     fn assert_unavailable(result: Result<impl fmt::Debug, StoreError>, path: &Path) {
         match result {
             Err(StoreError::Unavailable(msg)) => assert!(
@@ -1033,62 +976,6 @@ mod tests {
     }
 
     #[test]
-    fn create_get_round_trip_every_field() {
-        let (_dir, _path, store) = temp_store();
-        let new = with("a1", |a| {
-            a.mode = Mode::Hold;
-            a.quorum = 2;
-            // Extremes prove the u64 bit-cast round-trips.
-            a.body_bytes = u64::MAX;
-            a.config_version = u64::MAX - 1;
-        });
-        let created = store.create(&new).unwrap();
-        let got = store.get("a1").unwrap();
-        assert_eq!(created, got);
-        let expected = Approval {
-            id: new.id.clone(),
-            mode: new.mode,
-            agent: new.agent.clone(),
-            owner: new.owner.clone(),
-            route: new.route.clone(),
-            method: new.method.clone(),
-            path: new.path.clone(),
-            query: new.query.clone(),
-            body_sha256: new.body_sha256.clone(),
-            body_bytes: new.body_bytes,
-            body_preview: new.body_preview.clone(),
-            headers: new.headers.clone(),
-            request_digest: new.request_digest.clone(),
-            config_version: new.config_version,
-            approvers: new.approvers.clone(),
-            quorum: new.quorum,
-            created_at_ms: new.created_at_ms,
-            expires_at_ms: new.expires_at_ms,
-            status: Status::Pending,
-            votes: vec![],
-            decided_at_ms: None,
-            decided_by: vec![],
-            decision_reason: None,
-            used_at_ms: None,
-        };
-        assert_eq!(got, expected);
-
-        let no_query = store
-            .create(&with("a2", |a| {
-                a.query = None;
-                a.headers.clear();
-                a.approvers.clear();
-                a.quorum = 0;
-            }))
-            .unwrap();
-        assert_eq!(no_query.query, None);
-        assert!(no_query.headers.is_empty() && no_query.approvers.is_empty());
-        assert_eq!(no_query.quorum, 1, "quorum 0 is stored as 1");
-
-        assert_eq!(store.get("missing"), Err(StoreError::NotFound));
-    }
-
-    #[test]
     fn every_status_fits_the_schema() {
         let (_dir, _path, store) = temp_store();
         store.create(&sample("s")).unwrap();
@@ -1106,552 +993,6 @@ mod tests {
                 format!("\"{}\"", st.as_str())
             );
         }
-    }
-
-    #[test]
-    fn list_filters_and_orders_newest_first() {
-        let (_dir, _path, store) = temp_store();
-        store
-            .create(&with("old", |a| a.created_at_ms = NOW - 3))
-            .unwrap();
-        store
-            .create(&with("other-agent", |a| {
-                a.created_at_ms = NOW - 2;
-                a.agent = "crm-bot".into();
-            }))
-            .unwrap();
-        store
-            .create(&with("other-route", |a| {
-                a.created_at_ms = NOW - 1;
-                a.route = "payouts".into();
-            }))
-            .unwrap();
-        store
-            .create(&with("same-ms-1", |a| a.created_at_ms = NOW))
-            .unwrap();
-        store
-            .create(&with("same-ms-2", |a| a.created_at_ms = NOW))
-            .unwrap();
-        store.vote("old", "alice", false, "no", NOW).unwrap();
-
-        let all = store.list(&ListFilter::default()).unwrap();
-        assert_eq!(
-            ids(&all),
-            [
-                "same-ms-2",
-                "same-ms-1",
-                "other-route",
-                "other-agent",
-                "old"
-            ]
-        );
-        assert_eq!(all[4].votes.len(), 1, "list includes votes");
-
-        let pending = store
-            .list(&ListFilter {
-                status: Some(Status::Pending),
-                ..Default::default()
-            })
-            .unwrap();
-        assert_eq!(
-            ids(&pending),
-            ["same-ms-2", "same-ms-1", "other-route", "other-agent"]
-        );
-        let by_agent = store
-            .list(&ListFilter {
-                agent: Some("crm-bot".into()),
-                ..Default::default()
-            })
-            .unwrap();
-        assert_eq!(ids(&by_agent), ["other-agent"]);
-        let by_route = store
-            .list(&ListFilter {
-                route: Some("refunds".into()),
-                status: Some(Status::Pending),
-                agent: Some("billing-bot".into()),
-                limit: 0,
-            })
-            .unwrap();
-        assert_eq!(ids(&by_route), ["same-ms-2", "same-ms-1"]);
-        let limited = store
-            .list(&ListFilter {
-                limit: 2,
-                ..Default::default()
-            })
-            .unwrap();
-        assert_eq!(ids(&limited), ["same-ms-2", "same-ms-1"]);
-        let none = store
-            .list(&ListFilter {
-                status: Some(Status::Used),
-                ..Default::default()
-            })
-            .unwrap();
-        assert!(none.is_empty());
-    }
-
-    #[test]
-    fn list_limit_zero_means_default() {
-        let (_dir, _path, store) = temp_store();
-        for i in 0..(ListFilter::DEFAULT_LIMIT + 5) {
-            store
-                .create(&with(&format!("a{i:03}"), |a| {
-                    a.created_at_ms = NOW + i as i64
-                }))
-                .unwrap();
-        }
-        let listed = store.list(&ListFilter::default()).unwrap();
-        assert_eq!(listed.len(), ListFilter::DEFAULT_LIMIT);
-        assert_eq!(listed[0].id, "a204");
-    }
-
-    #[test]
-    fn quorum_of_two_needs_two_distinct_approvers() {
-        let (_dir, _path, store) = temp_store();
-        store.create(&with("q", |a| a.quorum = 2)).unwrap();
-
-        let first = store
-            .vote("q", "alice", true, "looks fine", NOW + 1)
-            .unwrap();
-        assert_eq!(first.status, Status::Pending);
-        assert_eq!(first.votes.len(), 1);
-        assert!(first.decided_by.is_empty() && first.decided_at_ms.is_none());
-
-        assert_eq!(
-            store.vote("q", "alice", true, "again", NOW + 2),
-            Err(StoreError::AlreadyVoted {
-                approver: "alice".into()
-            })
-        );
-
-        let second = store.vote("q", "bob", true, "ok", NOW + 3).unwrap();
-        assert_eq!(second.status, Status::Approved);
-        assert_eq!(second.decided_by, ["alice", "bob"]);
-        assert_eq!(second.decided_at_ms, Some(NOW + 3));
-        assert_eq!(second.decision_reason, None);
-        assert_eq!(
-            second.votes,
-            [
-                Vote {
-                    approver: "alice".into(),
-                    approve: true,
-                    reason: "looks fine".into(),
-                    at_ms: NOW + 1
-                },
-                Vote {
-                    approver: "bob".into(),
-                    approve: true,
-                    reason: "ok".into(),
-                    at_ms: NOW + 3
-                },
-            ]
-        );
-        assert_eq!(store.get("q").unwrap(), second);
-
-        assert_eq!(
-            store.vote("q", "carol", true, "late", NOW + 4),
-            Err(StoreError::AlreadyDecided {
-                status: Status::Approved
-            })
-        );
-    }
-
-    #[test]
-    fn one_deny_denies_with_its_reason() {
-        let (_dir, _path, store) = temp_store();
-        store.create(&with("d", |a| a.quorum = 2)).unwrap();
-        store.vote("d", "alice", true, "", NOW).unwrap();
-        let denied = store
-            .vote("d", "bob", false, "refund exceeds policy", NOW + 5)
-            .unwrap();
-        assert_eq!(denied.status, Status::Denied);
-        assert_eq!(denied.decided_by, ["bob"]);
-        assert_eq!(
-            denied.decision_reason.as_deref(),
-            Some("refund exceeds policy")
-        );
-        assert_eq!(denied.decided_at_ms, Some(NOW + 5));
-
-        assert_eq!(
-            store.vote("d", "carol", true, "", NOW + 6),
-            Err(StoreError::AlreadyDecided {
-                status: Status::Denied
-            })
-        );
-        assert_eq!(store.get("d").unwrap().votes.len(), 2);
-    }
-
-    #[test]
-    fn vote_after_expiry_marks_expired() {
-        let (_dir, _path, store) = temp_store();
-        let a = store.create(&sample("e")).unwrap();
-        // The boundary instant already counts as expired.
-        assert_eq!(
-            store.vote("e", "alice", true, "", a.expires_at_ms),
-            Err(StoreError::Expired)
-        );
-        let got = store.get("e").unwrap();
-        assert_eq!(got.status, Status::Expired);
-        assert_eq!(got.decided_at_ms, Some(a.expires_at_ms));
-        assert_eq!(got.decision_reason.as_deref(), Some(REASON_EXPIRED_PENDING));
-        assert!(got.votes.is_empty(), "the refused vote is not recorded");
-        assert_eq!(
-            store.vote("e", "bob", true, "", a.expires_at_ms + 1),
-            Err(StoreError::AlreadyDecided {
-                status: Status::Expired
-            })
-        );
-        assert_eq!(
-            store.vote("missing", "bob", true, "", NOW),
-            Err(StoreError::NotFound)
-        );
-    }
-
-    #[test]
-    fn only_listed_approvers_may_vote() {
-        let (_dir, _path, store) = temp_store();
-        store.create(&sample("n")).unwrap();
-        assert_eq!(
-            store.vote("n", "mallory", true, "", NOW),
-            Err(StoreError::NotAnApprover {
-                approver: "mallory".into()
-            })
-        );
-        assert_eq!(
-            store.vote("n", "", true, "", NOW),
-            Err(StoreError::NotAnApprover {
-                approver: String::new()
-            })
-        );
-        assert_eq!(status(&store, "n"), Status::Pending);
-        assert!(store.get("n").unwrap().votes.is_empty());
-
-        // Empty list: anyone the caller has authenticated as a configured approver.
-        store
-            .create(&with("open", |a| a.approvers.clear()))
-            .unwrap();
-        let approved = store.vote("open", "dave", true, "", NOW).unwrap();
-        assert_eq!(approved.status, Status::Approved);
-        assert_eq!(approved.decided_by, ["dave"]);
-    }
-
-    #[test]
-    fn consume_is_once_and_only_when_approved() {
-        let (_dir, _path, store) = temp_store();
-        store.create(&sample("c")).unwrap();
-        assert!(!store.consume("c", NOW).unwrap(), "pending cannot be used");
-        store.vote("c", "alice", true, "", NOW).unwrap();
-        assert!(store.consume("c", NOW + 1).unwrap());
-        assert!(!store.consume("c", NOW + 2).unwrap());
-        let used = store.get("c").unwrap();
-        assert_eq!(used.status, Status::Used);
-        assert_eq!(used.used_at_ms, Some(NOW + 1));
-        assert_eq!(used.decided_at_ms, Some(NOW));
-        assert_eq!(store.consume("missing", NOW), Err(StoreError::NotFound));
-
-        // Approved but expired: refused, and moved to Expired.
-        let late = store.create(&sample("late")).unwrap();
-        store.vote("late", "alice", true, "", NOW).unwrap();
-        assert!(!store.consume("late", late.expires_at_ms).unwrap());
-        let got = store.get("late").unwrap();
-        assert_eq!(got.status, Status::Expired);
-        assert_eq!(got.decided_at_ms, Some(NOW), "keeps the approval time");
-        assert_eq!(
-            got.decision_reason.as_deref(),
-            Some(REASON_EXPIRED_APPROVED)
-        );
-    }
-
-    #[test]
-    fn find_open_matches_agent_digest_and_open_status_only() {
-        let (_dir, _path, store) = temp_store();
-        let same = |id: &str, created: i64| {
-            with(id, |a| {
-                a.request_digest = "D".into();
-                a.created_at_ms = created;
-            })
-        };
-        store.create(&same("older-pending", NOW)).unwrap();
-        store.create(&same("newer-approved", NOW + 1)).unwrap();
-        store
-            .vote("newer-approved", "alice", true, "", NOW + 1)
-            .unwrap();
-        store
-            .create(&with("newest-expired", |a| {
-                a.request_digest = "D".into();
-                a.created_at_ms = NOW + 2;
-                a.expires_at_ms = NOW + 3;
-            }))
-            .unwrap();
-        store
-            .create(&with("other-agent", |a| {
-                a.request_digest = "D".into();
-                a.created_at_ms = NOW + 4;
-                a.agent = "crm-bot".into();
-            }))
-            .unwrap();
-        store
-            .create(&with("other-digest", |a| {
-                a.request_digest = "E".into();
-                a.created_at_ms = NOW + 5;
-            }))
-            .unwrap();
-        store.create(&same("newest-used", NOW + 6)).unwrap();
-        store
-            .vote("newest-used", "alice", true, "", NOW + 6)
-            .unwrap();
-        assert!(store.consume("newest-used", NOW + 6).unwrap());
-        store.create(&same("newest-denied", NOW + 7)).unwrap();
-        store
-            .vote("newest-denied", "alice", false, "no", NOW + 7)
-            .unwrap();
-
-        let at = NOW + 10;
-        let found = store.find_open("billing-bot", "D", at).unwrap().unwrap();
-        assert_eq!(found.id, "newer-approved");
-        assert_eq!(found.votes.len(), 1);
-
-        assert!(store.consume("newer-approved", at).unwrap());
-        let found = store.find_open("billing-bot", "D", at).unwrap().unwrap();
-        assert_eq!(found.id, "older-pending");
-
-        assert!(store
-            .transition("older-pending", Status::Pending, Status::TimedOut, at)
-            .unwrap());
-        assert_eq!(store.find_open("billing-bot", "D", at).unwrap(), None);
-        assert_eq!(store.find_open("nobody", "D", at).unwrap(), None);
-        assert_eq!(
-            store.find_open("crm-bot", "D", at).unwrap().unwrap().id,
-            "other-agent"
-        );
-    }
-
-    #[test]
-    fn transition_is_compare_and_set_along_the_lifecycle() {
-        let (_dir, _path, store) = temp_store();
-        store.create(&sample("t")).unwrap();
-        assert!(!store
-            .transition("t", Status::Approved, Status::Used, NOW)
-            .unwrap());
-        assert!(store
-            .transition("t", Status::Pending, Status::TimedOut, NOW + 1)
-            .unwrap());
-        assert!(!store
-            .transition("t", Status::Pending, Status::Abandoned, NOW + 2)
-            .unwrap());
-        let got = store.get("t").unwrap();
-        assert_eq!(got.status, Status::TimedOut);
-        assert_eq!(got.decided_at_ms, Some(NOW + 1));
-        assert_eq!(got.decision_reason.as_deref(), Some(REASON_TIMED_OUT));
-
-        // Off-lifecycle edges never happen, even when `from` matches.
-        assert!(!store
-            .transition("t", Status::TimedOut, Status::Pending, NOW)
-            .unwrap());
-        assert_eq!(status(&store, "t"), Status::TimedOut);
-        store.create(&sample("v")).unwrap();
-        assert!(!store
-            .transition("v", Status::Pending, Status::Approved, NOW)
-            .unwrap());
-        assert!(!store
-            .transition("v", Status::Pending, Status::Denied, NOW)
-            .unwrap());
-        assert_eq!(status(&store, "v"), Status::Pending);
-
-        // Hold mode forwarding: Approved → Used through transition obeys consume's rules.
-        store.vote("v", "alice", true, "", NOW).unwrap();
-        assert!(store
-            .transition("v", Status::Approved, Status::Used, NOW + 1)
-            .unwrap());
-        assert!(!store.consume("v", NOW + 2).unwrap());
-        assert!(!store
-            .transition("v", Status::Used, Status::Expired, NOW + 2)
-            .unwrap());
-        assert_eq!(status(&store, "v"), Status::Used);
-
-        assert_eq!(
-            store.transition("missing", Status::Pending, Status::Abandoned, NOW),
-            Err(StoreError::NotFound)
-        );
-    }
-
-    #[test]
-    fn expire_due_moves_only_open_due_approvals() {
-        let (_dir, _path, store) = temp_store();
-        let due = NOW + MINUTE;
-        let expiring = |id: &str, expires: i64| with(id, |a| a.expires_at_ms = expires);
-        store.create(&expiring("pending-due", due)).unwrap();
-        store.create(&expiring("approved-due", due - 1)).unwrap();
-        store.vote("approved-due", "alice", true, "", NOW).unwrap();
-        store.create(&expiring("pending-later", due + 1)).unwrap();
-        store.create(&expiring("used-due", due)).unwrap();
-        store.vote("used-due", "alice", true, "", NOW).unwrap();
-        store.consume("used-due", NOW).unwrap();
-        store.create(&expiring("denied-due", due)).unwrap();
-        store.vote("denied-due", "alice", false, "no", NOW).unwrap();
-
-        let mut expired = store.expire_due(due).unwrap();
-        expired.sort();
-        assert_eq!(expired, ["approved-due", "pending-due"]);
-        assert_eq!(status(&store, "pending-due"), Status::Expired);
-        assert_eq!(status(&store, "approved-due"), Status::Expired);
-        assert_eq!(status(&store, "pending-later"), Status::Pending);
-        assert_eq!(status(&store, "used-due"), Status::Used);
-        assert_eq!(status(&store, "denied-due"), Status::Denied);
-        assert_eq!(
-            store
-                .get("approved-due")
-                .unwrap()
-                .decision_reason
-                .as_deref(),
-            Some(REASON_EXPIRED_APPROVED)
-        );
-        assert_eq!(store.get("pending-due").unwrap().decided_at_ms, Some(due));
-        assert!(store.expire_due(due).unwrap().is_empty());
-    }
-
-    #[test]
-    fn abandon_orphaned_holds_touches_only_pending_holds() {
-        let (_dir, _path, store) = temp_store();
-        let hold = |id: &str| with(id, |a| a.mode = Mode::Hold);
-        store.create(&hold("hold-1")).unwrap();
-        store.create(&hold("hold-2")).unwrap();
-        store.create(&sample("async-pending")).unwrap();
-        store.create(&hold("hold-approved")).unwrap();
-        store.vote("hold-approved", "alice", true, "", NOW).unwrap();
-        store.create(&hold("hold-denied")).unwrap();
-        store
-            .vote("hold-denied", "alice", false, "no", NOW)
-            .unwrap();
-        assert_eq!(store.count_pending().unwrap(), 3);
-
-        assert_eq!(store.abandon_orphaned_holds(NOW + 1).unwrap(), 2);
-        assert_eq!(status(&store, "hold-1"), Status::Abandoned);
-        assert_eq!(status(&store, "hold-2"), Status::Abandoned);
-        assert_eq!(status(&store, "async-pending"), Status::Pending);
-        assert_eq!(status(&store, "hold-approved"), Status::Approved);
-        assert_eq!(status(&store, "hold-denied"), Status::Denied);
-        let got = store.get("hold-1").unwrap();
-        assert_eq!(got.decided_at_ms, Some(NOW + 1));
-        assert_eq!(got.decision_reason.as_deref(), Some(REASON_RESTARTED));
-        assert_eq!(store.count_pending().unwrap(), 1);
-        assert_eq!(store.abandon_orphaned_holds(NOW + 2).unwrap(), 0);
-    }
-
-    #[test]
-    fn approved_approval_survives_reopen_and_is_consumable() {
-        let (_dir, path, store) = temp_store();
-        store.create(&with("durable", |a| a.quorum = 2)).unwrap();
-        store.vote("durable", "alice", true, "ok", NOW).unwrap();
-        let approved = store.vote("durable", "bob", true, "ok", NOW + 1).unwrap();
-        drop(store);
-
-        let reopened = SqliteStore::open(&path).unwrap();
-        assert_eq!(reopened.get("durable").unwrap(), approved);
-        assert_eq!(
-            reopened
-                .find_open("billing-bot", "digest-durable", NOW + 2)
-                .unwrap()
-                .map(|a| a.id),
-            Some("durable".to_owned())
-        );
-        assert!(reopened.consume("durable", NOW + 2).unwrap());
-        drop(reopened);
-
-        let again = SqliteStore::open(&path).unwrap();
-        assert_eq!(status(&again, "durable"), Status::Used);
-        assert!(!again.consume("durable", NOW + 3).unwrap());
-    }
-
-    /// Eight threads, each with its own connection (as separate processes or replicas sharing
-    /// the file would have), race to consume one approval: exactly one wins.
-    #[test]
-    fn racing_consumers_on_separate_connections_consume_once() {
-        let (_dir, path, store) = temp_store();
-        store.create(&sample("race")).unwrap();
-        store.vote("race", "alice", true, "", NOW).unwrap();
-        let stores: Vec<SqliteStore> = (0..8).map(|_| SqliteStore::open(&path).unwrap()).collect();
-        let barrier = Arc::new(Barrier::new(stores.len()));
-        let handles: Vec<_> = stores
-            .into_iter()
-            .map(|s| {
-                let barrier = Arc::clone(&barrier);
-                thread::spawn(move || {
-                    barrier.wait();
-                    s.consume("race", NOW + 1).unwrap()
-                })
-            })
-            .collect();
-        let wins = handles
-            .into_iter()
-            .map(|h| h.join().unwrap())
-            .filter(|won| *won)
-            .count();
-        assert_eq!(wins, 1);
-        assert_eq!(status(&store, "race"), Status::Used);
-    }
-
-    #[test]
-    fn racing_consumers_on_one_shared_store_consume_once() {
-        let (_dir, _path, store) = temp_store();
-        store.create(&sample("race")).unwrap();
-        store.vote("race", "alice", true, "", NOW).unwrap();
-        let store = Arc::new(store);
-        let barrier = Arc::new(Barrier::new(8));
-        let handles: Vec<_> = (0..8)
-            .map(|_| {
-                let (store, barrier) = (Arc::clone(&store), Arc::clone(&barrier));
-                thread::spawn(move || {
-                    barrier.wait();
-                    store.consume("race", NOW + 1).unwrap()
-                })
-            })
-            .collect();
-        let wins = handles
-            .into_iter()
-            .map(|h| h.join().unwrap())
-            .filter(|won| *won)
-            .count();
-        assert_eq!(wins, 1);
-    }
-
-    /// Eight distinct approvers vote at once on a quorum of three: exactly three votes count and
-    /// the rest see the decision.
-    #[test]
-    fn racing_voters_reach_quorum_exactly_once() {
-        let (_dir, path, store) = temp_store();
-        let names: Vec<String> = (0..8).map(|i| format!("approver-{i}")).collect();
-        store
-            .create(&with("quorum-race", |a| {
-                a.approvers = names.clone();
-                a.quorum = 3;
-            }))
-            .unwrap();
-        let barrier = Arc::new(Barrier::new(names.len()));
-        let handles: Vec<_> = names
-            .iter()
-            .map(|name| {
-                let s = SqliteStore::open(&path).unwrap();
-                let (barrier, name) = (Arc::clone(&barrier), name.clone());
-                thread::spawn(move || {
-                    barrier.wait();
-                    s.vote("quorum-race", &name, true, "", NOW)
-                })
-            })
-            .collect();
-        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-        let accepted = results.iter().filter(|r| r.is_ok()).count();
-        assert_eq!(accepted, 3);
-        assert!(results.iter().all(|r| match r {
-            Ok(_) => true,
-            Err(e) =>
-                *e == StoreError::AlreadyDecided {
-                    status: Status::Approved
-                },
-        }));
-        let got = store.get("quorum-race").unwrap();
-        assert_eq!(got.status, Status::Approved);
-        assert_eq!(got.votes.len(), 3);
-        assert_eq!(got.decided_by.len(), 3);
     }
 
     #[test]
@@ -1788,84 +1129,5 @@ mod tests {
             store.vote("l", "alice", true, "", NOW).unwrap().status,
             Status::Approved
         );
-    }
-
-    #[test]
-    fn pending_cap_counts_only_this_agents_pending_approvals() {
-        let (_dir, _path, store) = temp_store();
-        let capped = |id: &str, agent: &str| {
-            with(id, |a| {
-                a.agent = agent.into();
-                a.max_pending_for_agent = Some(2);
-            })
-        };
-        store.create(&capped("a1", "flood-bot")).unwrap();
-        store.create(&capped("a2", "flood-bot")).unwrap();
-        assert_eq!(
-            store.create(&capped("a3", "flood-bot")),
-            Err(StoreError::TooManyPending {
-                pending: 2,
-                limit: 2
-            })
-        );
-        assert!(matches!(store.get("a3"), Err(StoreError::NotFound)));
-        // Another agent is not affected by the flood.
-        store.create(&capped("b1", "quiet-bot")).unwrap();
-        // A decided approval frees its slot.
-        store.vote("a1", "alice", false, "no", NOW).unwrap();
-        store.create(&capped("a4", "flood-bot")).unwrap();
-    }
-
-    #[test]
-    fn the_whole_body_is_kept_and_read_back() {
-        let (_dir, _path, store) = temp_store();
-        let body: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
-        store
-            .create(&with("big", |a| a.body = body.clone()))
-            .unwrap();
-        assert_eq!(store.body("big").unwrap(), Some(body));
-        assert_eq!(store.body("nope"), Err(StoreError::NotFound));
-    }
-
-    #[test]
-    fn prune_deletes_only_final_approvals_that_ended_and_expired_before_the_cutoff() {
-        let (_dir, _path, store) = temp_store();
-        let cutoff = NOW + 2 * MINUTE;
-        store
-            .create(&with("old-denied", |a| a.expires_at_ms = NOW + MINUTE))
-            .unwrap();
-        for id in ["new-denied", "denied-still-open", "pending", "approved"] {
-            store.create(&with(id, |_| {})).unwrap();
-        }
-        store.vote("old-denied", "alice", false, "no", NOW).unwrap();
-        store
-            .vote("new-denied", "alice", false, "no", cutoff + 1)
-            .unwrap();
-        // Denied long ago but not expired: an identical retry is still told the denial.
-        store
-            .vote("denied-still-open", "alice", false, "no", NOW)
-            .unwrap();
-        store.vote("approved", "alice", true, "ok", NOW).unwrap();
-        assert_eq!(store.prune_final(cutoff).unwrap(), 1);
-        assert!(matches!(store.get("old-denied"), Err(StoreError::NotFound)));
-        for id in ["new-denied", "denied-still-open", "pending", "approved"] {
-            store.get(id).unwrap();
-        }
-        assert!(store
-            .find_denied("billing-bot", "digest-denied-still-open", cutoff)
-            .unwrap()
-            .is_some());
-        // Votes went with it.
-        let votes: i64 = store
-            .conn
-            .lock()
-            .unwrap()
-            .query_row(
-                "SELECT COUNT(*) FROM votes WHERE approval_id = 'old-denied'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(votes, 0);
     }
 }

@@ -13,8 +13,98 @@
 //! the held call (fail closed), never forward it.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+
+/// `decision_reason` of a pending approval that expired.
+pub(crate) const REASON_EXPIRED_PENDING: &str = "no decision before the approval expired";
+/// `decision_reason` of an approved approval that expired unused.
+pub(crate) const REASON_EXPIRED_APPROVED: &str = "the approval expired before it was used";
+/// `decision_reason` of a hold that stopped waiting.
+pub(crate) const REASON_TIMED_OUT: &str = "no decision before the hold wait ended";
+/// `decision_reason` of a hold nobody waits for any more.
+pub(crate) const REASON_ABANDONED: &str =
+    "the agent disconnected or the gateway restarted while the request was held";
+/// `decision_reason` of holds found at start-up.
+pub(crate) const REASON_RESTARTED: &str = "the gateway restarted while the request was held";
+/// `decision_reason` of holds whose gateway replica stopped sending heartbeats.
+pub(crate) const REASON_HOLDER_GONE: &str =
+    "the gateway replica holding the request stopped (no heartbeat)";
+
+/// The fixed `decision_reason` recorded when a status change carries no approver's reason.
+pub(crate) fn automatic_reason(from: Status, to: Status) -> Option<&'static str> {
+    match (from, to) {
+        (_, Status::TimedOut) => Some(REASON_TIMED_OUT),
+        (_, Status::Abandoned) => Some(REASON_ABANDONED),
+        (Status::Approved, Status::Expired) => Some(REASON_EXPIRED_APPROVED),
+        (_, Status::Expired) => Some(REASON_EXPIRED_PENDING),
+        _ => None,
+    }
+}
+
+/// What an accepted vote does to its approval (see [`judge_vote`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum VoteEffect {
+    /// Recorded; the approval stays pending (quorum not reached yet).
+    Recorded,
+    /// This vote denies it.
+    Denied,
+    /// Quorum reached: approved by these approvers, in vote order.
+    Approved(Vec<String>),
+}
+
+/// The rules of [`ApprovalStore::vote`], applied to the approval as read inside the voting
+/// transaction (with every vote cast so far). Kept here so that every backend refuses and
+/// decides exactly alike.
+///
+/// `Err(StoreError::Expired)` means the caller must mark the approval expired (and commit
+/// that) before refusing; every other error is returned as is, changing nothing.
+pub(crate) fn judge_vote(
+    current: &Approval,
+    approver: &str,
+    approve: bool,
+    now_ms: i64,
+) -> Result<VoteEffect, StoreError> {
+    if current.status != Status::Pending {
+        return Err(StoreError::AlreadyDecided {
+            status: current.status,
+        });
+    }
+    if current.is_expired(now_ms) {
+        return Err(StoreError::Expired);
+    }
+    // An empty name is never a person; an empty list defers to the caller's check against the
+    // configured approvers.
+    let allowed = !approver.is_empty()
+        && (current.approvers.is_empty() || current.approvers.iter().any(|a| a == approver));
+    if !allowed {
+        return Err(StoreError::NotAnApprover {
+            approver: approver.to_owned(),
+        });
+    }
+    if current.votes.iter().any(|v| v.approver == approver) {
+        return Err(StoreError::AlreadyVoted {
+            approver: approver.to_owned(),
+        });
+    }
+    if !approve {
+        // One allowed "no" is enough: approval needs consent, refusal does not.
+        return Ok(VoteEffect::Denied);
+    }
+    let approving: Vec<String> = current
+        .votes
+        .iter()
+        .filter(|v| v.approve)
+        .map(|v| v.approver.clone())
+        .chain(std::iter::once(approver.to_owned()))
+        .collect();
+    if approving.len() >= current.quorum as usize {
+        Ok(VoteEffect::Approved(approving))
+    } else {
+        Ok(VoteEffect::Recorded)
+    }
+}
 
 /// Where an approval is in its lifecycle.
 ///
@@ -346,6 +436,10 @@ pub enum StoreError {
     },
 }
 
+/// The callback of [`ApprovalStore::subscribe`]: `Some(id)` when approval `id` changed, `None`
+/// when changes may have been missed.
+pub type OnChange = Arc<dyn Fn(Option<&str>) + Send + Sync>;
+
 /// Durable storage of approvals. All methods are short blocking calls: async callers run them on
 /// `spawn_blocking`.
 pub trait ApprovalStore: Send + Sync + 'static {
@@ -417,6 +511,10 @@ pub trait ApprovalStore: Send + Sync + 'static {
 
     /// At start-up: pending hold-mode approvals belonged to connections of a previous process,
     /// so nobody can receive their answer any more → `Abandoned`. Returns how many.
+    ///
+    /// A store shared by replicas abandons only the holds of this process's previous
+    /// incarnation and of holders that are gone (see [`Self::heartbeat`]), never those of a
+    /// live replica.
     fn abandon_orphaned_holds(&self, now_ms: i64) -> Result<usize, StoreError>;
 
     /// Number of `Pending` approvals (for a gauge and for back-pressure limits).
@@ -441,4 +539,42 @@ pub trait ApprovalStore: Send + Sync + 'static {
         reason: &str,
         now_ms: i64,
     ) -> Result<Vec<String>, StoreError>;
+
+    /// Be told when an approval's status changes in any process sharing the store, so that a
+    /// hold waiting here wakes up when another replica records the decision.
+    ///
+    /// `on_change(Some(id))`: approval `id` changed (a vote was recorded, or it was decided,
+    /// used, timed out, abandoned, expired or cancelled). `on_change(None)`: notifications may
+    /// have been missed (the subscription was lost and is back), so re-check everything being
+    /// waited for. The callback runs on the store's own thread: it must return quickly and must
+    /// not call the store. `Err`: no subscription was started.
+    ///
+    /// A store only one process uses (SQLite) has nobody else to hear from: the default does
+    /// nothing.
+    fn subscribe(&self, _on_change: OnChange) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Records that this process is alive at `now_ms` and abandons the pending holds of
+    /// processes that have not been seen for a while (their held connections are gone, so
+    /// nobody can receive the answer). Returns the abandoned ids. Call it periodically.
+    ///
+    /// The default (a store only this process uses) has no other holders: nothing to do.
+    fn heartbeat(&self, _now_ms: i64) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Checks that the store answers (for readiness probes).
+    fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Where the approvals are kept, for logs and status pages; never contains credentials.
+    fn describe(&self) -> String {
+        "approval store".to_owned()
+    }
 }
+
+#[cfg(test)]
+#[path = "store_conformance.rs"]
+pub(crate) mod conformance;

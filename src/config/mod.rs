@@ -8,6 +8,7 @@ pub mod compile_monitoring;
 pub mod error;
 pub mod locate;
 pub mod parse;
+pub mod policy_digest;
 pub mod raw;
 pub mod raw_conditions;
 pub mod raw_limits;

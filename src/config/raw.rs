@@ -271,6 +271,9 @@ pub struct RawRoute {
     /// MCP rules: which tools, prompts and resources, with what scopes, conditions, limits
     /// and approvals.
     pub mcp: Option<RawMcp>,
+    /// `fail_closed` (default) or `fail_open`: what a call does when the shared state store
+    /// (`state.backend: shared`) cannot be reached.
+    pub store_unavailable: Option<String>,
 }
 
 /// A route's `mcp:` section.
@@ -371,8 +374,9 @@ pub struct RawWebhook {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawApprovals {
-    /// SQLite file (created on first start).
-    pub store: String,
+    /// SQLite file (created on first start); with `state.backend: shared` approvals live in
+    /// PostgreSQL and this must be absent.
+    pub store: Option<String>,
     /// Largest request body buffered for approval, bytes (default 1 MiB).
     pub max_body_bytes: Option<u64>,
     /// Base URL of the console for links in notifications (default: the admin listener).
@@ -499,9 +503,42 @@ pub struct RawConfig {
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawState {
+    /// `embedded` (default: SQLite files and in-process counters) or `shared` (PostgreSQL and
+    /// Redis, for several replicas).
+    pub backend: Option<String>,
     /// SQLite file for runtime agent state and monitoring baselines, relative to the config
-    /// file (default `.portcullis/state.db`).
+    /// file (default `.portcullis/state.db`); `embedded` only.
     pub store: Option<String>,
+    /// PostgreSQL: approvals and the durable record of agent state (`shared` only).
+    pub postgres: Option<RawPostgres>,
+    /// Redis: shared limits and kill-switch propagation (`shared` only).
+    pub redis: Option<RawRedis>,
+}
+
+/// `state.postgres:`
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawPostgres {
+    /// `postgres://user:password@host:port/db?sslmode=verify-full&sslrootcert=/ca.pem`; secrets
+    /// via `${env:}`/`${file:}`.
+    pub url: String,
+    /// Pool size per replica (default 8).
+    pub max_connections: Option<u32>,
+    /// Longest wait for one operation (default 2s).
+    pub timeout: Option<String>,
+}
+
+/// `state.redis:`
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    /// `redis://[:password@]host:port/db` or `rediss://` for TLS; secrets via `${env:}`/`${file:}`.
+    pub url: String,
+    /// Prefix of every key and channel (default `portcullis:`), so deployments can share a Redis.
+    pub key_prefix: Option<String>,
+    /// Longest wait for one operation (default 250ms): past it a route's `store_unavailable`
+    /// decides.
+    pub timeout: Option<String>,
 }
 
 /// `tiers:` section: policy shared by every agent of a trust tier.

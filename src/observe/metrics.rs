@@ -79,6 +79,15 @@ pub struct Metrics {
     pub mcp_hidden: IntCounterVec,
     /// MCP tool definitions seen changed from their pin, by upstream.
     pub mcp_tool_changes: IntCounterVec,
+    /// Time of shared-state operations, by store (`postgres`, `redis`) and operation.
+    pub state_store_duration: HistogramVec,
+    /// Failed shared-state operations (unreachable, timed out, refused), by store and operation.
+    pub state_store_errors: IntCounterVec,
+    /// 1 while the shared store answers, 0 while it does not, by store.
+    pub state_store_up: IntGaugeVec,
+    /// Calls decided without the shared store because it was unreachable, by route and fault
+    /// mode (`fail_open`: admitted on local state; `fail_closed`: refused).
+    pub state_store_fallbacks: IntCounterVec,
     /// Playbook actions taken, by agent and action.
     pub playbook_actions: IntCounterVec,
     /// Call events the monitor could not take (its queue was full): detection is best effort
@@ -294,6 +303,35 @@ impl Metrics {
             "Items removed from MCP list answers because the caller may not use them, by list (tools, prompts, resources, resource_templates).",
             &["list"],
         );
+        let state_store_duration = hist(
+            "portcullis_state_store_duration_seconds",
+            "Time of shared-state operations, by store and operation.",
+            &["store", "op"],
+        );
+        let state_store_errors = counter(
+            "portcullis_state_store_errors_total",
+            "Failed shared-state operations, by store and operation.",
+            &["store", "op"],
+        );
+        let state_store_up = {
+            let g = IntGaugeVec::new(
+                Opts::new(
+                    "portcullis_state_store_up",
+                    "1 while the shared store answers, 0 while it does not.",
+                ),
+                &["store"],
+            )
+            .expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let state_store_fallbacks = counter(
+            "portcullis_state_store_fallbacks_total",
+            "Calls decided without the unreachable shared store, by route and fault mode.",
+            &["route", "mode"],
+        );
         let mcp_tool_changes = counter(
             "portcullis_mcp_tool_changes_total",
             "MCP tool definitions seen changed from the recorded one (rug-pull detection), by upstream.",
@@ -323,6 +361,10 @@ impl Metrics {
             mcp_requests,
             mcp_hidden,
             mcp_tool_changes,
+            state_store_duration,
+            state_store_errors,
+            state_store_up,
+            state_store_fallbacks,
             anomalies,
             playbook_actions,
             monitor_events_dropped,

@@ -268,6 +268,9 @@ pub struct Route {
     /// `kind: mcp`: the route carries JSON-RPC (Model Context Protocol) and these rules name
     /// its tools, prompts and resources.
     pub mcp: Option<Arc<super::mcp::McpPolicy>>,
+    /// `store_unavailable: fail_open`: when the shared state store cannot be reached, decide
+    /// limits on this replica's own counters instead of refusing.
+    pub fail_open: bool,
 }
 
 /// Which shadowable policies of a route record `would_deny` instead of refusing. Identity,
@@ -497,6 +500,7 @@ mod tests {
             conditions: Default::default(),
             tags: Arc::from([]),
             mcp: None,
+            fail_open: false,
         }
     }
 

@@ -305,6 +305,48 @@ pub struct Settings {
     pub access_log_max_field_bytes: usize,
     /// The runtime agent state file (`state.store`); read at start only.
     pub state_store: PathBuf,
+    /// `state.backend: shared`: where replicas keep what they share; read at start only.
+    pub shared_state: Option<SharedStateSettings>,
+}
+
+/// `state.backend: shared`: PostgreSQL for approvals and the durable record of agent state,
+/// Redis for shared limits and for telling replicas at once that agent state changed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SharedStateSettings {
+    /// PostgreSQL URL, secrets resolved.
+    pub postgres_url: String,
+    /// Pool size per replica.
+    pub postgres_max_connections: u32,
+    /// Longest wait for one PostgreSQL operation.
+    pub postgres_timeout: Duration,
+    /// Redis URL, secrets resolved.
+    pub redis_url: String,
+    /// Prefix of every Redis key and channel.
+    pub redis_key_prefix: String,
+    /// Longest wait for one Redis operation.
+    pub redis_timeout: Duration,
+}
+
+/// `scheme://user:password@host/...` → `scheme://host/...`: URLs carry credentials, logs and
+/// `Debug` output must not.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}{}", &url[..s + 3], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+impl fmt::Debug for SharedStateSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedStateSettings")
+            .field("postgres_url", &redact_url(&self.postgres_url))
+            .field("postgres_max_connections", &self.postgres_max_connections)
+            .field("postgres_timeout", &self.postgres_timeout)
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("redis_key_prefix", &self.redis_key_prefix)
+            .field("redis_timeout", &self.redis_timeout)
+            .finish()
+    }
 }
 
 /// What one client, or all of them, may hold open on the proxy listener.
@@ -393,6 +435,10 @@ pub struct Snapshot {
     pub version: u64,
     /// First 12 hex digits of the SHA-256 of the file, to tell versions apart across processes.
     pub digest: String,
+    /// Digest of the policy sections only ([`crate::config::policy_digest`]): approvals are
+    /// bound to it, so replicas whose files differ only in deployment settings honour each
+    /// other's approvals.
+    pub policy_digest: String,
     /// Process settings.
     pub settings: Settings,
     /// Agents by id.

@@ -164,7 +164,7 @@ impl Gateway {
             path: path.as_str(),
             query: query.as_deref(),
             body_sha256: &body_hash,
-            config_digest: &snap.digest,
+            policy_digest: &snap.policy_digest,
             headers_sha256: &headers_hash,
         });
         let bound = Bound {
@@ -345,7 +345,7 @@ impl Gateway {
             path: &tool,
             query: None,
             body_sha256: &args,
-            config_digest: &snap.digest,
+            policy_digest: &snap.policy_digest,
             headers_sha256: &headers_sha256(&headers),
         });
         let bound = Bound {

@@ -518,11 +518,17 @@ impl Gateway {
         if let Some(id) = issued {
             if call.session.as_deref() != Some(id) {
                 self.state.mcp.bind_session(&up.name, id, &agent.id);
+                if let Some(shared) = &self.state.shared {
+                    shared.sessions.bind(&up.name, id, &agent.id);
+                }
             }
         }
         if *method == http::Method::DELETE && (200..300).contains(&status) {
             if let Some(id) = &call.session {
                 self.state.mcp.end_session(&up.name, id);
+                if let Some(shared) = &self.state.shared {
+                    shared.sessions.end(&up.name, id);
+                }
             }
         }
     }

@@ -30,6 +30,7 @@ use crate::policy::{
     Snapshot,
 };
 use crate::state::limits::{acquire, charge_chunk};
+use crate::state::shared::Admission;
 use crate::state::GatewayState;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -496,7 +497,31 @@ impl ProxyHttp for Gateway {
                 }
                 // Rates are taken here, atomically per limit: a call that is refused later
                 // (override header, approval) still counts, as an attempt.
-                if !a.charge.rates.is_empty() {
+                if let Some(shared) = &self.state.shared {
+                    let route = &snap.routes.routes[a.route];
+                    // Supervised agents never fail open: their calls are the risky ones.
+                    let supervised = ctx.agent.as_ref().is_some_and(|g| g.supervised);
+                    let fail_open = route.fail_open && !supervised;
+                    // Boxed: only replicas take this path, and its future is large.
+                    let admitted = Box::pin(shared.admit(&route.name, fail_open, &a.charge)).await;
+                    match admitted {
+                        Ok(()) => {}
+                        Err(Admission::Unavailable) => {
+                            return self
+                                .refuse(session, ctx, Refusal::StateStoreUnavailable)
+                                .await;
+                        }
+                        Err(Admission::Limited(refused)) => {
+                            let agent = ctx.agent.clone().expect("set above");
+                            let d = Denial::Limited {
+                                agent,
+                                route: a.route,
+                                refused,
+                            };
+                            return self.refuse(session, ctx, Refusal::Policy(d)).await;
+                        }
+                    }
+                } else if !a.charge.rates.is_empty() {
                     if let Err(refused) = acquire(&*self.state.limits, &a.charge) {
                         let agent = ctx.agent.clone().expect("set above");
                         let d = Denial::Limited {
@@ -525,6 +550,21 @@ impl ProxyHttp for Gateway {
                 }
                 if let Some(call) = &ctx.mcp {
                     let agent = ctx.agent.as_deref().expect("set above");
+                    // A session opened through another replica: learn its owner once.
+                    if let (Some(shared), Some(id)) = (&self.state.shared, call.session.as_deref())
+                    {
+                        if self.state.mcp.session_owner(&up.name, id).is_none() {
+                            if let Ok(Some(owner)) =
+                                Box::pin(shared.sessions.owner(&up.name, id)).await
+                            {
+                                self.state.mcp.bind_session(
+                                    &up.name,
+                                    id,
+                                    &Arc::from(owner.as_str()),
+                                );
+                            }
+                        }
+                    }
                     if let Some(r) = mcp::session_refusal(&self.state, &up.name, agent, call) {
                         return self.refuse(session, ctx, r).await;
                     }

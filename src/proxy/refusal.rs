@@ -90,6 +90,9 @@ pub enum Refusal {
     },
     /// An unexpected failure inside the gateway.
     Internal,
+    /// `state.backend: shared`: the shared state store cannot be reached (or this replica's
+    /// copy of agent state is stale) and the route fails closed.
+    StateStoreUnavailable,
     /// MCP: the request names an upstream session another agent opened.
     McpSessionForeign,
     /// MCP: the request names a session this gateway never saw opened (or forgot): 404, which
@@ -197,7 +200,9 @@ impl Refusal {
         match self {
             Refusal::ApprovalPending { .. } => Outcome::Held,
             Refusal::Upstream(_) => Outcome::UpstreamError { code },
-            Refusal::ApprovalUnavailable | Refusal::Internal => Outcome::Error { code },
+            Refusal::ApprovalUnavailable | Refusal::Internal | Refusal::StateStoreUnavailable => {
+                Outcome::Error { code }
+            }
             // Keys not loaded yet: the gateway cannot decide, the caller did nothing wrong.
             Refusal::Token(TokenError::KeysUnavailable { .. }) => Outcome::Error { code },
             Refusal::BadPath(_)
@@ -613,6 +618,10 @@ impl Refusal {
             Refusal::ApprovalUnavailable => {
                 retry_after = Some(30);
                 (503, "approval_unavailable", "this call needs human approval, but approvals cannot be recorded right now; it was refused and nothing was sent to the tool. Retry later".into())
+            }
+            Refusal::StateStoreUnavailable => {
+                retry_after = Some(1);
+                (503, "state_store_unavailable", "the gateway cannot reach the state its replicas share (limits, kill switch), and this route does not proceed without it; nothing was sent to the tool. Retry after 1 s".into())
             }
             Refusal::Internal => (
                 500,

@@ -10,6 +10,9 @@
 //! must work on a full disk — and the caller is told it was not persisted. A change that
 //! loosens (resume, lifting a step-up or throttle) is applied only once it is persisted, so a
 //! restart can never bring back a state the operator did not see.
+//!
+//! Replicas share this state through PostgreSQL ([`super::pg_agent_state`]); both stores use
+//! the same transition rules (`next_row`).
 
 use crate::policy::agent_state::{AgentRuntime, AgentStates, RevokedToken, Stamp, Throttle, Until};
 use crate::util::lock;
@@ -124,11 +127,12 @@ impl Change {
     }
 
     /// Does it loosen what an agent may do (then it is applied only once persisted)?
-    fn loosens(&self) -> bool {
+    pub(crate) fn loosens(&self) -> bool {
         matches!(self, Change::Resume { .. } | Change::Lift { .. })
     }
 
-    fn detail(&self) -> Value {
+    /// The numbers of the change, for the audit trail.
+    pub(crate) fn detail(&self) -> Value {
         match self {
             Change::Pause { .. } | Change::Resume { .. } | Change::Lift { .. } => {
                 serde_json::json!({})
@@ -324,10 +328,7 @@ fn load(conn: &Connection) -> Result<AgentStates, String> {
         .map_err(|e| e.to_string())?;
     for row in rows {
         let (agent, json) = row.map_err(|e| e.to_string())?;
-        // A row this code cannot read is an error, not an empty state: silently dropping a
-        // pause would un-pause the agent.
-        let rt: AgentRuntime = serde_json::from_str(&json)
-            .map_err(|e| format!("agent_state row of `{agent}` is unreadable: {e}"))?;
+        let rt = parse_runtime(&agent, &json)?;
         out.agents.insert(agent, rt);
     }
     let mut q = conn
@@ -345,8 +346,7 @@ fn load(conn: &Connection) -> Result<AgentStates, String> {
         .map_err(|e| e.to_string())?;
     for row in rows {
         let (jti, agent, expires_at_ms, stamp) = row.map_err(|e| e.to_string())?;
-        let stamp: Stamp = serde_json::from_str(&stamp)
-            .map_err(|e| format!("revoked token `{jti}` is unreadable: {e}"))?;
+        let stamp = parse_stamp(&jti, &stamp)?;
         out.revoked_jtis.insert(
             jti,
             RevokedToken {
@@ -359,47 +359,98 @@ fn load(conn: &Connection) -> Result<AgentStates, String> {
     Ok(out)
 }
 
-/// `states` with `change` applied. `Err` when there is nothing to undo.
-fn changed(
-    states: &AgentStates,
+/// A stored agent runtime (JSON). A row this code cannot read is an error, not an empty
+/// state: silently dropping a pause would un-pause the agent.
+pub(crate) fn parse_runtime(agent: &str, json: &str) -> Result<AgentRuntime, String> {
+    serde_json::from_str(json)
+        .map_err(|e| format!("agent_state row of `{agent}` is unreadable: {e}"))
+}
+
+/// The stored stamp (JSON) of a revoked token.
+pub(crate) fn parse_stamp(jti: &str, json: &str) -> Result<Stamp, String> {
+    serde_json::from_str(json).map_err(|e| format!("revoked token `{jti}` is unreadable: {e}"))
+}
+
+/// The one row a [`Change`] writes, as it is after the change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Row {
+    /// An agent's runtime state; `None` when nothing is left (the row is deleted).
+    Agent {
+        /// The agent.
+        agent: String,
+        /// Its state after the change.
+        runtime: Option<AgentRuntime>,
+    },
+    /// A revoked token id (revocations are upserts: the latest one wins).
+    Token {
+        /// The token id.
+        jti: String,
+        /// The revocation.
+        revoked: RevokedToken,
+    },
+}
+
+impl Row {
+    /// Puts the row into `states`.
+    pub(crate) fn apply_to(self, states: &mut AgentStates) {
+        match self {
+            Row::Agent {
+                agent,
+                runtime: Some(rt),
+            } => {
+                states.agents.insert(agent, rt);
+            }
+            Row::Agent {
+                agent,
+                runtime: None,
+            } => {
+                states.agents.remove(&agent);
+            }
+            Row::Token { jti, revoked } => {
+                states.revoked_jtis.insert(jti, revoked);
+            }
+        }
+    }
+}
+
+/// The transition rules, in one place for every store: the row `change` writes, given the
+/// agent's runtime state `current` before it (from a cache, or read under a row lock by a
+/// store shared with other processes; token revocations ignore it). `Err(Nothing)` when a
+/// loosening change has nothing to undo.
+pub(crate) fn next_row(
+    current: Option<&AgentRuntime>,
     change: &Change,
     stamp: &Stamp,
-) -> Result<AgentStates, StateError> {
-    let mut next = states.clone();
-    let entry = |next: &mut AgentStates, agent: &str| -> AgentRuntime {
-        next.agents.get(agent).cloned().unwrap_or_default()
-    };
-    match change {
-        Change::Pause { agent } => {
-            let mut rt = entry(&mut next, agent);
-            rt.paused = Some(stamp.clone());
-            next.agents.insert(agent.clone(), rt);
-        }
-        Change::Resume { agent } => {
-            let mut rt = entry(&mut next, agent);
-            if rt.paused.take().is_none() {
-                return Err(StateError::Nothing(format!(
-                    "agent `{agent}` is not paused"
-                )));
-            }
-            put(&mut next, agent, rt);
-        }
+) -> Result<Row, StateError> {
+    let mut rt = current.cloned().unwrap_or_default();
+    let agent = match change {
         Change::RevokeToken {
             jti,
             agent,
             expires_at_ms,
         } => {
-            next.revoked_jtis.insert(
-                jti.clone(),
-                RevokedToken {
+            return Ok(Row::Token {
+                jti: jti.clone(),
+                revoked: RevokedToken {
                     agent: agent.clone(),
                     expires_at_ms: *expires_at_ms,
                     stamp: stamp.clone(),
                 },
-            );
+            });
+        }
+        Change::Pause { agent } => {
+            rt.paused = Some(stamp.clone());
+            agent
+        }
+        Change::Resume { agent } => {
+            if rt.paused.take().is_none() {
+                return Err(StateError::Nothing(format!(
+                    "agent `{agent}` is not paused"
+                )));
+            }
+            agent
         }
         Change::RevokeAgentTokens { agent, before } => {
-            let mut rt = entry(&mut next, agent);
             // A later cut-off covers an earlier one; never move it back.
             let keep = rt
                 .revoked_before
@@ -408,10 +459,9 @@ fn changed(
             if !keep {
                 rt.revoked_before = Some((*before, stamp.clone()));
             }
-            next.agents.insert(agent.clone(), rt);
+            agent
         }
         Change::StepUp { agent, until_ms } => {
-            let mut rt = entry(&mut next, agent);
             // Extending is fine; a shorter step-up never shortens one in force.
             let until_ms = rt
                 .step_up
@@ -421,7 +471,7 @@ fn changed(
                 until_ms,
                 stamp: stamp.clone(),
             });
-            next.agents.insert(agent.clone(), rt);
+            agent
         }
         Change::Throttle {
             agent,
@@ -429,7 +479,6 @@ fn changed(
             per,
             until_ms,
         } => {
-            let mut rt = entry(&mut next, agent);
             rt.throttle = Some(Throttle {
                 requests: *requests,
                 per_ms: per.as_millis().min(u64::MAX as u128) as u64,
@@ -438,74 +487,112 @@ fn changed(
                     stamp: stamp.clone(),
                 },
             });
-            next.agents.insert(agent.clone(), rt);
+            agent
         }
         Change::Lift { agent } => {
-            let mut rt = entry(&mut next, agent);
             if rt.step_up.take().is_none() & rt.throttle.take().is_none() {
                 return Err(StateError::Nothing(format!(
                     "agent `{agent}` has no step-up or throttle to lift"
                 )));
             }
-            put(&mut next, agent, rt);
+            agent
         }
-    }
-    Ok(next)
+    };
+    Ok(Row::Agent {
+        agent: agent.clone(),
+        runtime: (!rt.is_clear()).then_some(rt),
+    })
 }
 
-fn put(next: &mut AgentStates, agent: &str, rt: AgentRuntime) {
-    if rt.is_clear() {
-        next.agents.remove(agent);
-    } else {
-        next.agents.insert(agent.to_string(), rt);
+/// `states` with `change` applied, and the row it writes. `Err` when there is nothing to undo.
+fn changed(
+    states: &AgentStates,
+    change: &Change,
+    stamp: &Stamp,
+) -> Result<(AgentStates, Row), StateError> {
+    let row = next_row(
+        change.agent().and_then(|a| states.agents.get(a)),
+        change,
+        stamp,
+    )?;
+    let mut next = states.clone();
+    row.clone().apply_to(&mut next);
+    Ok((next, row))
+}
+
+/// Drops the step-up and throttle of `rt` that have ended at `now_ms`; whether anything did.
+pub(crate) fn prune_runtime(rt: &mut AgentRuntime, now_ms: i64) -> bool {
+    let before = rt.clone();
+    if rt.step_up.as_ref().is_some_and(|u| u.until_ms <= now_ms) {
+        rt.step_up = None;
     }
+    if rt
+        .throttle
+        .as_ref()
+        .is_some_and(|t| t.until.until_ms <= now_ms)
+    {
+        rt.throttle = None;
+    }
+    *rt != before
+}
+
+/// `states` without what has ended at `now_ms` (token revocations, step-ups, throttles), and
+/// the agents whose state changed.
+pub(crate) fn pruned(states: &AgentStates, now_ms: i64) -> (AgentStates, Vec<String>) {
+    let mut next = states.clone();
+    next.revoked_jtis.retain(|_, r| r.expires_at_ms > now_ms);
+    let mut ended = Vec::new();
+    for (agent, rt) in next.agents.iter_mut() {
+        if prune_runtime(rt, now_ms) {
+            ended.push(agent.clone());
+        }
+    }
+    next.agents.retain(|_, rt| !rt.is_clear());
+    (next, ended)
 }
 
 impl SqliteAgentState {
-    /// Write `change` (already applied to `next`) and its audit line in one transaction.
+    /// Write the row `change` produced and its audit line in one transaction.
     fn persist(
         &self,
         conn: &mut Connection,
         change: &Change,
-        next: &AgentStates,
+        row: &Row,
         stamp: &Stamp,
     ) -> Result<i64, StateError> {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.store_err(e))?;
-        match change {
-            Change::RevokeToken {
-                jti,
-                agent,
-                expires_at_ms,
-            } => {
-                let stamp_json = serde_json::to_string(stamp).expect("stamp serializes");
+        match row {
+            Row::Token { jti, revoked } => {
+                let stamp_json = serde_json::to_string(&revoked.stamp).expect("stamp serializes");
                 tx.execute(
                     "INSERT INTO revoked_tokens (jti, agent, expires_at_ms, stamp) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (jti) DO UPDATE SET agent = excluded.agent,
                          expires_at_ms = excluded.expires_at_ms, stamp = excluded.stamp",
-                    params![jti, agent, expires_at_ms, stamp_json],
+                    params![jti, revoked.agent, revoked.expires_at_ms, stamp_json],
                 )
                 .map_err(|e| self.store_err(e))?;
             }
-            other => {
-                let agent = other.agent().expect("agent changes name one");
-                match next.agents.get(agent) {
-                    Some(rt) => {
-                        let json = serde_json::to_string(rt).expect("state serializes");
-                        tx.execute(
-                            "INSERT INTO agent_state (agent, state, updated_at_ms) VALUES (?1, ?2, ?3)
-                             ON CONFLICT (agent) DO UPDATE SET state = excluded.state,
-                                 updated_at_ms = excluded.updated_at_ms",
-                            params![agent, json, stamp.at_ms],
-                        )
-                        .map_err(|e| self.store_err(e))?;
-                    }
-                    None => {
-                        tx.execute("DELETE FROM agent_state WHERE agent = ?1", [agent])
-                            .map_err(|e| self.store_err(e))?;
-                    }
-                }
+            Row::Agent {
+                agent,
+                runtime: Some(rt),
+            } => {
+                let json = serde_json::to_string(rt).expect("state serializes");
+                tx.execute(
+                    "INSERT INTO agent_state (agent, state, updated_at_ms) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (agent) DO UPDATE SET state = excluded.state,
+                         updated_at_ms = excluded.updated_at_ms",
+                    params![agent, json, stamp.at_ms],
+                )
+                .map_err(|e| self.store_err(e))?;
+            }
+            Row::Agent {
+                agent,
+                runtime: None,
+            } => {
+                tx.execute("DELETE FROM agent_state WHERE agent = ?1", [agent])
+                    .map_err(|e| self.store_err(e))?;
             }
         }
         tx.execute(
@@ -545,7 +632,7 @@ impl AgentStateStore for SqliteAgentState {
         };
         // One writer at a time: read-modify-swap must not lose a concurrent change.
         let mut conn = lock(&self.conn);
-        let next = changed(&self.states.load(), change, &stamp)?;
+        let (next, row) = changed(&self.states.load(), change, &stamp)?;
         let entry = |id| AuditEntry {
             id,
             at_ms: now_ms,
@@ -556,12 +643,12 @@ impl AgentStateStore for SqliteAgentState {
             detail: change.detail(),
         };
         if change.loosens() {
-            let id = self.persist(&mut conn, change, &next, &stamp)?;
+            let id = self.persist(&mut conn, change, &row, &stamp)?;
             self.states.store(Arc::new(next));
             Ok(entry(id))
         } else {
-            self.states.store(Arc::new(next.clone()));
-            match self.persist(&mut conn, change, &next, &stamp) {
+            self.states.store(Arc::new(next));
+            match self.persist(&mut conn, change, &row, &stamp) {
                 Ok(id) => Ok(entry(id)),
                 Err(e) => Err(StateError::NotPersisted(Box::new(e))),
             }
@@ -596,26 +683,7 @@ impl AgentStateStore for SqliteAgentState {
     fn prune(&self, now_ms: i64) -> Result<(), StateError> {
         let mut conn = lock(&self.conn);
         let cur = self.states.load_full();
-        let mut next = (*cur).clone();
-        next.revoked_jtis.retain(|_, r| r.expires_at_ms > now_ms);
-        let mut ended = Vec::new();
-        for (agent, rt) in next.agents.iter_mut() {
-            let before = rt.clone();
-            if rt.step_up.as_ref().is_some_and(|u| u.until_ms <= now_ms) {
-                rt.step_up = None;
-            }
-            if rt
-                .throttle
-                .as_ref()
-                .is_some_and(|t| t.until.until_ms <= now_ms)
-            {
-                rt.throttle = None;
-            }
-            if *rt != before {
-                ended.push(agent.clone());
-            }
-        }
-        next.agents.retain(|_, rt| !rt.is_clear());
+        let (next, ended) = pruned(&cur, now_ms);
         if next == *cur {
             return Ok(());
         }
@@ -672,4 +740,4 @@ impl AgentStateStore for SqliteAgentState {
 
 #[cfg(test)]
 #[path = "agent_state_tests.rs"]
-mod tests;
+pub(crate) mod tests;

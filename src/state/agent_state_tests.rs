@@ -1,20 +1,23 @@
+//! The agent-state rules, as functions any [`AgentStateStore`] must pass (the PostgreSQL store's
+//! tests call them too), and the SQLite store's own tests.
+
 use super::*;
 use std::time::Duration;
 
-const T: i64 = 1_800_000_000_000;
+pub(crate) const T: i64 = 1_800_000_000_000;
 
-fn pause(agent: &str) -> Change {
+pub(crate) fn pause(agent: &str) -> Change {
     Change::Pause {
         agent: agent.into(),
     }
 }
 
-#[test]
-fn agent_state_survives_reopening_and_is_audited() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("nested/state.db");
+/// Opens a store on the same data each time it is called.
+pub(crate) type Open<'a> = &'a dyn Fn() -> Box<dyn AgentStateStore>;
+
+pub(crate) fn survives_reopening_and_is_audited(open: Open<'_>) {
     {
-        let s = SqliteAgentState::open(&path).unwrap();
+        let s = open();
         s.apply(&pause("bot"), "ops", "probing admin routes", T)
             .unwrap();
         s.apply(
@@ -39,7 +42,7 @@ fn agent_state_survives_reopening_and_is_audited() {
         )
         .unwrap();
     }
-    let s = SqliteAgentState::open(&path).unwrap();
+    let s = open();
     let cur = s.current();
     let p = cur.agent("bot").unwrap().paused.clone().unwrap();
     assert_eq!(
@@ -83,24 +86,16 @@ fn agent_state_survives_reopening_and_is_audited() {
     );
     assert!(matches!(again, Err(StateError::Nothing(_))), "{again:?}");
     drop(s);
-    assert!(SqliteAgentState::open(&path)
-        .unwrap()
-        .current()
-        .agent("bot")
-        .is_none());
+    assert!(open().current().agent("bot").is_none());
 }
 
-#[test]
-fn restricting_changes_hold_in_memory_when_the_store_fails_but_loosening_ones_wait() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("state.db");
-    let s = SqliteAgentState::open(&path).unwrap();
+/// `break_store` makes every later write fail (another connection drops the audit table).
+pub(crate) fn restrictions_hold_in_memory_when_the_store_fails(
+    s: &dyn AgentStateStore,
+    break_store: &dyn Fn(),
+) {
     s.apply(&pause("a"), "ops", "first", T).unwrap();
-    // Break the file under the store: another connection drops the audit table.
-    Connection::open(&path)
-        .unwrap()
-        .execute_batch("DROP TABLE audit")
-        .unwrap();
+    break_store();
     let r = s.apply(&pause("b"), "ops", "disk trouble", T + 1);
     assert!(matches!(r, Err(StateError::NotPersisted(_))), "{r:?}");
     assert!(
@@ -120,9 +115,7 @@ fn restricting_changes_hold_in_memory_when_the_store_fails_but_loosening_ones_wa
     );
 }
 
-#[test]
-fn step_ups_extend_never_shorten_and_revocation_cutoffs_never_move_back() {
-    let s = SqliteAgentState::in_memory();
+pub(crate) fn step_ups_extend_never_shorten_and_cutoffs_never_move_back(s: &dyn AgentStateStore) {
     let step = |until_ms| Change::StepUp {
         agent: "bot".into(),
         until_ms,
@@ -155,13 +148,29 @@ fn step_ups_extend_never_shorten_and_revocation_cutoffs_never_move_back() {
             .0,
         200
     );
+    // Lifting needs something to lift.
+    s.apply(
+        &Change::Lift {
+            agent: "bot".into(),
+        },
+        "p",
+        "r",
+        T,
+    )
+    .unwrap();
+    let r = s.apply(
+        &Change::Lift {
+            agent: "bot".into(),
+        },
+        "p",
+        "r",
+        T,
+    );
+    assert!(matches!(r, Err(StateError::Nothing(_))), "{r:?}");
 }
 
-#[test]
-fn prune_forgets_what_has_ended_and_keeps_pauses() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("state.db");
-    let s = SqliteAgentState::open(&path).unwrap();
+pub(crate) fn prune_forgets_ended_restrictions_and_keeps_pauses(open: Open<'_>) {
+    let s = open();
     s.apply(
         &Change::Throttle {
             agent: "t".into(),
@@ -206,10 +215,52 @@ fn prune_forgets_what_has_ended_and_keeps_pauses() {
     s.prune(T + 6_000).unwrap();
     assert!(s.current().agent("t").is_none());
     drop(s);
-    let reopened = SqliteAgentState::open(&path).unwrap().current();
+    let reopened = open().current();
     assert!(reopened.agent("t").is_none());
     assert!(reopened.revoked_jtis.is_empty());
     assert!(reopened.agent("p").is_some());
+}
+
+pub(crate) fn blobs_round_trip(s: &dyn AgentStateStore) {
+    assert_eq!(s.load_blob("monitor").unwrap(), None);
+    let v = serde_json::json!({"version": 1, "agents": {"bot": [1, 2, 3]}});
+    s.save_blob("monitor", &v, T).unwrap();
+    s.save_blob("monitor", &v, T + 1).unwrap();
+    assert_eq!(s.load_blob("monitor").unwrap(), Some(v));
+}
+
+fn opener(path: &Path) -> impl Fn() -> Box<dyn AgentStateStore> + '_ {
+    move || Box::new(SqliteAgentState::open(path).unwrap())
+}
+
+#[test]
+fn agent_state_survives_reopening_and_is_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    survives_reopening_and_is_audited(&opener(&dir.path().join("nested/state.db")));
+}
+
+#[test]
+fn restricting_changes_hold_in_memory_when_the_store_fails_but_loosening_ones_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let s = SqliteAgentState::open(&path).unwrap();
+    restrictions_hold_in_memory_when_the_store_fails(&s, &|| {
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("DROP TABLE audit")
+            .unwrap()
+    });
+}
+
+#[test]
+fn step_ups_extend_never_shorten_and_revocation_cutoffs_never_move_back() {
+    step_ups_extend_never_shorten_and_cutoffs_never_move_back(&SqliteAgentState::in_memory());
+}
+
+#[test]
+fn prune_forgets_what_has_ended_and_keeps_pauses() {
+    let dir = tempfile::tempdir().unwrap();
+    prune_forgets_ended_restrictions_and_keeps_pauses(&opener(&dir.path().join("state.db")));
 }
 
 #[test]
@@ -217,11 +268,7 @@ fn blobs_round_trip_and_unknown_schema_versions_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.db");
     let s = SqliteAgentState::open(&path).unwrap();
-    assert_eq!(s.load_blob("monitor").unwrap(), None);
-    let v = serde_json::json!({"version": 1, "agents": {"bot": [1, 2, 3]}});
-    s.save_blob("monitor", &v, T).unwrap();
-    s.save_blob("monitor", &v, T + 1).unwrap();
-    assert_eq!(s.load_blob("monitor").unwrap(), Some(v));
+    blobs_round_trip(&s);
     drop(s);
     Connection::open(&path)
         .unwrap()

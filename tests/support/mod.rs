@@ -7,6 +7,7 @@
 
 /// The headless Chromium of the console tests.
 pub mod browser;
+pub mod stores;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};

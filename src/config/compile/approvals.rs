@@ -69,6 +69,7 @@ impl Compiler<'_> {
         r: &RawApprovals,
         admin_listen: &str,
         issuers: &[(usize, RawIssuer)],
+        raw_backend_shared: bool,
     ) -> ApprovalSettings {
         let p = "approvals";
         // One person, one vote: an IdP name must lead to exactly one configured approver.
@@ -159,7 +160,18 @@ impl Compiler<'_> {
             .as_ref()
             .map(|w| self.webhook(&format!("{p}.webhook"), w));
         let mut settings = ApprovalSettings {
-            store_path: self.file_path(&r.store),
+            store_path: match (&r.store, raw_backend_shared) {
+                (Some(store), _) => self.file_path(store),
+                // Shared: PostgreSQL (state.postgres); an empty path marks it.
+                (None, true) => PathBuf::new(),
+                (None, false) => {
+                    self.invalid(
+                        format!("{p}.store"),
+                        "needs the SQLite file approvals are kept in (e.g. `.portcullis/approvals.db`)",
+                    );
+                    PathBuf::new()
+                }
+            },
             max_body_bytes,
             console_url: r
                 .console_url

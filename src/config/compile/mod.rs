@@ -27,7 +27,7 @@ use super::secret;
 use crate::identity::{IdentitySettings, IssuerConfig, KeySource, KeyStore, Verifier};
 use crate::policy::conditions::Conditions;
 use crate::policy::limits::{Limits, Origin};
-use crate::policy::snapshot::{ApprovalLimits, UpstreamCa};
+use crate::policy::snapshot::{redact_url, ApprovalLimits, SharedStateSettings, UpstreamCa};
 use crate::policy::MetricsAccess;
 use crate::policy::{
     AccessLogTarget, AdminSettings, AdminToken, Agent, ApprovalMode, ApprovalPolicy,
@@ -200,10 +200,14 @@ impl Compiler<'_> {
             .enumerate()
             .map(|(i, u)| (u.name.to_string(), i))
             .collect();
-        let approvals = raw
-            .approvals
-            .as_ref()
-            .map(|a| self.approvals(a, &settings.admin_listen, &raw.issuers));
+        let approvals = raw.approvals.as_ref().map(|a| {
+            self.approvals(
+                a,
+                &settings.admin_listen,
+                &raw.issuers,
+                settings.shared_state.is_some(),
+            )
+        });
         let global_shadow = self.shadow(
             "enforcement",
             &raw.enforcement.mode,
@@ -255,6 +259,8 @@ impl Compiler<'_> {
         Some(Snapshot {
             version: ctx.version,
             digest: digest[..12].to_string(),
+            policy_digest: crate::config::policy_digest::policy_digest(text)
+                .unwrap_or_else(|| digest[..12].to_string()),
             settings,
             agents,
             upstreams,

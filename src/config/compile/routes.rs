@@ -135,6 +135,7 @@ impl Compiler<'_> {
                 upstream.is_some_and(|u| compiled_upstreams[u].mcp),
                 approvals,
             );
+            let fail_open = self.store_unavailable(&p, r, &methods, mcp.is_some());
             if let (true, Some(path), Some(host), Some(upstream)) = (ok, path, host, upstream) {
                 out.push(Route {
                     name: r.name.as_str().into(),
@@ -153,10 +154,49 @@ impl Compiler<'_> {
                     conditions,
                     tags: tags.into(),
                     mcp,
+                    fail_open,
                 });
             }
         }
         out
+    }
+
+    /// `store_unavailable`: `fail_open` only where a replica deciding alone is an acceptable
+    /// risk. Writes, approvals and MCP (whose `tools/call` can write) always fail closed, so a
+    /// prompt-injected agent cannot turn a store outage into a way around a budget on them.
+    fn store_unavailable(&mut self, p: &str, r: &RawRoute, methods: &[Method], mcp: bool) -> bool {
+        match r.store_unavailable.as_deref() {
+            None | Some("fail_closed") => false,
+            Some("fail_open") => {
+                let reads = [Method::GET, Method::HEAD, Method::OPTIONS];
+                let why = if r.approval.is_some() {
+                    Some("the route needs approval")
+                } else if mcp {
+                    Some("it is an MCP route (tools/call can write)")
+                } else if methods.is_empty() || methods.iter().any(|m| !reads.contains(m)) {
+                    Some("the route allows writes (list only GET, HEAD, OPTIONS in `methods`)")
+                } else {
+                    None
+                };
+                match why {
+                    Some(why) => {
+                        self.invalid(
+                            format!("{p}.store_unavailable"),
+                            format!("`fail_open` is only for low-risk reads: {why}"),
+                        );
+                        false
+                    }
+                    None => true,
+                }
+            }
+            Some(other) => {
+                self.invalid(
+                    format!("{p}.store_unavailable"),
+                    format!("`{other}` is not `fail_closed` or `fail_open`"),
+                );
+                false
+            }
+        }
     }
 
     /// A `mode` and `shadow` list pair (of a route, or of `enforcement:` when `p` is that).

@@ -79,6 +79,7 @@ impl Compiler<'_> {
             access_log,
             state_store: self
                 .file_path(raw.state.store.as_deref().unwrap_or(".portcullis/state.db")),
+            shared_state: self.shared_state(raw),
             connections: self.connection_limits(s),
             trusted_proxies: s
                 .trusted_proxies
@@ -96,6 +97,107 @@ impl Compiler<'_> {
                 })
                 .collect(),
             access_log_max_field_bytes,
+        }
+    }
+
+    /// `state:`: the embedded default, or `shared` with both PostgreSQL and Redis.
+    fn shared_state(&mut self, raw: &RawConfig) -> Option<SharedStateSettings> {
+        let st = &raw.state;
+        match st.backend.as_deref() {
+            None | Some("embedded") => {
+                for (field, set) in [
+                    ("postgres", st.postgres.is_some()),
+                    ("redis", st.redis.is_some()),
+                ] {
+                    if set {
+                        self.invalid(
+                            format!("state.{field}"),
+                            "only used with `backend: shared` (the embedded backend keeps everything in this process and its SQLite files)",
+                        );
+                    }
+                }
+                None
+            }
+            Some("shared") => {
+                if st.store.is_some() {
+                    self.invalid(
+                        "state.store",
+                        "a SQLite file is not shared: with `backend: shared` agent state lives in `state.postgres`; remove `store`",
+                    );
+                }
+                if raw.approvals.as_ref().is_some_and(|a| a.store.is_some()) {
+                    self.invalid(
+                        "approvals.store",
+                        "with `state.backend: shared` approvals live in `state.postgres`; remove `approvals.store`",
+                    );
+                }
+                let (Some(pg), Some(redis)) = (&st.postgres, &st.redis) else {
+                    self.invalid(
+                        "state",
+                        "`backend: shared` needs both `postgres` (approvals, durable agent state) and `redis` (shared limits, kill-switch propagation)",
+                    );
+                    return None;
+                };
+                let mut url = |path: &str, text: &str, schemes: &[&str]| -> Option<String> {
+                    match secret::resolve(text, &self.base) {
+                        Ok(u) if schemes.iter().any(|s| u.starts_with(s)) => Some(u),
+                        Ok(u) => {
+                            self.invalid(
+                                path,
+                                format!(
+                                    "`{}` must start with {}",
+                                    redact_url(&u),
+                                    schemes.join(" or ")
+                                ),
+                            );
+                            None
+                        }
+                        Err(e) => {
+                            self.invalid(path, e);
+                            None
+                        }
+                    }
+                };
+                let postgres_url = url(
+                    "state.postgres.url",
+                    &pg.url,
+                    &["postgres://", "postgresql://"],
+                );
+                let redis_url = url("state.redis.url", &redis.url, &["redis://", "rediss://"]);
+                let postgres_max_connections = pg.max_connections.unwrap_or(8);
+                if postgres_max_connections == 0 {
+                    self.invalid("state.postgres.max_connections", "must be at least 1");
+                }
+                let postgres_timeout = self.duration(
+                    "state.postgres.timeout",
+                    &pg.timeout,
+                    Duration::from_secs(2),
+                );
+                let redis_timeout = self.duration(
+                    "state.redis.timeout",
+                    &redis.timeout,
+                    Duration::from_millis(250),
+                );
+                let redis_key_prefix = redis
+                    .key_prefix
+                    .clone()
+                    .unwrap_or_else(|| "portcullis:".to_string());
+                Some(SharedStateSettings {
+                    postgres_url: postgres_url?,
+                    postgres_max_connections,
+                    postgres_timeout,
+                    redis_url: redis_url?,
+                    redis_key_prefix,
+                    redis_timeout,
+                })
+            }
+            Some(other) => {
+                self.invalid(
+                    "state.backend",
+                    format!("`{other}` is not `embedded` or `shared`"),
+                );
+                None
+            }
         }
     }
 
