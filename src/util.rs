@@ -29,3 +29,30 @@ pub fn unix_ms(t: std::time::SystemTime) -> i64 {
         Err(e) => i64::try_from(e.duration().as_millis()).map_or(i64::MIN, |ms| -ms),
     }
 }
+
+/// The password of a URL (`scheme://user:password@host/...`), raw and percent-decoded: what to
+/// scrub from error texts that might echo it (drivers sometimes quote the URL they failed on).
+pub fn url_secrets(url: &str) -> Vec<String> {
+    let (Some(s), Some(at)) = (url.find("://"), url.rfind('@')) else {
+        return Vec::new();
+    };
+    if at <= s {
+        return Vec::new();
+    }
+    let Some((_, password)) = url[s + 3..at].split_once(':') else {
+        return Vec::new();
+    };
+    let mut out = vec![password.to_owned()];
+    if let Ok(decoded) = percent_encoding::percent_decode_str(password).decode_utf8() {
+        out.push(decoded.into_owned());
+    }
+    out.retain(|p| !p.is_empty());
+    out
+}
+
+/// `text` with every occurrence of a secret replaced by `***`.
+pub fn scrub(text: &str, secrets: &[String]) -> String {
+    secrets
+        .iter()
+        .fold(text.to_owned(), |t, s| t.replace(s.as_str(), "***"))
+}

@@ -605,6 +605,18 @@ fn shared_state_mistakes_are_all_reported() {
         ["line 36: state.redis: only used with `backend: shared` (the embedded backend keeps everything in this process and its SQLite files)"],
         "{got:#?}"
     );
+    // TLS without certificate checks is refused, not silently accepted.
+    let got = compile_with(
+        "state:
+  backend: shared
+  postgres: {url: \"postgres://db/p\"}
+  redis: {url: \"rediss://:pw@r:6380/0#insecure\"}
+",
+    )
+    .unwrap_err();
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert!(got[0].starts_with("line 38: state.redis.url: `rediss://r:6380/0`: URL fragments are not supported; `#insecure`"), "{got:#?}");
+    assert!(!got[0].contains("pw"), "{got:#?}");
     let got = compile_with(
         "state:
   backend: cluster

@@ -11,7 +11,7 @@ use mcp_support::{McpClient, McpServer, ResponseMode, Revision};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
-use support::stores::{PgServer, RedisServer};
+use support::stores::{PgServer, RedisServer, TlsRedisServer};
 use support::*;
 
 const READ: &[&str] = &["tickets:read"];
@@ -236,27 +236,35 @@ async fn an_approval_granted_on_a_releases_the_call_held_on_b_exactly_once() {
     )
     .await;
     assert_eq!(v.status, 200, "{}", v.body);
-    let replay = call(
-        &r.a,
-        reqwest::Method::POST,
-        "/api/payouts",
-        WRITE,
-        json!({"n": 1}),
-    )
-    .await;
-    assert_eq!(replay.status, 200, "{}", replay.body);
-    let twice = call(
-        &r.b,
-        reqwest::Method::POST,
-        "/api/payouts",
-        WRITE,
-        json!({"n": 1}),
-    )
-    .await;
-    assert_ne!(
-        twice.status, 200,
-        "an approval lets one call through, on any replica: {}",
-        twice.body
+    // A prompt-injected agent replays the approved call on both replicas at once, several
+    // times: exactly one reaches the tool.
+    let mut replays = Vec::new();
+    for i in 0..6 {
+        let url = if i % 2 == 0 {
+            r.a.url("/api/payouts")
+        } else {
+            r.b.url("/api/payouts")
+        };
+        replays.push(tokio::spawn(async move {
+            client()
+                .post(url)
+                .bearer_auth(token("support-bot", WRITE))
+                .json(&json!({"n": 1}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in replays {
+        statuses.push(t.await.unwrap());
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
     );
     assert_eq!(r.up.hits(), 2);
 }
@@ -697,4 +705,76 @@ async fn an_mcp_session_opened_through_a_works_on_b_for_its_agent_only() {
         stolen.body
     );
     bot.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_is_used_only_with_a_trusted_certificate() {
+    let up = Upstream::start().await;
+    let pg = PgServer::start();
+    let tls = tokio::task::block_in_place(TlsRedisServer::start);
+    let setup_for = |trust: bool| {
+        let mut s = Setup::new(&up);
+        s.extra_routes = ROUTES.to_string();
+        s.admin = admin_section("")
+            + &format!(
+                "state:\n  backend: shared\n  postgres: {{url: \"{}\"}}\n  redis: {{url: \"{}\"}}\napprovals:\n  approvers:\n    - name: alice\n      token_sha256: \"{}\"\n",
+                pg.url(),
+                tls.url(),
+                hex::encode(Sha256::digest(ALICE.as_bytes()))
+            );
+        if trust {
+            // A private CA, trusted the standard way (rustls-native-certs reads it).
+            s.env
+                .push(("SSL_CERT_FILE".into(), tls.ca_file().display().to_string()));
+        }
+        s
+    };
+    let trusting = Gateway::start(setup_for(true)).await;
+    let a = call(
+        &trusting,
+        reqwest::Method::GET,
+        "/api/limited/1",
+        READ,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let ready = admin(
+        &trusting,
+        reqwest::Method::GET,
+        "/readyz",
+        ADMIN_TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(
+        ready.body["state_store"]["redis"]["ok"], true,
+        "{}",
+        ready.body
+    );
+    // A replica that cannot verify the server (a man in the middle looks the same) never
+    // talks to it: its fail-closed routes refuse, and /readyz says why.
+    let doubting = Gateway::start(setup_for(false)).await;
+    call(
+        &doubting,
+        reqwest::Method::GET,
+        "/api/limited/1",
+        READ,
+        Value::Null,
+    )
+    .await
+    .assert_refusal(503, "state_store_unavailable");
+    let ready = admin(
+        &doubting,
+        reqwest::Method::GET,
+        "/readyz",
+        ADMIN_TOKEN,
+        None,
+    )
+    .await;
+    let why = ready.body["state_store"]["redis"]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(why.contains("certificate"), "{}", ready.body);
 }

@@ -45,6 +45,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use sqlx::{Postgres, Row, Transaction};
 
 use crate::policy::snapshot::redact_url;
+use crate::util::{scrub, url_secrets};
 
 use super::store::{
     automatic_reason, judge_vote, Approval, ApprovalStore, ListFilter, Mode, NewApproval, OnChange,
@@ -118,26 +119,6 @@ impl fmt::Debug for PgStoreOptions {
     }
 }
 
-/// The password of a URL, raw and percent-decoded, to scrub from error texts that might echo
-/// it.
-fn secrets_of(url: &str) -> Vec<String> {
-    let (Some(s), Some(at)) = (url.find("://"), url.rfind('@')) else {
-        return Vec::new();
-    };
-    if at <= s {
-        return Vec::new();
-    }
-    let Some((_, password)) = url[s + 3..at].split_once(':') else {
-        return Vec::new();
-    };
-    let mut out = vec![password.to_owned()];
-    if let Ok(decoded) = percent_encoding::percent_decode_str(password).decode_utf8() {
-        out.push(decoded.into_owned());
-    }
-    out.retain(|p| !p.is_empty());
-    out
-}
-
 /// A failure inside a store operation: a definite answer for the caller (`E`), or a database
 /// problem, whose text [`PgClient::run`] prefixes with the operation.
 pub(crate) enum Fail<E> {
@@ -193,7 +174,7 @@ impl PgClient {
         component: &'static str,
         migrations: &'static [&'static str],
     ) -> Result<PgClient, String> {
-        let secrets = secrets_of(&opts.url);
+        let secrets = url_secrets(&opts.url);
         let connect = PgConnectOptions::from_str(&opts.url)
             .map_err(|e| {
                 scrub(
@@ -319,13 +300,6 @@ impl Drop for PgClient {
             rt.shutdown_background();
         }
     }
-}
-
-/// `msg` with every occurrence of a secret replaced.
-fn scrub(msg: &str, secrets: &[String]) -> String {
-    secrets
-        .iter()
-        .fold(msg.to_owned(), |m, s| m.replace(s.as_str(), "********"))
 }
 
 /// Creates or upgrades `component`'s tables in one transaction, under an advisory lock so that

@@ -497,40 +497,34 @@ impl ProxyHttp for Gateway {
                 }
                 // Rates are taken here, atomically per limit: a call that is refused later
                 // (override header, approval) still counts, as an attempt.
-                if let Some(shared) = &self.state.shared {
+                let limited = if let Some(shared) = &self.state.shared {
                     let route = &snap.routes.routes[a.route];
                     // Supervised agents never fail open: their calls are the risky ones.
                     let supervised = ctx.agent.as_ref().is_some_and(|g| g.supervised);
                     let fail_open = route.fail_open && !supervised;
                     // Boxed: only replicas take this path, and its future is large.
-                    let admitted = Box::pin(shared.admit(&route.name, fail_open, &a.charge)).await;
-                    match admitted {
-                        Ok(()) => {}
+                    match Box::pin(shared.admit(&route.name, fail_open, &a.charge)).await {
+                        Ok(()) => None,
+                        Err(Admission::Limited(refused)) => Some(refused),
                         Err(Admission::Unavailable) => {
                             return self
                                 .refuse(session, ctx, Refusal::StateStoreUnavailable)
                                 .await;
                         }
-                        Err(Admission::Limited(refused)) => {
-                            let agent = ctx.agent.clone().expect("set above");
-                            let d = Denial::Limited {
-                                agent,
-                                route: a.route,
-                                refused,
-                            };
-                            return self.refuse(session, ctx, Refusal::Policy(d)).await;
-                        }
                     }
                 } else if !a.charge.rates.is_empty() {
-                    if let Err(refused) = acquire(&*self.state.limits, &a.charge) {
-                        let agent = ctx.agent.clone().expect("set above");
-                        let d = Denial::Limited {
-                            agent,
-                            route: a.route,
-                            refused,
-                        };
-                        return self.refuse(session, ctx, Refusal::Policy(d)).await;
-                    }
+                    acquire(&*self.state.limits, &a.charge).err()
+                } else {
+                    None
+                };
+                if let Some(refused) = limited {
+                    let agent = ctx.agent.clone().expect("set above");
+                    let d = Denial::Limited {
+                        agent,
+                        route: a.route,
+                        refused,
+                    };
+                    return self.refuse(session, ctx, Refusal::Policy(d)).await;
                 }
                 ctx.charge = a.charge;
                 ctx.conditions = a.conditions;

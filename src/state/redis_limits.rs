@@ -73,7 +73,7 @@ use super::limits::{InProcessLimitStore, LimitStore};
 use crate::observe::Metrics;
 use crate::policy::limits::{Charge, LimitKey, RateLimit, Refused, VolumeLimit, VolumeView};
 use crate::policy::snapshot::redact_url;
-use crate::util::lock;
+use crate::util::{lock, scrub, url_secrets};
 use arc_swap::ArcSwapOption;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, ConnectionInfo, IntoConnectionInfo, RedisError};
@@ -224,7 +224,7 @@ pub(super) fn connection_info(url: &str) -> Result<ConnectionInfo, String> {
             shown.split('#').next().unwrap_or_default()
         ));
     }
-    let secret = password_in(url);
+    let secret = url_secrets(url);
     let info = url.into_connection_info().map_err(|e| {
         format!(
             "invalid Redis URL `{shown}`: {}",
@@ -237,34 +237,6 @@ pub(super) fn connection_info(url: &str) -> Result<ConnectionInfo, String> {
         pingora::tls::install_default_crypto_provider();
     }
     Ok(info)
-}
-
-/// The password part of a URL, raw and percent-decoded, for scrubbing.
-fn password_in(url: &str) -> Vec<String> {
-    let Some(rest) = url.split_once("://").map(|(_, r)| r) else {
-        return Vec::new();
-    };
-    let Some((userinfo, _)) = rest.rsplit_once('@') else {
-        return Vec::new();
-    };
-    let Some((_, pw)) = userinfo.split_once(':') else {
-        return Vec::new();
-    };
-    let mut out = vec![pw.to_string()];
-    if let Ok(decoded) = percent_encoding::percent_decode_str(pw).decode_utf8() {
-        out.push(decoded.into_owned());
-    }
-    out.retain(|s| !s.is_empty());
-    out
-}
-
-/// `text` with every occurrence of a secret replaced.
-fn scrub(text: &str, secrets: &[String]) -> String {
-    let mut out = text.to_string();
-    for s in secrets {
-        out = out.replace(s.as_str(), "***");
-    }
-    out
 }
 
 /// Why an operation failed, before it is turned into text.
@@ -322,7 +294,7 @@ impl RedisConn {
         metrics: Arc<Metrics>,
         info: ConnectionInfo,
     ) -> Result<RedisConn, String> {
-        let secrets = password_in(&opts.url);
+        let secrets = url_secrets(&opts.url);
         let client = Client::open(info).map_err(|e| {
             format!(
                 "invalid Redis settings: {}",

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::policy::limits::{applicable, Direction, Limit, LimitDef, Limits, Scope};
-use test_servers::RedisServer;
+use test_servers::{RedisServer, TlsRedisServer};
 
 // Also included by other test modules of the crate, on purpose: one copy per test suite.
 #[allow(clippy::duplicate_mod)]
@@ -520,101 +520,10 @@ async fn unsupported_urls_are_refused_and_secrets_never_shown() {
 // ---------------------------------------------------------------------------------------------
 // TLS
 
-/// A private CA (PEM) and a TLS-only redis-server whose certificate it issued for `localhost`.
-struct TlsRedis {
-    dir: tempfile::TempDir,
-    port: u16,
-    child: std::process::Child,
-}
-
-impl TlsRedis {
-    fn start() -> TlsRedis {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca = CertificateParams::default();
-        ca.distinguished_name
-            .push(DnType::CommonName, "Portcullis test CA");
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_cert = ca.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(ca, ca_key);
-        let key = KeyPair::generate().unwrap();
-        let leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-        let cert = leaf.signed_by(&key, &issuer).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).unwrap();
-        std::fs::write(dir.path().join("cert.pem"), cert.pem()).unwrap();
-        std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let p = |f: &str| dir.path().join(f).display().to_string();
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", "0", "--tls-port", &port.to_string()])
-            // `-::1`: also on IPv6 loopback when there is one (`localhost` may resolve there).
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "-::1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args([
-                "--tls-cert-file",
-                &p("cert.pem"),
-                "--tls-key-file",
-                &p("key.pem"),
-            ])
-            .args([
-                "--tls-ca-cert-file",
-                &p("ca.pem"),
-                "--tls-auth-clients",
-                "no",
-            ])
-            .args(["--dir", &p("")])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        let end = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < end, "TLS redis-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        TlsRedis { dir, port, child }
-    }
-
-    fn url(&self) -> String {
-        format!("rediss://localhost:{}/", self.port)
-    }
-}
-
-impl Drop for TlsRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Run in a child process by [`rediss_verifies_the_server_certificate`] with `SSL_CERT_FILE`
-/// set (process-wide, so not in the shared test process).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "run by rediss_verifies_the_server_certificate"]
-async fn rediss_child_trusting_the_test_ca() {
-    let Ok(url) = std::env::var("PORTCULLIS_TEST_REDISS_URL") else {
-        return;
-    };
-    let (a, _) = replica(&url, "t:").await;
-    let charge = rate_charge("r", rate(10, Duration::from_secs(1), 10));
-    assert_eq!(a.acquire(&charge).await, SharedOutcome::Admitted);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rediss_verifies_the_server_certificate() {
-    let srv = tokio::task::block_in_place(TlsRedis::start);
+async fn rediss_refuses_a_server_whose_certificate_is_not_trusted() {
+    // The trusted case runs end to end in tests/replicas.rs (the gateway with SSL_CERT_FILE).
+    let srv = tokio::task::block_in_place(TlsRedisServer::start);
     // The system store does not know the test CA: no connection, never unverified.
     let (a, _) = replica(&srv.url(), "t:").await;
     let charge = rate_charge("r", rate(10, Duration::from_secs(1), 10));
@@ -623,24 +532,4 @@ async fn rediss_verifies_the_server_certificate() {
         other => panic!("expected unavailable, got {other:?}"),
     }
     assert!(!a.available());
-    // Trusting the CA through SSL_CERT_FILE connects, certificate and host name checked.
-    let out = tokio::task::block_in_place(|| {
-        std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "state::redis_limits::tests::rediss_child_trusting_the_test_ca",
-                "--ignored",
-                "--nocapture",
-            ])
-            .env("SSL_CERT_FILE", srv.dir.path().join("ca.pem"))
-            .env("PORTCULLIS_TEST_REDISS_URL", srv.url())
-            .output()
-            .unwrap()
-    });
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }

@@ -359,6 +359,8 @@ pub struct Setup {
     /// The `admin:` section, at the end of the file ([`admin_section`] by default: operator
     /// `ops` with [`ADMIN_TOKEN`]); empty for none.
     pub admin: String,
+    /// More environment variables of the gateway process.
+    pub env: Vec<(String, String)>,
 }
 
 /// An `admin:` section with operator `ops` ([`ADMIN_TOKEN`]) and `extra` lines (indented by
@@ -381,6 +383,7 @@ impl Setup {
             extra_server: String::new(),
             extra_upstreams: String::new(),
             admin: admin_section(""),
+            env: Vec::new(),
         }
     }
 }
@@ -1095,6 +1098,7 @@ fn spawn_in(layout: &Layout, setup: &Setup) -> Child {
         .current_dir(&layout.dir)
         .env("TEST_UPSTREAM_KEY", SECRET)
         .env("RUST_LOG", setup.rust_log)
+        .envs(setup.env.iter().map(|(k, v)| (k, v)))
         .env_remove("PORTCULLIS_CONFIG")
         .env_remove("HTTP_PROXY")
         .env_remove("HTTPS_PROXY")

@@ -296,3 +296,91 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// A private CA (PEM) and a TLS-only redis-server whose certificate it issued for `localhost`.
+pub struct TlsRedisServer {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: std::process::Child,
+}
+
+impl TlsRedisServer {
+    /// Issue the certificates and start the server.
+    pub fn start() -> TlsRedisServer {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::default();
+        ca.distinguished_name
+            .push(DnType::CommonName, "Portcullis test CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        let cert = leaf.signed_by(&key, &issuer).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).unwrap();
+        std::fs::write(dir.path().join("cert.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let p = |f: &str| dir.path().join(f).display().to_string();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            // `-::1`: also on IPv6 loopback when there is one (`localhost` may resolve there).
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "-::1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args([
+                "--tls-cert-file",
+                &p("cert.pem"),
+                "--tls-key-file",
+                &p("key.pem"),
+            ])
+            .args([
+                "--tls-ca-cert-file",
+                &p("ca.pem"),
+                "--tls-auth-clients",
+                "no",
+            ])
+            .args(["--dir", &p("")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let end = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < end, "TLS redis-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        TlsRedisServer { dir, port, child }
+    }
+
+    /// `rediss://localhost:<port>/`
+    pub fn url(&self) -> String {
+        format!("rediss://localhost:{}/", self.port)
+    }
+}
+
+impl Drop for TlsRedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl TlsRedisServer {
+    /// The CA certificate (PEM) that issued the server's certificate.
+    pub fn ca_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+}

@@ -163,7 +163,14 @@ impl Compiler<'_> {
                     &pg.url,
                     &["postgres://", "postgresql://"],
                 );
-                let redis_url = url("state.redis.url", &redis.url, &["redis://", "rediss://"]);
+                let redis_url = url("state.redis.url", &redis.url, &["redis://", "rediss://"])
+                    .and_then(|u| match crate::state::redis_limits::check_url(&u) {
+                        Ok(()) => Some(u),
+                        Err(e) => {
+                            self.invalid("state.redis.url", e);
+                            None
+                        }
+                    });
                 let postgres_max_connections = pg.max_connections.unwrap_or(8);
                 if postgres_max_connections == 0 {
                     self.invalid("state.postgres.max_connections", "must be at least 1");
