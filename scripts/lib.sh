@@ -39,6 +39,11 @@ ensure_test_deps() {
   if ! compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null; then
     ensure_packages "for the shared-state tests" portcullis-needs-postgres-server:postgresql
   fi
+  # An independent OAuth client for the token service's cross-check (tests/token_service.rs).
+  if ! python3 -c 'import authlib, requests, cryptography' 2>/dev/null; then
+    echo "installing authlib, requests, cryptography (PyPI) for the OAuth cross-check test" >&2
+    python3 -m pip install --quiet authlib requests cryptography
+  fi
 }
 
 # The benchmarked gateway: one worker; an ES256 token from the peer kit's key set (in $D);

@@ -14,4 +14,5 @@ pub mod policy;
 pub mod proxy;
 pub mod server;
 pub mod state;
+pub mod token_service;
 pub mod util;

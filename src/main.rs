@@ -98,6 +98,19 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Make an agent's client secret for the token endpoint: prints it once, and its SHA-256
+    /// for `agents[].client.secret_sha256`.
+    ClientSecret {
+        /// Write `<out>.secret` (mode 0600) and `<out>.sha256` instead of printing both.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// The token service's signing keyring (`issuers[].signing_keyring`): create it, rotate
+    /// its key, list its keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Reload the configuration of a running gateway (`POST /reload` on its admin listener).
     Reload {
         #[command(flatten)]
@@ -111,6 +124,36 @@ enum Command {
         /// Replace an existing file.
         #[arg(long)]
         force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a keyring with its first key.
+    Init {
+        /// The keyring directory (as `signing_keyring` names it).
+        #[arg(long)]
+        dir: PathBuf,
+        /// `kid` prefix of its keys.
+        #[arg(long, default_value = "portcullis")]
+        prefix: String,
+    },
+    /// Make a new signing key; the old one keeps verifying until its tokens have expired
+    /// (identity.max_token_ttl + clock_skew), and keys past that are deleted. Reload the
+    /// gateway afterwards (SIGHUP, `portcullis reload` or POST /reload).
+    Rotate {
+        /// Configuration file naming the keyring (token_service.issuer's `signing_keyring`).
+        #[arg(short, long, default_value = "gateway.yaml")]
+        config: PathBuf,
+        /// `kid` prefix of the new key.
+        #[arg(long, default_value = "portcullis")]
+        prefix: String,
+    },
+    /// List the keyring's keys.
+    List {
+        /// Configuration file naming the keyring.
+        #[arg(short, long, default_value = "gateway.yaml")]
+        config: PathBuf,
     },
 }
 
@@ -245,7 +288,9 @@ fn main() -> ExitCode {
         Command::Mcp { conn, command } => cli_agents::mcp(conn, command),
         Command::Keygen { out, force } => keygen(&out, force),
         Command::Reload { conn } => reload_cli(conn),
-        Command::ApproverToken { out } => approver_token(out.as_deref()),
+        Command::ApproverToken { out } => new_secret("pca_", "token", out.as_deref()),
+        Command::ClientSecret { out } => new_secret("pcs_", "secret", out.as_deref()),
+        Command::Keys { command } => keys_cli(command),
         Command::Approvals {
             admin,
             config,
@@ -392,18 +437,21 @@ fn keygen(out: &Path, force: bool) -> ExitCode {
     }
 }
 
-fn approver_token(out: Option<&Path>) -> ExitCode {
+/// A random 256-bit secret (`prefix` + hex) and its SHA-256: approver tokens and client
+/// secrets. Only the hash goes into the config.
+fn new_secret(prefix: &str, label: &str, out: Option<&Path>) -> ExitCode {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let token = format!(
-        "pca_{}{}",
+        "{prefix}{}{}",
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     );
     let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
     let Some(out) = out else {
-        println!("token:        {token}");
-        println!("token_sha256: {hash}");
+        let width = label.len() + "_sha256: ".len();
+        println!("{:<width$}{token}", format!("{label}:"));
+        println!("{label}_sha256: {hash}");
         return ExitCode::SUCCESS;
     };
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -414,17 +462,96 @@ fn approver_token(out: Option<&Path>) -> ExitCode {
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(format!("{base}.token"))
+        .open(format!("{base}.{label}"))
         .and_then(|mut f| f.write_all(token.as_bytes()))
         .and_then(|_| std::fs::write(format!("{base}.sha256"), format!("{hash}\n")));
     match written {
         Ok(()) => {
-            println!("wrote {base}.token and {base}.sha256");
+            println!("wrote {base}.{label} and {base}.sha256");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("portcullis approver-token: cannot write {base}.token/.sha256: {e}");
+            eprintln!("portcullis: cannot write {base}.{label}/.sha256: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn keys_cli(command: KeysCommand) -> ExitCode {
+    use portcullis::identity::keyring::Keyring;
+    let fail = |m: String| {
+        eprintln!("portcullis keys: {m}");
+        ExitCode::FAILURE
+    };
+    let keyring_of = |config: &Path| -> Result<(PathBuf, Duration), String> {
+        let snap = load(config, false)?;
+        let ts = snap
+            .token_service
+            .as_ref()
+            .ok_or("the config has no `token_service` section")?;
+        let dir = ts
+            .keyring_dir
+            .clone()
+            .ok_or("token_service.issuer signs with `signing_key_file`, not a `signing_keyring`")?;
+        let id = snap.verifier.settings();
+        Ok((dir, id.max_token_ttl + id.clock_skew))
+    };
+    match command {
+        KeysCommand::Init { dir, prefix } => match Keyring::init(&dir, &prefix) {
+            Ok(ring) => {
+                let k = ring.active().expect("a new keyring has a key");
+                println!("created {} with key {}", dir.display(), k.kid);
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e.to_string()),
+        },
+        KeysCommand::Rotate { config, prefix } => {
+            let (dir, overlap) = match keyring_of(&config) {
+                Ok(x) => x,
+                Err(e) => return fail(e),
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            match Keyring::rotate(&dir, &prefix, now, overlap) {
+                Ok(r) => {
+                    println!("new signing key: {}", r.new_kid);
+                    if let Some(old) = r.retired_kid {
+                        println!(
+                            "retired: {old} (verifies for {} more)",
+                            humantime::format_duration(overlap)
+                        );
+                    }
+                    for p in r.pruned {
+                        println!("deleted: {p} (its tokens have all expired)");
+                    }
+                    println!("reload the gateway to sign with the new key (SIGHUP, `portcullis reload`, POST /reload)");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e.to_string()),
+            }
+        }
+        KeysCommand::List { config } => {
+            let (dir, _) = match keyring_of(&config) {
+                Ok(x) => x,
+                Err(e) => return fail(e),
+            };
+            match Keyring::load(&dir) {
+                Ok(ring) => {
+                    let active = ring.active().map(|k| k.kid.clone());
+                    for k in ring.keys() {
+                        let state = match (k.retired, Some(&k.kid) == active.as_ref()) {
+                            (_, true) => "signing".to_string(),
+                            (Some(r), _) => format!("retired at {r}"),
+                            (None, false) => "unused".to_string(),
+                        };
+                        println!("{}\tcreated {}\t{state}", k.kid, k.created);
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e.to_string()),
+            }
         }
     }
 }

@@ -144,6 +144,12 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
     server.add_service(proxy);
     server.add_service(monitor);
     server.add_service(admin);
+    if let Some(addr) = &settings.token_listen {
+        server.add_service(background_service(
+            "portcullis token service",
+            crate::token_service::TokenEndpoints::new(state.clone(), addr.clone()),
+        ));
+    }
     server.add_service(sweeper);
 
     spawn_sighup_reloader(state.clone());

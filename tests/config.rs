@@ -25,7 +25,7 @@ fn bad_file_reports_every_error_with_path_and_line() {
     let expected = [
         "line 3: listen.admin: `not-an-address` is not an `ip:port` address (e.g. `127.0.0.1:8080`)",
         "line 5: identity.clock_skew: `soon` is not a duration (expected number at 0); write e.g. `30s`, `5m`, `1h`",
-        "line 7: issuers[0]: no keys: set `keys`, `jwks_file`, `jwks_url` or `signing_key_file`",
+        "line 7: issuers[0]: no keys: set `keys`, `jwks_file`, `jwks_url`, `signing_key_file` or `signing_keyring`",
         "line 10: issuers[0].algorithms[1]: unsigned tokens (`none`) are never accepted",
         "line 10: issuers[0].algorithms[2]: HS256 uses a shared secret; set `allow_hmac: true` on this issuer to accept it",
         "line 10: issuers[0].algorithms: HS algorithms need `hmac_secret`",
@@ -35,7 +35,7 @@ fn bad_file_reports_every_error_with_path_and_line() {
         "line 17: issuers[1].jwks_url: `ftp://nope` is not an http(s) URL",
         "line 20: agents[0].owner: every agent needs a named human owner",
         "line 21: agents[0].scopes[1]: scope `tickets:raed` is not required by any route (a typo?); known scopes: tickets:read",
-        "line 24: agents[1].colour: unknown field `colour`, expected one of `id`, `owner`, `description`, `scopes`, `enabled`, `tier`, `limits`, `conditions`",
+        "line 24: agents[1].colour: unknown field `colour`, expected one of `id`, `owner`, `description`, `scopes`, `enabled`, `tier`, `limits`, `conditions`, `client`, `delegation`",
         "line 28: upstreams[0].read_timeout: `5 parsecs` is not a duration (unknown time unit \"parsecs\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)); write e.g. `30s`, `5m`, `1h`",
         "line 31: upstreams[0].credential.value: environment variable `PORTCULLIS_TEST_UNSET_SECRET` is not set",
         "line 34: routes[0].methods[1]: `FETCH` is not one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
@@ -114,7 +114,12 @@ fn good_file_compiles_to_the_expected_snapshot() {
     assert_eq!(up.authority, "127.0.0.1:9");
     let cred = up.credential.as_ref().unwrap();
     assert_eq!(cred.header.as_str(), "x-api-key");
-    assert_eq!(cred.value.0.to_str().unwrap(), "k-s3cret");
+    match &cred.source {
+        portcullis::policy::snapshot::CredentialSource::Static(v) => {
+            assert_eq!(v.0.to_str().unwrap(), "k-s3cret")
+        }
+        other => panic!("a static credential, not {other:?}"),
+    }
     // The secret never prints.
     assert!(!format!("{up:?}").contains("s3cret"));
     // Ranked: the host-specific template comes before the wide one.

@@ -17,6 +17,9 @@ pub struct RawListen {
     pub admin: Option<String>,
     /// Worker threads of the proxy service.
     pub threads: Option<usize>,
+    /// The token service's OAuth endpoints (token, revocation, introspection, JWKS,
+    /// metadata), for agents; absent = not served.
+    pub token: Option<String>,
 }
 
 /// Process-level behaviour.
@@ -126,6 +129,9 @@ pub struct RawIssuer {
     pub signing_key_file: Option<String>,
     /// `kid` written into tokens signed with `signing_key_file`.
     pub signing_key_id: Option<String>,
+    /// Instead of `signing_key_file`: a keyring directory (`portcullis keys init|rotate`);
+    /// its newest key signs, retired keys verify until their tokens have expired.
+    pub signing_keyring: Option<String>,
     /// Shared HMAC secret, e.g. `${env:IDP_HS256_SECRET}`; needs `allow_hmac: true`.
     pub hmac_secret: Option<String>,
     /// HS256/384/512 are refused unless this is true.
@@ -143,6 +149,58 @@ pub struct RawTokenService {
     pub audience: Option<String>,
     /// Default lifetime of issued tokens (default 10m).
     pub default_ttl: Option<String>,
+    /// Base URL agents reach the token listener at, for the metadata document and as the
+    /// audience of client assertions (default `http://<listen.token>`).
+    pub public_url: Option<String>,
+    /// Audiences, besides `audience`, a token exchange may ask for (`audience`/`resource`).
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Longest delegation chain a token exchange may build (default 2: agent for agent for
+    /// a person).
+    pub max_delegation_depth: Option<usize>,
+    /// Longest lifetime accepted on a client assertion (`private_key_jwt`; default 1h, the bound
+    /// common clients such as authlib and IdPs such as Okta use; each is single-use anyway).
+    pub max_assertion_ttl: Option<String>,
+    /// Services that may call the introspection endpoint (RFC 7662).
+    #[serde(default)]
+    pub introspection_clients: Vec<RawIntrospectionClient>,
+}
+
+/// A service allowed to introspect tokens: `{name, secret_sha256}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIntrospectionClient {
+    /// Its client id (HTTP Basic user name).
+    pub name: String,
+    /// SHA-256 (hex) of its secret (`portcullis client-secret`).
+    pub secret_sha256: String,
+}
+
+/// How an agent authenticates at the token endpoint.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgentClient {
+    /// SHA-256 (hex) of a client secret made by `portcullis client-secret`.
+    pub secret_sha256: Option<String>,
+    /// Public keys its client assertions are signed with (`private_key_jwt`, RFC 7523).
+    #[serde(default)]
+    pub keys: Vec<RawKey>,
+    /// Longest lifetime of a token issued to this agent (default `token_service.default_ttl`).
+    pub max_token_ttl: Option<String>,
+}
+
+/// Whom an agent may act for (token exchange, RFC 8693).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDelegation {
+    /// Issuers (config names) whose users' tokens the agent may present as `subject_token`.
+    pub issuers: Vec<String>,
+    /// Only principals whose subject matches one of these (`*` wildcards); default any.
+    #[serde(default)]
+    pub subjects: Vec<String>,
+    /// Accept a subject token only when its `may_act` claim names this agent.
+    #[serde(default)]
+    pub require_may_act: bool,
 }
 
 /// A registered agent.
@@ -168,16 +226,52 @@ pub struct RawAgent {
     /// Conditions every call of this agent must meet, on any route.
     #[serde(default)]
     pub conditions: Vec<super::raw_conditions::RawCondition>,
+    /// Token endpoint credentials (absent: the agent cannot obtain tokens there).
+    pub client: Option<RawAgentClient>,
+    /// Token exchange: whom the agent may act for (absent: nobody).
+    pub delegation: Option<RawDelegation>,
 }
 
-/// Header the gateway adds towards an upstream.
+/// What the gateway adds towards an upstream: a static header value, a token it mints per
+/// call, or one it obtains from an external token service. Exactly one of `value`, `mint`,
+/// `exchange`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCredential {
-    /// Header name, e.g. `authorization` or `x-api-key`.
-    pub header: String,
+    /// Header name (default `authorization`), e.g. `x-api-key`.
+    pub header: Option<String>,
     /// Value with `${env:NAME}` / `${file:PATH}` references.
-    pub value: String,
+    pub value: Option<String>,
+    /// A token the gateway signs for each call.
+    pub mint: Option<RawMint>,
+    /// A token obtained from an external token service and cached.
+    pub exchange: Option<RawExchange>,
+}
+
+/// `credential.mint`: `{audience, ttl}`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawMint {
+    /// `aud` of the minted token (default the upstream's name).
+    pub audience: Option<String>,
+    /// Lifetime (default and maximum 60s).
+    pub ttl: Option<String>,
+}
+
+/// `credential.exchange`: an OAuth token endpoint the gateway exchanges its per-call token at.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExchange {
+    /// The token endpoint (`http(s)://`).
+    pub token_url: String,
+    /// The gateway's client id there.
+    pub client_id: String,
+    /// Its client secret (`${env:}` / `${file:}`), sent with HTTP Basic.
+    pub client_secret: String,
+    /// `audience` asked for (default the upstream's name).
+    pub audience: Option<String>,
+    /// Request timeout (default 5s).
+    pub timeout: Option<String>,
 }
 
 /// A named upstream tool or API.

@@ -14,8 +14,14 @@ use super::settings::IdentitySettings;
 pub struct VerifiedToken {
     /// The config name of the issuer that signed it.
     pub issuer: Arc<str>,
-    /// The configured subject claim (default `sub`): the agent.
+    /// The agent: the configured subject claim (default `sub`), or, on a delegated token
+    /// (RFC 8693 `act` claim), the current actor `act.sub`.
     pub subject: String,
+    /// On a delegated token, the principal the agent acts for (the subject claim's value).
+    pub on_behalf_of: Option<String>,
+    /// On a delegated token, the earlier actors of the chain, nearest first (`act.act.sub`,
+    /// ...): who passed the delegation to the current agent. Empty otherwise.
+    pub prior_actors: Vec<String>,
     /// Scopes from the first present scope claim; empty when none is present.
     pub scopes: Vec<String>,
     /// The token id, when present.
@@ -50,6 +56,7 @@ pub(crate) fn check(
     let iat = numeric_date(claims, "iat")?.ok_or_else(|| TokenError::missing("iat"))?;
     let nbf = numeric_date(claims, "nbf")?;
     let subject = subject(claims, &settings.subject_claim)?;
+    let chain = actor_chain(claims)?;
     check_audience(claims, expect.audiences)?;
 
     if exp.saturating_add(skew) < now {
@@ -82,17 +89,25 @@ pub(crate) fn check(
         Some(Value::String(j)) => Some(j.clone()),
         Some(_) => return Err(TokenError::invalid("jti", "it is not a string")),
     };
+    // An agent acting for a person never votes as that person.
     let approver = settings
         .approver_claim
         .as_deref()
+        .filter(|_| chain.is_empty())
         .and_then(|c| match claims.get(c) {
             Some(Value::Bool(true)) => Some(subject.clone()),
             Some(Value::String(name)) if !name.trim().is_empty() => Some(name.trim().to_string()),
             _ => None,
         });
+    let (subject, on_behalf_of, prior_actors) = match chain.split_first() {
+        None => (subject, None, Vec::new()),
+        Some((actor, prior)) => (actor.clone(), Some(subject), prior.to_vec()),
+    };
     Ok(VerifiedToken {
         issuer: expect.issuer_name.clone(),
         subject,
+        on_behalf_of,
+        prior_actors,
         scopes: scopes(claims, &settings.scope_claims)?,
         jti,
         iat,
@@ -126,6 +141,42 @@ fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, 
         Some(f) if f.is_finite() && f >= 0.0 && f < u64::MAX as f64 => Ok(Some(f as u64)),
         _ => Err(invalid()),
     }
+}
+
+/// Longest `act` chain accepted (RFC 8693 nesting: agent acting for an agent acting for a
+/// person). Deeper chains are refused rather than walked: they only arise from abuse.
+pub const MAX_ACT_DEPTH: usize = 8;
+
+/// The actors of an RFC 8693 `act` claim, current actor first: `act.sub`, `act.act.sub`, ...
+/// Empty when the token has no `act`. Each level must be an object with a non-empty `sub`.
+pub(crate) fn actor_chain(claims: &Map<String, Value>) -> Result<Vec<String>, TokenError> {
+    let mut chain = Vec::new();
+    let mut level = claims.get("act");
+    while let Some(act) = level {
+        if act.is_null() && chain.is_empty() {
+            break;
+        }
+        let Some(obj) = act.as_object() else {
+            return Err(TokenError::invalid("act", "it must be an object"));
+        };
+        match obj.get("sub") {
+            Some(Value::String(s)) if !s.is_empty() => chain.push(s.clone()),
+            _ => {
+                return Err(TokenError::invalid(
+                    "act",
+                    "each level needs a non-empty string `sub`",
+                ))
+            }
+        }
+        if chain.len() > MAX_ACT_DEPTH {
+            return Err(TokenError::invalid(
+                "act",
+                format!("the delegation chain is deeper than {MAX_ACT_DEPTH}"),
+            ));
+        }
+        level = obj.get("act");
+    }
+    Ok(chain)
 }
 
 fn subject(claims: &Map<String, Value>, claim: &str) -> Result<String, TokenError> {

@@ -66,6 +66,56 @@ pub fn issue_token(
         .map_err(|e| IdentityError::SigningKey(format!("cannot sign with this key as ES256: {e}")))
 }
 
+/// A parsed ES256 signing key and its `kid`: what the token service signs with, parsed once
+/// per config load rather than per token.
+#[derive(Clone)]
+pub struct SigningKey {
+    /// `kid` of the tokens it signs.
+    pub kid: String,
+    key: std::sync::Arc<EncodingKey>,
+    /// Its public JWK, as published.
+    pub jwk: Value,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .finish()
+    }
+}
+
+impl SigningKey {
+    /// Parse a PKCS#8 ES256 private key PEM.
+    pub fn from_pem(pem: &[u8], kid: &str) -> Result<SigningKey, IdentityError> {
+        let key = EncodingKey::from_ec_pem(pem).map_err(|e| {
+            IdentityError::SigningKey(format!("not an ES256 PKCS#8 private key: {e}"))
+        })?;
+        Ok(SigningKey {
+            kid: kid.to_owned(),
+            key: std::sync::Arc::new(key),
+            jwk: signing_key_jwk(pem, kid)?,
+        })
+    }
+
+    /// Sign `claims` as an ES256 JWT with this key's `kid` (and `typ`, e.g. `at+jwt` for
+    /// access tokens per RFC 9068, when given).
+    pub fn sign(&self, claims: &Value, typ: Option<&str>) -> Result<String, IdentityError> {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(self.kid.clone());
+        if let Some(t) = typ {
+            header.typ = Some(t.to_owned());
+        }
+        jsonwebtoken::encode(&header, claims, &self.key)
+            .map_err(|e| IdentityError::SigningKey(format!("cannot sign as ES256: {e}")))
+    }
+}
+
+/// A new random token id (128 bits, UUIDv4-shaped).
+pub fn new_jti() -> Result<String, IdentityError> {
+    random_jti()
+}
+
 /// A new ES256 (P-256) private key as a PKCS#8 `PRIVATE KEY` PEM.
 pub fn generate_signing_key() -> Result<String, IdentityError> {
     let rng = SystemRandom::new();
@@ -92,7 +142,7 @@ pub fn signing_key_jwk(signing_key_pem: &[u8], kid: &str) -> Result<Value, Ident
 }
 
 /// 128 random bits shaped as a UUIDv4 (`8-4-4-4-12` hex).
-fn random_jti() -> Result<String, IdentityError> {
+pub(crate) fn random_jti() -> Result<String, IdentityError> {
     let mut b = [0u8; 16];
     SystemRandom::new()
         .fill(&mut b)

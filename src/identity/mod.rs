@@ -12,6 +12,7 @@ mod claims;
 mod error;
 mod issue;
 mod jwks;
+pub mod keyring;
 mod keys;
 mod pem;
 mod settings;
@@ -25,9 +26,9 @@ mod test_support;
 #[cfg(test)]
 mod verify_tests;
 
-pub use claims::VerifiedToken;
+pub use claims::{VerifiedToken, MAX_ACT_DEPTH};
 pub use error::{IdentityError, TokenError};
-pub use issue::{generate_signing_key, issue_token, signing_key_jwk};
+pub use issue::{generate_signing_key, issue_token, new_jti, signing_key_jwk, SigningKey};
 pub use jwks::{JwksEvent, JwksEventSink, JwksOutcome, JwksStatus, KeyStore};
 pub use settings::{
     IdentitySettings, IssuerConfig, KeySource, DEFAULT_JWKS_MIN_REFETCH_INTERVAL,

@@ -33,6 +33,13 @@ pub struct AccessRecord<'a> {
     pub agent: Option<&'a str>,
     /// The agent's human owner.
     pub owner: Option<&'a str>,
+    /// On a delegated token: the principal (person) the agent acts for (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<&'a str>,
+    /// On a delegated token: the earlier actors that passed the delegation on, nearest first
+    /// (absent when the agent acts directly for the principal, or for nobody).
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub prior_actors: &'a [String],
     /// Token `jti`.
     pub jti: Option<&'a str>,
     /// Issuer name of the token.

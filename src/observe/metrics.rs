@@ -85,6 +85,12 @@ pub struct Metrics {
     pub state_store_errors: IntCounterVec,
     /// 1 while the shared store answers, 0 while it does not, by store.
     pub state_store_up: IntGaugeVec,
+    /// Token service requests, by endpoint (`token`, `revoke`, `introspect`), grant and
+    /// outcome (`issued`, `revoked`, `active`, `inactive`, or the OAuth error code).
+    pub token_requests: IntCounterVec,
+    /// Tokens minted or exchanged for upstreams, by upstream and outcome (`minted`,
+    /// `exchanged`, `cached`, `failed`).
+    pub upstream_tokens: IntCounterVec,
     /// Calls decided without the shared store because it was unreachable, by route and fault
     /// mode (`fail_open`: admitted on local state; `fail_closed`: refused).
     pub state_store_fallbacks: IntCounterVec,
@@ -313,6 +319,16 @@ impl Metrics {
             "Failed shared-state operations, by store and operation.",
             &["store", "op"],
         );
+        let token_requests = counter(
+            "portcullis_token_requests_total",
+            "Token service requests, by endpoint, grant type and outcome.",
+            &["endpoint", "grant", "outcome"],
+        );
+        let upstream_tokens = counter(
+            "portcullis_upstream_tokens_total",
+            "Per-call upstream credentials, by upstream and outcome.",
+            &["upstream", "outcome"],
+        );
         let state_store_up = {
             let g = IntGaugeVec::new(
                 Opts::new(
@@ -364,6 +380,8 @@ impl Metrics {
             state_store_duration,
             state_store_errors,
             state_store_up,
+            token_requests,
+            upstream_tokens,
             state_store_fallbacks,
             anomalies,
             playbook_actions,

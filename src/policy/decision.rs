@@ -436,6 +436,8 @@ routes:
         VerifiedToken {
             issuer: "idp".into(),
             subject: sub.into(),
+            on_behalf_of: None,
+            prior_actors: Vec::new(),
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             jti: None,
             iat: 0,

@@ -32,7 +32,49 @@ pub struct Agent {
     pub conditions: super::conditions::Conditions,
     /// The conditions of the agent's tier (`tiers.<tier>.conditions`), checked first.
     pub tier_conditions: super::conditions::Conditions,
+    /// How it authenticates at the token endpoint (`None`: it cannot obtain tokens there).
+    pub client: Option<AgentClient>,
+    /// Whom it may act for through token exchange (`None`: nobody).
+    pub delegation: Option<Delegation>,
 }
+
+/// An agent's token-endpoint credentials (`agents[].client`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentClient {
+    /// SHA-256 of its client secret, when it may use one.
+    pub secret_sha256: Option<[u8; 32]>,
+    /// Whether it has keys for `private_key_jwt` (they live in the token service's assertion
+    /// verifier, one issuer per agent).
+    pub has_keys: bool,
+    /// Longest lifetime of a token issued to it.
+    pub max_token_ttl: Duration,
+}
+
+/// Whom an agent may act for (`agents[].delegation`).
+#[derive(Debug, Clone)]
+pub struct Delegation {
+    /// Config names of the issuers whose tokens it may present as `subject_token`.
+    pub issuers: Vec<String>,
+    /// Principals it may act for (anchored patterns); empty = any.
+    pub subjects: Vec<regex::Regex>,
+    /// The subject token must name it in `may_act`.
+    pub require_may_act: bool,
+}
+
+impl PartialEq for Delegation {
+    fn eq(&self, other: &Delegation) -> bool {
+        self.issuers == other.issuers
+            && self.require_may_act == other.require_may_act
+            && self.subjects.len() == other.subjects.len()
+            && self
+                .subjects
+                .iter()
+                .zip(&other.subjects)
+                .all(|(a, b)| a.as_str() == b.as_str())
+    }
+}
+
+impl Eq for Delegation {}
 
 impl Agent {
     /// The agent's trust tier, as written in the config.
@@ -193,12 +235,29 @@ impl fmt::Debug for Secret {
 }
 
 /// Header the gateway injects towards an upstream.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Credential {
     /// Header name (lowercase).
     pub header: HeaderName,
-    /// The secret value.
-    pub value: Secret,
+    /// Where its value comes from.
+    pub source: CredentialSource,
+}
+
+/// Where an upstream credential's value comes from.
+#[derive(Debug, Clone)]
+pub enum CredentialSource {
+    /// A fixed secret from the config.
+    Static(Secret),
+    /// A token the gateway signs for each call (`Bearer <jwt>`).
+    Mint {
+        /// Its `aud`.
+        audience: String,
+        /// Its lifetime (at most 60s).
+        ttl: Duration,
+    },
+    /// A token obtained from an external token service by exchange, cached until shortly
+    /// before it expires.
+    Exchange(Arc<crate::token_service::upstream::Exchange>),
 }
 
 /// A named upstream.
@@ -283,6 +342,8 @@ pub struct Settings {
     pub proxy_listen: Vec<String>,
     /// Admin listener address.
     pub admin_listen: String,
+    /// Token service listener address (`listen.token`), if served.
+    pub token_listen: Option<String>,
     /// Proxy worker threads.
     pub threads: usize,
     /// SIGTERM drain bound.
@@ -412,7 +473,8 @@ impl AdminSettings {
     }
 }
 
-/// What `portcullis token issue` needs.
+/// The token service: `portcullis token issue`, the OAuth endpoints and per-call upstream
+/// tokens.
 #[derive(Debug, Clone)]
 pub struct TokenService {
     /// `iss` of issued tokens.
@@ -427,6 +489,33 @@ pub struct TokenService {
     pub default_ttl: Duration,
     /// Upper bound on lifetimes (identity.max_token_ttl).
     pub max_ttl: Duration,
+    /// The keyring directory, when the issuer signs from one (`portcullis keys rotate`).
+    pub keyring_dir: Option<PathBuf>,
+    /// The parsed signing key (the active key of a keyring).
+    pub signer: crate::identity::SigningKey,
+    /// Public JWKs of every key that still verifies (the signer's, and retired keyring keys
+    /// within their overlap): the JWKS document.
+    pub published: Vec<serde_json::Value>,
+    /// Base URL of the token listener (`token_service.public_url`).
+    pub public_url: String,
+    /// Audiences a token may be issued for; `audience` first.
+    pub audiences: Vec<String>,
+    /// Longest `act` chain a token exchange may build.
+    pub max_delegation_depth: usize,
+    /// Longest lifetime of a client assertion.
+    pub max_assertion_ttl: Duration,
+    /// Services that may introspect: name and SHA-256 of the secret.
+    pub introspection_clients: Vec<(String, [u8; 32])>,
+    /// Verifies agents' client assertions (one issuer per agent with keys); `None` when no
+    /// agent has keys.
+    pub assertions: Option<Arc<Verifier>>,
+}
+
+impl TokenService {
+    /// The token endpoint's URL: what client assertions name as `aud`.
+    pub fn token_endpoint(&self) -> String {
+        format!("{}/oauth2/token", self.public_url)
+    }
 }
 
 /// One compiled configuration. Immutable; a reload builds a new one.

@@ -629,7 +629,15 @@ impl Gateway {
         }
         let body = whole.unwrap_or_default();
         let mut req = session.req_header().clone();
-        super::prepare_upstream(session, ctx, &mut req)?;
+        let credential = match super::upstream_credential(&self.state, ctx).await {
+            Ok(c) => c,
+            Err(why) => {
+                return self
+                    .refuse(session, ctx, Refusal::UpstreamCredentialUnavailable(why))
+                    .await
+            }
+        };
+        super::prepare_upstream(session, ctx, &mut req, credential.as_ref())?;
         let target = req
             .uri
             .path_and_query()

@@ -209,6 +209,8 @@ pub struct Forwarding<'a> {
     pub path: &'a NormalizedPath,
     /// The query string, passed through unchanged.
     pub query: Option<&'a str>,
+    /// The upstream credential's value for this call (static, minted or exchanged).
+    pub credential: Option<&'a http::HeaderValue>,
 }
 
 /// Turn the agent's request header into the upstream's: strip what the agent may not assert,
@@ -259,8 +261,8 @@ pub fn prepare_upstream_request(
         };
         req.insert_header(X_FORWARDED_FOR.clone(), xff)?;
     }
-    if let Some(c) = &up.credential {
-        req.insert_header(c.header.clone(), c.value.0.clone())?;
+    if let (Some(c), Some(v)) = (&up.credential, f.credential) {
+        req.insert_header(c.header.clone(), v.clone())?;
     }
     Ok(())
 }

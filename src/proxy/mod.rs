@@ -87,6 +87,8 @@ pub struct RequestCtx {
     charge: Charge,
     /// The volume limit that cut this call's stream, for `fail_to_proxy` to answer with.
     cut: Option<Box<Refused>>,
+    /// Why the upstream's per-call credential could not be made, for `fail_to_proxy`.
+    credential_error: Option<String>,
     /// The conditions that ran for this call and their results.
     conditions: Vec<ConditionRan>,
     upstream_started: Option<Instant>,
@@ -197,6 +199,8 @@ impl RequestCtx {
                 .map(|a| &*a.id)
                 .or(token.map(|t| t.subject.as_str())),
             owner: self.agent.as_ref().map(|a| &*a.owner),
+            on_behalf_of: token.and_then(|t| t.on_behalf_of.as_deref()),
+            prior_actors: token.map_or(&[], |t| t.prior_actors.as_slice()),
             jti: token.and_then(|t| t.jti.as_deref()),
             issuer: token.map(|t| &*t.issuer),
             route: self.route.map(|_| route.as_str()),
@@ -364,6 +368,7 @@ impl ProxyHttp for Gateway {
             would_deny: None,
             charge: Charge::default(),
             cut: None,
+            credential_error: None,
             conditions: Vec::new(),
             upstream_started: None,
             approval_id: None,
@@ -637,7 +642,17 @@ impl ProxyHttp for Gateway {
         req: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        prepare_upstream(session, ctx, req)
+        let credential = match upstream_credential(&self.state, ctx).await {
+            Ok(c) => c,
+            Err(why) => {
+                ctx.credential_error = Some(why);
+                return Err(Error::explain(
+                    ErrorType::InternalError,
+                    "no upstream credential",
+                ));
+            }
+        };
+        prepare_upstream(session, ctx, req, credential.as_ref())
     }
 
     async fn response_filter(
@@ -715,6 +730,20 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        if let Some(why) = ctx.credential_error.take() {
+            tracing::warn!(request_id = %ctx.request_id, upstream = ctx.upstream().map(|u| &*u.name), error = %why, "no upstream credential; call refused");
+            let r = Refusal::UpstreamCredentialUnavailable(why);
+            let status = r.render("", None).status;
+            let code = if self.refuse(session, ctx, r).await.is_ok() {
+                status
+            } else {
+                0
+            };
+            return FailToProxy {
+                error_code: code,
+                can_reuse_downstream: false,
+            };
+        }
         if let Some(refused) = ctx.cut.take() {
             // A volume budget cut the stream: a 429 if nothing was answered yet, else the
             // connection is cut mid-response.
@@ -821,7 +850,12 @@ impl ProxyHttp for Gateway {
 
 /// Rewrite the agent's request header into the upstream's for an allowed call (shared by the
 /// streaming path and the approval executor).
-fn prepare_upstream(session: &Session, ctx: &RequestCtx, req: &mut RequestHeader) -> Result<()> {
+fn prepare_upstream(
+    session: &Session,
+    ctx: &RequestCtx,
+    req: &mut RequestHeader,
+    credential: Option<&http::HeaderValue>,
+) -> Result<()> {
     let up = ctx.upstream().expect("allowed call has an upstream");
     let agent = ctx.agent.as_ref().expect("allowed call has an agent");
     let scopes = match &ctx.token {
@@ -837,8 +871,48 @@ fn prepare_upstream(session: &Session, ctx: &RequestCtx, req: &mut RequestHeader
         client_ip: client_ip(session),
         path: ctx.path.as_ref().expect("normalized in request_filter"),
         query: session.req_header().uri.query(),
+        credential,
     };
     prepare_upstream_request(req, &forwarding)
+}
+
+/// The upstream credential's value for an allowed call: the static secret at once; a minted
+/// or exchanged token made here (boxed: that future is large and rare). `Err`: refuse.
+async fn upstream_credential(
+    state: &GatewayState,
+    ctx: &RequestCtx,
+) -> std::result::Result<Option<http::HeaderValue>, String> {
+    let Some(up) = ctx.upstream() else {
+        return Ok(None);
+    };
+    let Some(c) = &up.credential else {
+        return Ok(None);
+    };
+    if let crate::policy::snapshot::CredentialSource::Static(s) = &c.source {
+        return Ok(Some(s.0.clone()));
+    }
+    let (Some(snap), Some(agent), Some(token), Some(route)) =
+        (&ctx.snap, &ctx.agent, &ctx.token, ctx.route)
+    else {
+        return Err("the call has no identity to put in a token".into());
+    };
+    let held = effective_scopes(agent, token);
+    let route = &snap.routes.routes[route];
+    let made = Box::pin(crate::token_service::upstream::value(
+        c,
+        snap.token_service.as_ref(),
+        agent,
+        token,
+        route,
+        &held,
+    ))
+    .await;
+    state
+        .metrics
+        .upstream_tokens
+        .with_label_values(&[&*up.name, if made.is_ok() { "made" } else { "failed" }])
+        .inc();
+    made.map(Some)
 }
 
 /// Charge a body chunk to the call's volume limits; past a budget the chunk is dropped and

@@ -93,6 +93,8 @@ pub enum Refusal {
     /// `state.backend: shared`: the shared state store cannot be reached (or this replica's
     /// copy of agent state is stale) and the route fails closed.
     StateStoreUnavailable,
+    /// The upstream's per-call credential could not be minted or exchanged.
+    UpstreamCredentialUnavailable(String),
     /// MCP: the request names an upstream session another agent opened.
     McpSessionForeign,
     /// MCP: the request names a session this gateway never saw opened (or forgot): 404, which
@@ -200,9 +202,10 @@ impl Refusal {
         match self {
             Refusal::ApprovalPending { .. } => Outcome::Held,
             Refusal::Upstream(_) => Outcome::UpstreamError { code },
-            Refusal::ApprovalUnavailable | Refusal::Internal | Refusal::StateStoreUnavailable => {
-                Outcome::Error { code }
-            }
+            Refusal::ApprovalUnavailable
+            | Refusal::Internal
+            | Refusal::StateStoreUnavailable
+            | Refusal::UpstreamCredentialUnavailable(_) => Outcome::Error { code },
             // Keys not loaded yet: the gateway cannot decide, the caller did nothing wrong.
             Refusal::Token(TokenError::KeysUnavailable { .. }) => Outcome::Error { code },
             Refusal::BadPath(_)
@@ -622,6 +625,10 @@ impl Refusal {
             Refusal::StateStoreUnavailable => {
                 retry_after = Some(1);
                 (503, "state_store_unavailable", "the gateway cannot reach the state its replicas share (limits, kill switch), and this route does not proceed without it; nothing was sent to the tool. Retry after 1 s".into())
+            }
+            Refusal::UpstreamCredentialUnavailable(why) => {
+                retry_after = Some(5);
+                (503, "upstream_credential_unavailable", format!("the gateway could not obtain this tool's credential for the call ({why}); nothing was sent to the tool. Retry after 5 s"))
             }
             Refusal::Internal => (
                 500,

@@ -134,6 +134,12 @@ impl SharedState {
         }))
     }
 
+    /// Whether `key` is used for the first time across all replicas (see
+    /// [`McpSessions::first_use`], which shares its connection).
+    pub async fn first_use(&self, key: &str, ttl_secs: u64) -> Result<bool, String> {
+        self.sessions.first_use(key, ttl_secs).await
+    }
+
     /// Is this replica's copy of agent state recent enough to decide fail-closed routes on?
     pub fn fresh(&self) -> bool {
         crate::approval::now_ms() - self.synced_at_ms.load(Ordering::Acquire) < STALE_AFTER_MS
@@ -456,6 +462,25 @@ impl McpSessions {
                 })
                 .await;
         });
+    }
+
+    /// Whether `key` is seen for the first time by any replica (`SET NX`, remembered for
+    /// `ttl_secs`): single-use values such as client assertion ids.
+    pub async fn first_use(&self, key: &str, ttl_secs: u64) -> Result<bool, String> {
+        let key = format!("{}once:{key}", self.prefix);
+        self.conn
+            .run("first_use", |mut c| async move {
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(1)
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(ttl_secs)
+                    .query_async::<Option<String>>(&mut c)
+                    .await
+            })
+            .await
+            .map(|set| set.is_some())
     }
 
     /// The agent that opened session `id` on `upstream` through any replica. `Err` when Redis

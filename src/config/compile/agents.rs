@@ -19,6 +19,7 @@ impl Compiler<'_> {
         has_approvals: bool,
         default_limits: &Limits,
         tiers: &TierConditions,
+        tokens: &TokenContext,
     ) -> HashMap<String, Arc<Agent>> {
         self.unique(
             "agent",
@@ -86,6 +87,28 @@ impl Compiler<'_> {
             }
             let conditions =
                 self.conditions(&format!("{p}.conditions"), &r.conditions, has_approvals);
+            if (r.client.is_some() || r.delegation.is_some()) && !tokens.has_service {
+                self.invalid(
+                    if r.client.is_some() {
+                        format!("{p}.client")
+                    } else {
+                        format!("{p}.delegation")
+                    },
+                    "needs a `token_service` section",
+                );
+            }
+            let client = r.client.as_ref().map(|c| {
+                self.agent_client(
+                    &format!("{p}.client"),
+                    c,
+                    tokens.default_ttl,
+                    tokens.max_ttl,
+                )
+            });
+            let delegation = r
+                .delegation
+                .as_ref()
+                .map(|d| self.delegation(&format!("{p}.delegation"), d, &tokens.issuers));
             out.entry(r.id.clone()).or_insert_with(|| {
                 Arc::new(Agent {
                     id: r.id.as_str().into(),
@@ -109,6 +132,8 @@ impl Compiler<'_> {
                     } else {
                         tiers.standard.clone()
                     },
+                    client,
+                    delegation,
                 })
             });
         }

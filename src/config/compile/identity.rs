@@ -1,4 +1,4 @@
-//! Compiling `identity:`, `issuers:` and `token_service:`.
+//! Compiling `identity:` and `issuers:`.
 
 use super::*;
 
@@ -164,6 +164,28 @@ impl Compiler<'_> {
                 timeout: self.duration(&format!("{up}.timeout"), &timeout, Duration::from_secs(5)),
             });
         }
+        if let Some(dir) = &r.signing_keyring {
+            let kp = format!("{p}.signing_keyring");
+            if r.signing_key_file.is_some() {
+                self.invalid(&kp, "set `signing_key_file` or `signing_keyring`, not both");
+            }
+            if !algorithms.contains(&jsonwebtoken::Algorithm::ES256) {
+                self.invalid(&kp, "keyring keys are ES256: add ES256 to `algorithms`");
+            }
+            // Every key the manifest still names verifies: `keys rotate` prunes retired keys
+            // once their tokens can no longer be valid.
+            match crate::identity::keyring::Keyring::load(&self.file_path(dir)) {
+                Ok(ring) => {
+                    for k in ring.keys() {
+                        keys.push(KeySource::SigningKeyFile {
+                            path: ring.path_of(k),
+                            kid: k.kid.clone(),
+                        });
+                    }
+                }
+                Err(e) => self.invalid(&kp, e.to_string()),
+            }
+        }
         if let Some(f) = &r.signing_key_file {
             if !algorithms.contains(&jsonwebtoken::Algorithm::ES256) {
                 self.invalid(
@@ -211,7 +233,7 @@ impl Compiler<'_> {
         if keys.is_empty() {
             self.invalid(
                 &p,
-                "no keys: set `keys`, `jwks_file`, `jwks_url` or `signing_key_file`",
+                "no keys: set `keys`, `jwks_file`, `jwks_url`, `signing_key_file` or `signing_keyring`",
             );
         }
         IssuerConfig {
@@ -221,68 +243,5 @@ impl Compiler<'_> {
             algorithms,
             keys,
         }
-    }
-
-    pub(super) fn token_service(
-        &mut self,
-        raw: &RawConfig,
-        id: &IdentitySettings,
-    ) -> Option<TokenService> {
-        let ts = raw.token_service.as_ref()?;
-        let Some((_, iss)) = raw.issuers.iter().find(|(_, r)| r.name == ts.issuer) else {
-            let names: Vec<&str> = raw.issuers.iter().map(|(_, r)| r.name.as_str()).collect();
-            self.err(
-                "token_service.issuer",
-                IssueKind::UnknownReference {
-                    what: "issuer",
-                    name: ts.issuer.clone(),
-                    hint: hint(&names),
-                },
-            );
-            return None;
-        };
-        let Some(key) = &iss.signing_key_file else {
-            self.invalid(
-                "token_service.issuer",
-                format!(
-                    "issuer `{}` has no `signing_key_file` to sign with",
-                    iss.name
-                ),
-            );
-            return None;
-        };
-        let default_ttl = self.duration(
-            "token_service.default_ttl",
-            &ts.default_ttl,
-            Duration::from_secs(600),
-        );
-        if default_ttl > id.max_token_ttl {
-            self.invalid(
-                "token_service.default_ttl",
-                "must not exceed identity.max_token_ttl",
-            );
-        }
-        let audience = match &ts.audience {
-            Some(a) if !iss.audiences.contains(a) => {
-                self.invalid(
-                    "token_service.audience",
-                    format!("`{a}` is not one of the issuer's audiences"),
-                );
-                a.clone()
-            }
-            Some(a) => a.clone(),
-            None => iss.audiences.first().cloned().unwrap_or_default(),
-        };
-        Some(TokenService {
-            issuer: iss.issuer.clone(),
-            audience,
-            signing_key_file: self.file_path(key),
-            kid: iss
-                .signing_key_id
-                .clone()
-                .unwrap_or_else(|| iss.name.clone()),
-            default_ttl,
-            max_ttl: id.max_token_ttl,
-        })
     }
 }

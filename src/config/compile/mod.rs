@@ -14,6 +14,7 @@ mod mcp;
 mod monitoring;
 mod routes;
 mod settings;
+mod token_service;
 mod upstreams;
 
 use super::compile_conditions::compile_conditions;
@@ -27,7 +28,9 @@ use super::secret;
 use crate::identity::{IdentitySettings, IssuerConfig, KeySource, KeyStore, Verifier};
 use crate::policy::conditions::Conditions;
 use crate::policy::limits::{Limits, Origin};
-use crate::policy::snapshot::{redact_url, ApprovalLimits, SharedStateSettings, UpstreamCa};
+use crate::policy::snapshot::{
+    redact_url, ApprovalLimits, CredentialSource, SharedStateSettings, UpstreamCa,
+};
 use crate::policy::MetricsAccess;
 use crate::policy::{
     AccessLogTarget, AdminSettings, AdminToken, Agent, ApprovalMode, ApprovalPolicy,
@@ -93,6 +96,7 @@ pub fn load_str(
         index: &index,
         issues: Vec::new(),
         resolve_secrets: ctx.resolve_upstream_secrets,
+        has_token_service: false,
         base: if base.as_os_str().is_empty() {
             PathBuf::from(".")
         } else {
@@ -117,6 +121,8 @@ struct Compiler<'a> {
     index: &'a LineIndex,
     issues: Vec<Issue>,
     resolve_secrets: bool,
+    /// Whether `token_service` compiled (upstream `mint`/`exchange` credentials need it).
+    has_token_service: bool,
     base: PathBuf,
 }
 
@@ -188,12 +194,23 @@ impl Compiler<'_> {
         }
         seen
     }
+}
 
+/// What compiling an agent's `client` and `delegation` needs from the rest of the file.
+pub(super) struct TokenContext {
+    issuers: Vec<String>,
+    default_ttl: Duration,
+    max_ttl: Duration,
+    has_service: bool,
+}
+
+impl Compiler<'_> {
     fn compile(&mut self, raw: RawConfig, text: &str, ctx: &LoadContext) -> Option<Snapshot> {
         let settings = self.settings(&raw);
         let mut identity = self.identity(&raw.identity);
         let issuers = self.issuers(&raw.issuers);
-        let token_service = self.token_service(&raw, &identity);
+        let token_service = self.token_service(&raw, &identity, &settings, ctx);
+        self.has_token_service = token_service.is_some();
         let upstreams = self.upstreams(&raw.upstreams);
         let upstream_index: HashMap<String, usize> = upstreams
             .iter()
@@ -237,6 +254,14 @@ impl Compiler<'_> {
             approvals.is_some(),
             &default_limits,
             &tiers,
+            &TokenContext {
+                issuers: raw.issuers.iter().map(|(_, r)| r.name.clone()).collect(),
+                default_ttl: token_service
+                    .as_ref()
+                    .map_or(Duration::from_secs(600), |t| t.default_ttl),
+                max_ttl: identity.max_token_ttl,
+                has_service: token_service.is_some(),
+            },
         );
         let admin = self.admin(&raw.admin);
         let (monitoring, alerts) = self.monitoring(&raw, approvals.is_some());

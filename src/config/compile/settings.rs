@@ -32,6 +32,15 @@ impl Compiler<'_> {
                 "the admin listener must differ from the proxy listener",
             );
         }
+        if let Some(t) = &l.token {
+            self.listen_addr("listen.token", t);
+            if proxy_listen.contains(t) || *t == admin_listen {
+                self.invalid(
+                    "listen.token",
+                    "the token listener must differ from the proxy and admin listeners",
+                );
+            }
+        }
         let threads = l.threads.unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -62,6 +71,7 @@ impl Compiler<'_> {
         Settings {
             proxy_listen,
             admin_listen,
+            token_listen: l.token.clone(),
             threads: threads.max(1),
             grace_period: self.duration(
                 "server.grace_period",

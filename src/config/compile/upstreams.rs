@@ -54,7 +54,7 @@ impl Compiler<'_> {
         let credential = r
             .credential
             .as_ref()
-            .and_then(|c| self.credential(&format!("{p}.credential"), c));
+            .and_then(|c| self.credential(&format!("{p}.credential"), c, &r.name));
         let uri: Uri = match r.url.parse() {
             Ok(u) => u,
             Err(e) => {
@@ -253,13 +253,19 @@ impl Compiler<'_> {
         })
     }
 
-    pub(super) fn credential(&mut self, p: &str, c: &RawCredential) -> Option<Credential> {
-        let header = match HeaderName::from_bytes(c.header.trim().as_bytes()) {
+    pub(super) fn credential(
+        &mut self,
+        p: &str,
+        c: &RawCredential,
+        upstream: &str,
+    ) -> Option<Credential> {
+        let name = c.header.as_deref().unwrap_or("authorization").trim();
+        let header = match HeaderName::from_bytes(name.as_bytes()) {
             Ok(h) => h,
             Err(_) => {
                 self.invalid(
                     format!("{p}.header"),
-                    format!("`{}` is not a valid header name", c.header),
+                    format!("`{name}` is not a valid header name"),
                 );
                 return None;
             }
@@ -275,35 +281,87 @@ impl Compiler<'_> {
             );
             return None;
         }
-        if !self.resolve_secrets {
-            return Some(Credential {
-                header,
-                value: Secret(HeaderValue::from_static("<not resolved>")),
-            });
+        let set = [c.value.is_some(), c.mint.is_some(), c.exchange.is_some()];
+        if set.iter().filter(|b| **b).count() != 1 {
+            self.invalid(p, "set exactly one of `value`, `mint`, `exchange`");
+            return None;
         }
-        let value = match secret::resolve(&c.value, &self.base) {
-            Ok(v) => v,
-            Err(e) => {
-                self.invalid(format!("{p}.value"), e);
-                return None;
+        if (c.mint.is_some() || c.exchange.is_some()) && !self.has_token_service {
+            self.invalid(
+                p,
+                "`mint` and `exchange` sign with the token service: add a `token_service` section",
+            );
+            return None;
+        }
+        let source = if let Some(m) = &c.mint {
+            let ttl = self.duration(&format!("{p}.mint.ttl"), &m.ttl, MAX_UPSTREAM_TOKEN_TTL);
+            if ttl > MAX_UPSTREAM_TOKEN_TTL || ttl.is_zero() {
+                self.invalid(format!("{p}.mint.ttl"), "must be 1s to 60s");
+            }
+            CredentialSource::Mint {
+                audience: m.audience.clone().unwrap_or_else(|| upstream.to_string()),
+                ttl,
+            }
+        } else if let Some(x) = &c.exchange {
+            let xp = format!("{p}.exchange");
+            if !(x.token_url.starts_with("http://") || x.token_url.starts_with("https://")) {
+                self.invalid(format!("{xp}.token_url"), "must be an http(s) URL");
+            }
+            let timeout =
+                self.duration(&format!("{xp}.timeout"), &x.timeout, Duration::from_secs(5));
+            let secret = if self.resolve_secrets {
+                match secret::resolve(&x.client_secret, &self.base) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        self.invalid(format!("{xp}.client_secret"), e);
+                        return None;
+                    }
+                }
+            } else {
+                "<not resolved>".to_string()
+            };
+            CredentialSource::Exchange(Arc::new(crate::token_service::upstream::Exchange::new(
+                x.token_url.clone(),
+                x.client_id.clone(),
+                secret,
+                x.audience.clone().unwrap_or_else(|| upstream.to_string()),
+                timeout,
+            )))
+        } else {
+            let value = c.value.as_deref().unwrap_or_default();
+            if !self.resolve_secrets {
+                return Some(Credential {
+                    header,
+                    source: CredentialSource::Static(Secret(HeaderValue::from_static(
+                        "<not resolved>",
+                    ))),
+                });
+            }
+            let value = match secret::resolve(value, &self.base) {
+                Ok(v) => v,
+                Err(e) => {
+                    self.invalid(format!("{p}.value"), e);
+                    return None;
+                }
+            };
+            match HeaderValue::from_str(&value) {
+                Ok(mut v) => {
+                    v.set_sensitive(true);
+                    CredentialSource::Static(Secret(v))
+                }
+                Err(_) => {
+                    // Do not echo the value: it is a secret.
+                    self.invalid(format!("{p}.value"), "the resolved value is not a valid header value (control characters or newlines?)");
+                    return None;
+                }
             }
         };
-        match HeaderValue::from_str(&value) {
-            Ok(mut v) => {
-                v.set_sensitive(true);
-                Some(Credential {
-                    header,
-                    value: Secret(v),
-                })
-            }
-            Err(_) => {
-                // Do not echo the value: it is a secret.
-                self.invalid(format!("{p}.value"), "the resolved value is not a valid header value (control characters or newlines?)");
-                None
-            }
-        }
+        Some(Credential { header, source })
     }
 }
+
+/// Longest lifetime of a token minted for an upstream (and its default).
+const MAX_UPSTREAM_TOKEN_TTL: Duration = Duration::from_secs(60);
 
 /// DER bytes of every `CERTIFICATE` block of a PEM text, in order. Text between blocks (as in
 /// `openssl` bundles) and other blocks are skipped. (`identity::pem` reads one block only.)
