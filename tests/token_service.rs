@@ -235,13 +235,15 @@ async fn client_credentials_with_a_secret_issues_exactly_what_was_asked_within_t
         (status, body["error"].as_str()),
         (400, Some("invalid_request"))
     );
-    let log = f.gw.access_log();
-    assert!(log.iter().any(|l| l["event"] == "token"
-        && l["outcome"] == "issued"
-        && l["client"] == "support-bot"));
-    assert!(log
-        .iter()
-        .any(|l| l["event"] == "token" && l["outcome"] == "invalid_scope"));
+    // The access log is written asynchronously: wait for the lines.
+    f.gw.wait_log_line("an issued token", |l| {
+        l["event"] == "token" && l["outcome"] == "issued" && l["client"] == "support-bot"
+    })
+    .await;
+    f.gw.wait_log_line("a refused scope", |l| {
+        l["event"] == "token" && l["outcome"] == "invalid_scope"
+    })
+    .await;
 }
 
 #[tokio::test]

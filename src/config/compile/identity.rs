@@ -99,38 +99,7 @@ impl Compiler<'_> {
             )
         });
 
-        let mut keys = Vec::new();
-        for (j, k) in r.keys.iter().enumerate() {
-            let kp = format!("{p}.keys[{j}]");
-            let set = [k.pem.is_some(), k.pem_file.is_some(), k.jwk.is_some()];
-            if set.iter().filter(|b| **b).count() != 1 {
-                self.invalid(&kp, "set exactly one of `pem`, `pem_file`, `jwk`");
-                continue;
-            }
-            if let Some(pem) = &k.pem {
-                keys.push(KeySource::Pem {
-                    pem: pem.clone(),
-                    kid: k.kid.clone(),
-                });
-            } else if let Some(f) = &k.pem_file {
-                match std::fs::read_to_string(self.file_path(f)) {
-                    Ok(pem) => keys.push(KeySource::Pem {
-                        pem,
-                        kid: k.kid.clone(),
-                    }),
-                    Err(e) => {
-                        self.invalid(format!("{kp}.pem_file"), format!("cannot read `{f}`: {e}"))
-                    }
-                }
-            } else if let Some(jwk) = &k.jwk {
-                let mut jwk = jwk.clone();
-                if let (Some(kid), Some(obj)) = (&k.kid, jwk.as_object_mut()) {
-                    obj.entry("kid")
-                        .or_insert(serde_json::Value::String(kid.clone()));
-                }
-                keys.push(KeySource::Jwk(jwk));
-            }
-        }
+        let mut keys = self.inline_keys(&p, &r.keys);
         if let Some(f) = &r.jwks_file {
             keys.push(KeySource::JwksFile(self.file_path(f)));
         }
@@ -243,5 +212,51 @@ impl Compiler<'_> {
             algorithms,
             keys,
         }
+    }
+
+    /// Inline verification keys (`keys: [{pem | pem_file | jwk, kid}]`) of an issuer or of an
+    /// agent's client registration. A JWK holding a private part (`d`) is refused: only the
+    /// public half belongs in the config.
+    pub(super) fn inline_keys(&mut self, p: &str, raw: &[RawKey]) -> Vec<KeySource> {
+        let mut keys = Vec::new();
+        for (j, k) in raw.iter().enumerate() {
+            let kp = format!("{p}.keys[{j}]");
+            let set = [k.pem.is_some(), k.pem_file.is_some(), k.jwk.is_some()];
+            if set.iter().filter(|b| **b).count() != 1 {
+                self.invalid(&kp, "set exactly one of `pem`, `pem_file`, `jwk`");
+                continue;
+            }
+            if let Some(pem) = &k.pem {
+                keys.push(KeySource::Pem {
+                    pem: pem.clone(),
+                    kid: k.kid.clone(),
+                });
+            } else if let Some(f) = &k.pem_file {
+                match std::fs::read_to_string(self.file_path(f)) {
+                    Ok(pem) => keys.push(KeySource::Pem {
+                        pem,
+                        kid: k.kid.clone(),
+                    }),
+                    Err(e) => {
+                        self.invalid(format!("{kp}.pem_file"), format!("cannot read `{f}`: {e}"))
+                    }
+                }
+            } else if let Some(jwk) = &k.jwk {
+                if jwk.get("d").is_some() {
+                    self.invalid(
+                        format!("{kp}.jwk"),
+                        "this is a private key; register the public half only",
+                    );
+                    continue;
+                }
+                let mut jwk = jwk.clone();
+                if let (Some(kid), Some(obj)) = (&k.kid, jwk.as_object_mut()) {
+                    obj.entry("kid")
+                        .or_insert(serde_json::Value::String(kid.clone()));
+                }
+                keys.push(KeySource::Jwk(jwk));
+            }
+        }
+        keys
     }
 }

@@ -202,7 +202,7 @@ impl Compiler<'_> {
                 continue;
             }
             let p = format!("agents[{i}].client");
-            let keys = self.client_keys(&p, client);
+            let keys = self.inline_keys(&p, &client.keys);
             configs.push(IssuerConfig {
                 name: a.id.clone(),
                 issuer: a.id.clone(),
@@ -234,49 +234,6 @@ impl Compiler<'_> {
                 None
             }
         }
-    }
-
-    fn client_keys(&mut self, p: &str, c: &RawAgentClient) -> Vec<KeySource> {
-        let mut keys = Vec::new();
-        for (j, k) in c.keys.iter().enumerate() {
-            let kp = format!("{p}.keys[{j}]");
-            let set = [k.pem.is_some(), k.pem_file.is_some(), k.jwk.is_some()];
-            if set.iter().filter(|b| **b).count() != 1 {
-                self.invalid(&kp, "set exactly one of `pem`, `pem_file`, `jwk`");
-                continue;
-            }
-            if let Some(pem) = &k.pem {
-                keys.push(KeySource::Pem {
-                    pem: pem.clone(),
-                    kid: k.kid.clone(),
-                });
-            } else if let Some(f) = &k.pem_file {
-                match std::fs::read_to_string(self.file_path(f)) {
-                    Ok(pem) => keys.push(KeySource::Pem {
-                        pem,
-                        kid: k.kid.clone(),
-                    }),
-                    Err(e) => {
-                        self.invalid(format!("{kp}.pem_file"), format!("cannot read `{f}`: {e}"))
-                    }
-                }
-            } else if let Some(jwk) = &k.jwk {
-                if jwk.get("d").is_some() {
-                    self.invalid(
-                        format!("{kp}.jwk"),
-                        "this is a private key; register the public half only",
-                    );
-                    continue;
-                }
-                let mut jwk = jwk.clone();
-                if let (Some(kid), Some(obj)) = (&k.kid, jwk.as_object_mut()) {
-                    obj.entry("kid")
-                        .or_insert(serde_json::Value::String(kid.clone()));
-                }
-                keys.push(KeySource::Jwk(jwk));
-            }
-        }
-        keys
     }
 
     /// `agents[i].client`.
