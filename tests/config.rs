@@ -173,7 +173,7 @@ fn bundled_gateway_yaml_is_valid() {
     let key = portcullis::identity::generate_signing_key().unwrap();
     std::fs::create_dir_all(dir.path().join(".portcullis")).unwrap();
     std::fs::write(dir.path().join(".portcullis/signing-key.pem"), key).unwrap();
-    for name in ["approver-alice", "ops"] {
+    for name in ["approver-alice", "ops", "support-bot"] {
         std::fs::write(
             dir.path().join(format!(".portcullis/{name}.sha256")),
             format!("{}\n", "ab".repeat(32)),

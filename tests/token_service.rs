@@ -15,6 +15,7 @@ use support::*;
 const SECRET: &str = "pcs_test_secret_for_the_support_bot_0123456789";
 const INTROSPECT_SECRET: &str = "pcs_introspection_secret_for_tickets_api_987654";
 const PERSON: &str = "alice@example.com";
+const REPORTING_SECRET: &str = "pcs_test_secret_for_the_reporting_bot_abcdef012345";
 
 /// A gateway whose token service listens on its own port, with support-bot registered as a
 /// client (secret and key) that may act for people of the fixture IdP, a route that requires
@@ -33,14 +34,21 @@ fn hash(s: &str) -> String {
 }
 
 async fn fixture_with(keyring: bool) -> Fixture {
+    let key = portcullis::identity::generate_signing_key().unwrap();
+    fixture_on(keyring, String::new(), key).await
+}
+
+/// The fixture with `shared` appended to the file (e.g. a `state:` section), and `client_key`
+/// as support-bot's registered key.
+async fn fixture_on(keyring: bool, shared: String, client_key: String) -> Fixture {
     let up = Upstream::start().await;
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let client_key = portcullis::identity::generate_signing_key().unwrap();
     let jwk = portcullis::identity::signing_key_jwk(client_key.as_bytes(), "bot-key-1").unwrap();
     let mut setup = Setup::new(&up);
     setup.extra_upstreams = "  - name: minted-api\n    url: http://@UPSTREAM@\n    credential:\n      mint: {audience: tickets-service, ttl: 30s}\n"
         .replace("@UPSTREAM@", &up.addr.to_string());
+    setup.admin = admin_section("") + &shared;
     setup.extra_routes = "  - name: for-a-person\n    methods: [GET]\n    path: /api/on-behalf/{id}\n    upstream: tickets-api\n    scopes: [tickets:read]\n    conditions:\n      - name: delegated\n        claim: {name: act.sub, present: true}\n  - name: minted\n    methods: [GET]\n    path: /minted/{id}\n    upstream: minted-api\n    scopes: [tickets:read]\n".into();
     let gw = Gateway::start_edited(setup, |text| {
         let dir = regex::Regex::new(r"signing_key_file: (.*)/signing-key.pem")
@@ -65,6 +73,13 @@ async fn fixture_with(keyring: bool) -> Fixture {
             &format!(
                 "token_service:\n  issuer: local\n  default_ttl: 10m\n  audiences: [tickets-service]\n  introspection_clients:\n    - name: tickets-api\n      secret_sha256: \"{}\"\n",
                 hash(INTROSPECT_SECRET)
+            ),
+        );
+        text = text.replace(
+            "  - id: reporting-bot\n    owner: bob@example.com\n    scopes: [tickets:read]\n",
+            &format!(
+                "  - id: reporting-bot\n    owner: bob@example.com\n    scopes: [tickets:read]\n    client:\n      secret_sha256: \"{}\"\n    delegation:\n      issuers: [local]\n  - id: ops-bot\n    owner: dan@example.com\n    scopes: [tickets:read]\n",
+                hash(REPORTING_SECRET)
             ),
         );
         text.replace(
@@ -421,8 +436,8 @@ async fn token_exchange_names_the_person_and_the_agent_and_never_widens() {
         (400, Some("invalid_grant")),
         "{b}"
     );
-    // An agent without a delegation rule may not act for anyone (its own token as actor).
-    let reporting = token("reporting-bot", &["tickets:read"]);
+    // An agent without a delegation rule may not act for anyone (its own token as actor) ...
+    let ops = token("ops-bot", &["tickets:read"]);
     let (s, b) = post_form(
         &f.token_url,
         None,
@@ -436,7 +451,7 @@ async fn token_exchange_names_the_person_and_the_agent_and_never_widens() {
                 "subject_token_type",
                 "urn:ietf:params:oauth:token-type:access_token",
             ),
-            ("actor_token", &reporting),
+            ("actor_token", &ops),
             (
                 "actor_token_type",
                 "urn:ietf:params:oauth:token-type:access_token",
@@ -449,6 +464,32 @@ async fn token_exchange_names_the_person_and_the_agent_and_never_widens() {
         (400, Some("unauthorized_client")),
         "{b}"
     );
+    // ... and one whose rule names other issuers may not act on this IdP's people.
+    let (s, b) = post_form(
+        &f.token_url,
+        Some(("reporting-bot", REPORTING_SECRET)),
+        &[
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
+            ("subject_token", &person),
+            (
+                "subject_token_type",
+                "urn:ietf:params:oauth:token-type:access_token",
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{b}"
+    );
+    assert!(b["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("fixture-idp"));
     // The delegated token cannot be exchanged again by the same agent (a cycle), nor does
     // anything reach further than depth 2 here.
     let (s, b) = exchange(&f, &at, &[]).await;
@@ -499,7 +540,24 @@ async fn a_revoked_token_is_refused_on_the_next_call_and_introspects_inactive() 
     .await;
     assert_eq!((s, b["error"].as_str()), (401, Some("invalid_client")));
 
-    // Another client may not revoke it; its own client may.
+    // Another client may not revoke it (a prompt-injected agent cutting off a peer); its own
+    // client may.
+    let (s, b) = post_form(
+        &format!("{}/oauth2/revoke", f.base),
+        Some(("reporting-bot", REPORTING_SECRET)),
+        &[("token", &at)],
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (400, Some("unauthorized_client")),
+        "{b}"
+    );
+    assert_eq!(
+        get(&f.gw, "/api/tickets/1", &at).await.0,
+        200,
+        "still valid"
+    );
     let (s, _) = post_form(
         &format!("{}/oauth2/revoke", f.base),
         Some(("support-bot", SECRET)),
@@ -515,6 +573,62 @@ async fn a_revoked_token_is_refused_on_the_next_call_and_introspects_inactive() 
     );
     let (_, b) = introspect(at.clone()).await;
     assert_eq!(b, json!({"active": false}));
+    // A revoked token cannot be turned into a new one as the actor of an exchange.
+    let person = person_token(&["tickets:read"], json!({}));
+    let (s, b) = post_form(
+        &f.token_url,
+        None,
+        &[
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
+            ("subject_token", &person),
+            (
+                "subject_token_type",
+                "urn:ietf:params:oauth:token-type:access_token",
+            ),
+            ("actor_token", &at),
+            (
+                "actor_token_type",
+                "urn:ietf:params:oauth:token-type:access_token",
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{b}"
+    );
+    assert!(
+        b["error_description"].as_str().unwrap().contains("revoked"),
+        "{b}"
+    );
+    // A paused agent gets no token at all.
+    let paused = client()
+        .post(f.gw.admin_url("/api/agents/support-bot/pause"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"reason": "acting strangely"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paused.status(), 200, "{}", paused.text().await.unwrap());
+    let (s, b) = post_form(
+        &f.token_url,
+        Some(("support-bot", SECRET)),
+        &[("grant_type", "client_credentials")],
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (400, Some("unauthorized_client")),
+        "{b}"
+    );
+    assert!(
+        b["error_description"].as_str().unwrap().contains("paused"),
+        "{b}"
+    );
     // Garbage is answered 200 too (RFC 7009 §2.2).
     let (s, _) = post_form(
         &format!("{}/oauth2/revoke", f.base),
@@ -690,5 +804,222 @@ print(json.dumps({{"t1": t1["scope"], "t2": t2["scope"], "sub": claims["sub"], "
     assert_eq!(
         v,
         json!({"t1": "tickets:read", "t2": "tickets:read", "sub": "support-bot", "iss": "https://portcullis.local"})
+    );
+}
+
+#[tokio::test]
+async fn an_agent_acting_for_an_agent_acting_for_a_person_carries_the_whole_chain() {
+    let f = fixture().await;
+    let person = person_token(&["tickets:read", "tickets:write"], json!({}));
+    let (_, b) = exchange(&f, &person, &[]).await;
+    let first = b["access_token"].as_str().unwrap().to_string();
+    // reporting-bot may act on tokens from the gateway's own issuer: it takes over
+    // support-bot's delegated token.
+    let (s, b) = post_form(
+        &f.token_url,
+        Some(("reporting-bot", REPORTING_SECRET)),
+        &[
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
+            ("subject_token", &first),
+            (
+                "subject_token_type",
+                "urn:ietf:params:oauth:token-type:access_token",
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    // person {read, write} ∩ support-bot {read, write} ∩ reporting-bot {read}
+    assert_eq!(b["scope"], "tickets:read");
+    let second = b["access_token"].as_str().unwrap().to_string();
+    let c = decode_unverified(&second);
+    assert_eq!(c["sub"], PERSON);
+    assert_eq!(
+        c["act"],
+        json!({"sub": "reporting-bot", "act": {"sub": "support-bot"}})
+    );
+    let (s, body) = get(&f.gw, "/api/on-behalf/3", &second).await;
+    assert_eq!(s, 200, "{body}");
+    let (line, _) =
+        f.gw.wait_log_line("the chained call", |l| {
+            l["agent"] == "reporting-bot" && l["route"] == "for-a-person"
+        })
+        .await;
+    assert_eq!(line["on_behalf_of"], PERSON);
+    assert_eq!(line["prior_actors"], json!(["support-bot"]));
+    // A third hop is deeper than the default depth of 2, and support-bot may not act on the
+    // gateway's own tokens anyway.
+    let (s, b) = exchange(&f, &second, &[]).await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{b}"
+    );
+    // The chain cannot be forged: a token an agent signs itself is not trusted, and one
+    // claiming `act` from the fixture IdP names whoever the IdP says, not the caller.
+    let forged = token_with(json!({
+        "iss": "https://evil.test", "aud": AUD, "sub": PERSON, "iat": now(), "exp": now() + 60,
+        "act": {"sub": "support-bot"}, "scope": "tickets:read",
+    }));
+    assert_eq!(get(&f.gw, "/api/on-behalf/3", &forged).await.0, 401);
+}
+
+/// The external-token-service path: gateway A mints a token per call and exchanges it at
+/// gateway B's token endpoint (a real second token service, trusting A's published JWKS); the
+/// upstream receives B's token, and A asks B once while the answer stays fresh.
+#[tokio::test]
+async fn an_upstream_credential_exchanged_at_another_token_service_is_cached() {
+    let up = Upstream::start().await;
+    let (a_port, b_port) = (free_port(), free_port());
+    let b_token_url = format!("http://127.0.0.1:{b_port}/oauth2/token");
+    let edge_secret = "pcs_secret_of_gateway_a_at_the_sts_0123456789abcdef";
+    let mut setup = Setup::new(&up);
+    setup.extra_upstreams = format!(
+        "  - name: sts-api\n    url: http://{}\n    credential:\n      exchange: {{token_url: \"{b_token_url}\", client_id: edge-gateway, client_secret: \"{edge_secret}\", audience: tickets-service}}\n",
+        up.addr
+    );
+    setup.extra_routes = "  - name: via-sts\n    methods: [GET]\n    path: /sts/{id}\n    upstream: sts-api\n    scopes: [tickets:read]\n".into();
+    let a = Gateway::start_edited(setup, |text| {
+        text.replace(
+            "  threads: 1\n",
+            &format!("  threads: 1\n  token: 127.0.0.1:{a_port}\n"),
+        )
+    })
+    .await;
+
+    // B: its own issuer name, A's keys trusted as issuer `edge` (its JWKS over HTTP), and A
+    // registered as a client that may act on `edge` tokens.
+    let sts_up = Upstream::start().await;
+    let b = Gateway::start_edited(Setup::new(&sts_up), |text| {
+        let text = text
+            .replace(
+                "  threads: 1\n",
+                &format!("  threads: 1\n  token: 127.0.0.1:{b_port}\n"),
+            )
+            .replace("issuer: https://portcullis.local", "issuer: https://sts.local")
+            .replace(
+                "token_service:\n  issuer: local\n  default_ttl: 10m\n",
+                &format!(
+                    "  - name: edge\n    issuer: https://portcullis.local\n    audiences: [\"{b_token_url}\"]\n    algorithms: [ES256]\n    jwks_url: http://127.0.0.1:{a_port}/.well-known/jwks.json\ntoken_service:\n  issuer: local\n  default_ttl: 10m\n  audiences: [tickets-service]\n"
+                ),
+            );
+        text.replace(
+            "agents:\n",
+            &format!(
+                "agents:\n  - id: edge-gateway\n    owner: sre@example.com\n    scopes: [tickets:read]\n    client:\n      secret_sha256: \"{}\"\n    delegation:\n      issuers: [edge]\n",
+                hash(edge_secret)
+            ),
+        )
+    })
+    .await;
+
+    let tok = token("support-bot", &["tickets:read"]);
+    for i in 0..3 {
+        let (s, body) = get(&a, &format!("/sts/{i}"), &tok).await;
+        assert_eq!(s, 200, "{body}");
+    }
+    let seen = up.seen();
+    let bearer: Vec<String> = seen
+        .iter()
+        .map(|x| x.header("authorization").unwrap().to_string())
+        .collect();
+    assert_eq!(bearer.len(), 3);
+    assert!(
+        bearer.iter().all(|h| *h == bearer[0]),
+        "cached between calls"
+    );
+    let jwt = bearer[0].strip_prefix("Bearer ").unwrap();
+    let jwks: jsonwebtoken::jwk::JwkSet = client()
+        .get(format!("http://127.0.0.1:{b_port}/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut v = Validation::new(Algorithm::ES256);
+    v.set_audience(&["tickets-service"]);
+    v.set_issuer(&["https://sts.local"]);
+    let key = DecodingKey::from_jwk(jwks.find(&kid_of(jwt)).unwrap()).unwrap();
+    let claims = jsonwebtoken::decode::<Value>(jwt, &key, &v).unwrap().claims;
+    assert_eq!(claims["sub"], "support-bot");
+    assert_eq!(claims["act"], json!({"sub": "edge-gateway"}));
+    assert_eq!(claims["scope"], "tickets:read");
+    let (_, lines) = b
+        .wait_log_line("the exchange at the STS", |l| {
+            l["event"] == "token" && l["outcome"] == "issued"
+        })
+        .await;
+    let issued = lines
+        .iter()
+        .filter(|l| l["event"] == "token" && l["outcome"] == "issued")
+        .count();
+    assert_eq!(issued, 1, "one exchange for three calls");
+
+    // The STS is gone: a call that needs a new exchange (another agent) is refused and
+    // nothing reaches the tool; the cached one still passes while fresh.
+    drop(b);
+    let other = token("reporting-bot", &["tickets:read"]);
+    let (s, body) = get(&a, "/sts/9", &other).await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (503, Some("upstream_credential_unavailable")),
+        "{body}"
+    );
+    assert_eq!(up.hits(), 3);
+    assert_eq!(get(&a, "/sts/10", &tok).await.0, 200);
+    assert_eq!(up.hits(), 4);
+}
+
+/// Replicas sharing state remember client assertions together: an assertion used at one is a
+/// replay at the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assertion_used_at_one_replica_is_a_replay_at_the_other() {
+    let pg = tokio::task::block_in_place(support::stores::PgServer::start);
+    let redis = tokio::task::block_in_place(support::stores::RedisServer::start);
+    let shared = format!(
+        "state:\n  backend: shared\n  postgres: {{url: \"{}\"}}\n  redis: {{url: \"{}\"}}\n",
+        pg.url(),
+        redis.url()
+    );
+    let key = portcullis::identity::generate_signing_key().unwrap();
+    let a = fixture_on(false, shared.clone(), key.clone()).await;
+    let b = fixture_on(false, shared, key.clone()).await;
+    let form = |jwt: &str| {
+        vec![
+            ("grant_type".to_string(), "client_credentials".to_string()),
+            (
+                "client_assertion_type".into(),
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
+            ),
+            ("client_assertion".into(), jwt.to_string()),
+        ]
+    };
+    // The assertion names the issuer (accepted by both) rather than one replica's URL.
+    let jwt = assertion(&key, "https://portcullis.local", "shared-1", 60);
+    let first = client()
+        .post(&a.token_url)
+        .form(&form(&jwt))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200, "{}", first.text().await.unwrap());
+    let again = client()
+        .post(&b.token_url)
+        .form(&form(&jwt))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 401);
+    let body: Value = again.json().await.unwrap();
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("replay"),
+        "{body}"
     );
 }
