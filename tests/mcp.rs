@@ -252,15 +252,16 @@ async fn lists_show_only_allowed_items_and_hidden_ones_cannot_be_called() {
             -32600,
             "invalid_mcp_message",
         );
-        reader.close().await;
-        writer.close().await;
-
         // The access log names the tool and the digest of its arguments, never the arguments.
+        // Read before the clients close their sessions: closing one cuts the server's open
+        // streams, and a call whose stream is still draining would then end as a client error.
         let (line, _) = env
             .gw
             .wait_log_line("the get_ticket call", |l| l["mcp"]["name"] == "get_ticket")
             .await;
-        assert_eq!(line["decision"], "allow");
+        reader.close().await;
+        writer.close().await;
+        assert_eq!(line["decision"], "allow", "{line}");
         assert_eq!(line["mcp"]["method"], "tools/call");
         assert_eq!(line["mcp"]["rule"], "get_ticket");
         assert_eq!(line["mcp"]["args_sha256"].as_str().map(str::len), Some(64));
