@@ -149,6 +149,21 @@ fn assertion(key: &str, aud: &str, jti: &str, exp_in: i64) -> String {
     .unwrap()
 }
 
+/// support-bot's own token for `tickets:read` (client_credentials with its secret).
+async fn own_token(f: &Fixture) -> String {
+    let (status, body) = post_form(
+        &f.token_url,
+        Some(("support-bot", SECRET)),
+        &[
+            ("grant_type", "client_credentials"),
+            ("scope", "tickets:read"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["access_token"].as_str().unwrap().to_string()
+}
+
 async fn get(gw: &Gateway, path: &str, token: &str) -> (u16, Value) {
     let resp = client()
         .get(gw.url(path))
@@ -503,16 +518,7 @@ async fn token_exchange_names_the_person_and_the_agent_and_never_widens() {
 #[tokio::test]
 async fn a_revoked_token_is_refused_on_the_next_call_and_introspects_inactive() {
     let f = fixture().await;
-    let (_, body) = post_form(
-        &f.token_url,
-        Some(("support-bot", SECRET)),
-        &[
-            ("grant_type", "client_credentials"),
-            ("scope", "tickets:read"),
-        ],
-    )
-    .await;
-    let at = body["access_token"].as_str().unwrap().to_string();
+    let at = own_token(&f).await;
     assert_eq!(get(&f.gw, "/api/tickets/1", &at).await.0, 200);
 
     let introspect = |tok: String| {
@@ -701,19 +707,7 @@ async fn the_upstream_gets_a_per_call_token_it_verifies_against_the_published_jw
 #[tokio::test]
 async fn rotation_keeps_old_tokens_valid_and_signs_new_ones_with_the_new_key() {
     let f = fixture_with(true).await;
-    let issue = || async {
-        let (_, b) = post_form(
-            &f.token_url,
-            Some(("support-bot", SECRET)),
-            &[
-                ("grant_type", "client_credentials"),
-                ("scope", "tickets:read"),
-            ],
-        )
-        .await;
-        b["access_token"].as_str().unwrap().to_string()
-    };
-    let old = issue().await;
+    let old = own_token(&f).await;
     let old_kid = kid_of(&old);
     assert!(old_kid.starts_with("ring-"), "{old_kid}");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
@@ -728,7 +722,7 @@ async fn rotation_keeps_old_tokens_valid_and_signs_new_ones_with_the_new_key() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(reload(&f.gw).await.status(), 200);
-    let new = issue().await;
+    let new = own_token(&f).await;
     assert_ne!(kid_of(&new), old_kid, "signed with the new key");
     assert_eq!(
         get(&f.gw, "/api/tickets/1", &old).await.0,

@@ -162,34 +162,22 @@ pub async fn value(
         .on_behalf_of
         .as_ref()
         .and(token.claims.get("act").cloned());
-    if let Some(x) = exchange {
-        let key = format!(
+    let key = exchange.map(|_| {
+        format!(
             "{}\u{0}{}\u{0}{}",
             subject,
             act.as_ref().map(Value::to_string).unwrap_or_default(),
             scopes.join(" ")
-        );
-        if let Some((v, until)) = x.cache.get(&key) {
+        )
+    });
+    if let (Some(x), Some(key)) = (exchange, &key) {
+        if let Some((v, until)) = x.cache.get(key) {
             if Instant::now() < until {
                 return Ok(v);
             }
         }
-        let (subject_token, _) = sign(
-            ts,
-            &Claims {
-                subject,
-                act,
-                scopes: &scopes,
-                audience,
-                ttl,
-                client_id: &agent.id,
-            },
-        )
-        .map_err(|e| e.description)?;
-        let got = x.fetch(&subject_token, &scopes).await?;
-        x.cache.insert(key, got.clone());
-        return Ok(got.0);
     }
+    // The call's own token: sent upstream as is, or presented to the external service.
     let (jwt, _) = sign(
         ts,
         &Claims {
@@ -202,6 +190,11 @@ pub async fn value(
         },
     )
     .map_err(|e| e.description)?;
+    if let (Some(x), Some(key)) = (exchange, key) {
+        let got = x.fetch(&jwt, &scopes).await?;
+        x.cache.insert(key, got.clone());
+        return Ok(got.0);
+    }
     let mut v = HeaderValue::from_str(&format!("Bearer {jwt}"))
         .map_err(|_| "the minted token is not a valid header value".to_string())?;
     v.set_sensitive(true);
