@@ -11,6 +11,7 @@ pub mod config;
 pub mod identity;
 pub mod observe;
 pub mod policy;
+pub mod policy_tools;
 pub mod proxy;
 pub mod server;
 pub mod state;

@@ -1,6 +1,7 @@
 //! `portcullis`: run the gateway, check a config, issue tokens, make signing keys.
 
 mod cli_agents;
+mod cli_policy;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use portcullis::approval::display;
@@ -110,6 +111,12 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// Draft, replay and review policy from evidence: `suggest` (from the access log),
+    /// `replay` (a candidate config against the log), `review` (the access review).
+    Policy {
+        #[command(subcommand)]
+        command: cli_policy::PolicyCommand,
     },
     /// Reload the configuration of a running gateway (`POST /reload` on its admin listener).
     Reload {
@@ -291,6 +298,7 @@ fn main() -> ExitCode {
         Command::ApproverToken { out } => new_secret("pca_", "token", out.as_deref()),
         Command::ClientSecret { out } => new_secret("pcs_", "secret", out.as_deref()),
         Command::Keys { command } => keys_cli(command),
+        Command::Policy { command } => cli_policy::run(command, |p| load(p, false)),
         Command::Approvals {
             admin,
             config,

@@ -48,6 +48,13 @@ pub struct AccessRecord<'a> {
     pub route: Option<&'a str>,
     /// Method.
     pub method: &'a str,
+    /// The `Host` header as sent (absent when none was).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<&'a str>,
+    /// The scopes the token carried (before narrowing to the agent's registry): what
+    /// `portcullis policy replay` and `review` need to re-decide and audit a call.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub token_scopes: &'a [String],
     /// Normalized path (raw path if it was refused before normalization succeeded).
     pub path: &'a str,
     /// Query string, if any.

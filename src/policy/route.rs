@@ -52,6 +52,30 @@ pub enum PathPattern {
     Regex(Regex),
 }
 
+impl std::fmt::Display for PathPattern {
+    /// The template as written in the config (`/api/tickets/{id}`, `/api/**`), or the regex.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PathPattern::Template { segments, rest } => {
+                for s in segments {
+                    match s {
+                        Segment::Literal(l) => write!(f, "/{l}")?,
+                        Segment::Param(p) => write!(f, "/{{{p}}}")?,
+                    }
+                }
+                if *rest {
+                    write!(f, "/**")
+                } else if segments.is_empty() {
+                    write!(f, "/")
+                } else {
+                    Ok(())
+                }
+            }
+            PathPattern::Regex(r) => write!(f, "{}", r.as_str()),
+        }
+    }
+}
+
 /// Why a path template was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TemplateError {

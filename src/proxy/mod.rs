@@ -117,6 +117,7 @@ impl Drop for RequestCtx {
         let method = self.method.clone();
         let seen = Seen {
             method: method.as_ref().map_or("", |m| m.as_str()),
+            host: None,
             raw_path: "",
             query: None,
             client: None,
@@ -131,6 +132,8 @@ impl Drop for RequestCtx {
 /// What the session says about a finished request.
 struct Seen<'a> {
     method: &'a str,
+    /// The `Host` header as sent (the policy tools normalize it as the router does).
+    host: Option<&'a str>,
     raw_path: &'a str,
     query: Option<&'a str>,
     client: Option<String>,
@@ -205,6 +208,8 @@ impl RequestCtx {
             issuer: token.map(|t| &*t.issuer),
             route: self.route.map(|_| route.as_str()),
             method: seen.method,
+            host: seen.host,
+            token_scopes: token.map_or(&[], |t| t.scopes.as_slice()),
             path: self.path.as_ref().map_or(seen.raw_path, |p| p.as_str()),
             query: seen.query,
             client: seen.client.clone(),
@@ -837,6 +842,10 @@ impl ProxyHttp for Gateway {
         let req = session.req_header();
         let seen = Seen {
             method: req.method.as_str(),
+            host: req
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok()),
             raw_path: req.uri.path(),
             query: req.uri.query(),
             client: session.client_addr().map(|a| a.to_string()),
