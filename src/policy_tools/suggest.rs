@@ -197,6 +197,32 @@ pub fn suggest(snap: &Snapshot, calls: &[Call], opts: &Options) -> Suggestion {
         e.2.extend(v.2);
         e.3 |= v.3;
     }
+    // A deeper path under a collapsed `parent/**` (same method and upstream) is already
+    // allowed by it: fold it in rather than list it twice.
+    let wide: Vec<Key> = merged
+        .keys()
+        .filter(|(_, p, _)| p.ends_with("/**"))
+        .cloned()
+        .collect();
+    for (m, w, u) in &wide {
+        let prefix = &w[..w.len() - 2];
+        let covered: Vec<Key> = merged
+            .keys()
+            .filter(|(m2, p, u2)| m2 == m && u2 == u && p != w && p.starts_with(prefix))
+            .cloned()
+            .collect();
+        for k in covered {
+            if let Some(v) = merged.remove(&k) {
+                let e = merged
+                    .get_mut(&(m.clone(), w.clone(), u.clone()))
+                    .expect("kept");
+                e.0.extend(v.0);
+                e.1 += v.1;
+                e.2.extend(v.2);
+                e.3 |= v.3;
+            }
+        }
+    }
     let mut names = BTreeSet::new();
     for ((method, path, upstream), (scopes, n, agents, high_risk)) in merged {
         // `/api/tickets` → `api-tickets`, `/api/tickets/{ticket_id}` → `api-tickets-item`.
@@ -367,5 +393,116 @@ mod tests {
         );
         assert_eq!(template("/api/kb/search"), "/api/kb/search");
         assert_eq!(template("/v2/x/1/1"), "/v2/x/{x_id}/{x_id2}");
+    }
+}
+
+#[cfg(test)]
+mod evidence_tests {
+    use super::*;
+    use crate::config::{load_str, LoadContext};
+    use crate::identity::{generate_signing_key, signing_key_jwk, KeyStore};
+    use std::sync::Arc;
+    use std::time::SystemTime;
+
+    /// A config with one tagged route, and calls as the access log would hold them.
+    fn snapshot() -> Snapshot {
+        let key = generate_signing_key().unwrap();
+        let jwk = signing_key_jwk(key.as_bytes(), "k").unwrap();
+        let yaml = format!(
+            "issuers:\n  - {{name: idp, issuer: https://idp, audiences: [gw], algorithms: [ES256], keys: [{{jwk: {jwk}}}]}}\nagents:\n  - {{id: bot, owner: a@example.com, scopes: [files:read, files:write, pay:write]}}\n  - {{id: idle, owner: nobody, scopes: [files:read]}}\nupstreams:\n  - {{name: files, url: \"http://127.0.0.1:9\"}}\nroutes:\n  - {{name: files-read, methods: [GET], path: /files/**, upstream: files, scopes: [files:read]}}\n  - {{name: files-write, methods: [PUT, DELETE], path: /files/**, upstream: files, scopes: [files:write]}}\n  - {{name: pay, methods: [POST], path: /pay, upstream: files, scopes: [pay:write], tags: [high_risk]}}\n"
+        );
+        let ctx = LoadContext::new(KeyStore::new(Arc::new(|_| {})), 1);
+        load_str(&yaml, std::path::Path::new("."), "t.yaml", &ctx).unwrap()
+    }
+
+    fn call(method: &str, path: &str, route: &str, decision: &str) -> Call {
+        Call {
+            time: SystemTime::now(),
+            agent: Some("bot".into()),
+            host: None,
+            method: method.into(),
+            path: path.into(),
+            query: None,
+            client: None,
+            route: Some(route.into()),
+            upstream: Some("files".into()),
+            decision: decision.into(),
+            reason: None,
+            would_deny: None,
+            token_scopes: vec![
+                "files:read".into(),
+                "files:write".into(),
+                "pay:write".into(),
+            ],
+            status: 200,
+        }
+    }
+
+    #[test]
+    fn many_siblings_collapse_deletes_and_tagged_writes_need_approval() {
+        let snap = snapshot();
+        let mut calls: Vec<Call> = (0..25)
+            .map(|i| {
+                call(
+                    "GET",
+                    &format!("/files/report-{i}.pdf"),
+                    "files-read",
+                    "allow",
+                )
+            })
+            .collect();
+        calls.push(call("GET", "/files/a/b", "files-read", "allow"));
+        calls.push(call("DELETE", "/files/9", "files-write", "allow"));
+        calls.push(call("POST", "/pay", "pay", "allow"));
+        calls.push(call("PUT", "/files/secret", "files-write", "deny"));
+        let s = suggest(&snap, &calls, &Options { collapse_after: 20 });
+        let got: Vec<(&str, &str, bool)> = s
+            .routes
+            .iter()
+            .map(|r| (r.method.as_str(), r.path.as_str(), r.approval))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("GET", "/files/**", false),
+                ("DELETE", "/files/{file_id}", true),
+                ("POST", "/pay", true),
+            ]
+        );
+        assert_eq!(s.routes[0].calls, 26, "/files/a/b folded into /files/**");
+        assert_eq!(s.evidence, (28, 1), "the refused PUT is not evidence");
+        // 19 siblings stay literal: `/**` only when warranted.
+        let few = suggest(&snap, &calls[..19], &Options { collapse_after: 20 });
+        assert_eq!(few.routes.len(), 19);
+        assert!(few.routes.iter().all(|r| !r.path.ends_with("/**")));
+    }
+
+    #[test]
+    fn review_flags_idle_agents_and_owners_that_are_not_people() {
+        let snap = snapshot();
+        let calls = vec![call("GET", "/files/x", "files-read", "allow")];
+        let r = crate::policy_tools::review::review(&snap, &calls, "30 days", &[]);
+        let kinds: Vec<(&str, Option<&str>, &str)> = r
+            .findings
+            .iter()
+            .map(|f| (f.kind, f.agent.as_deref(), f.subject.as_str()))
+            .collect();
+        assert!(
+            kinds.contains(&("idle_agent", Some("idle"), "idle")),
+            "{kinds:?}"
+        );
+        assert!(
+            kinds.contains(&("owner_unknown", Some("idle"), "nobody")),
+            "{kinds:?}"
+        );
+        assert!(
+            kinds.contains(&("unused_scope", Some("bot"), "pay:write")),
+            "{kinds:?}"
+        );
+        assert!(
+            !kinds.contains(&("unused_scope", Some("bot"), "files:read")),
+            "{kinds:?}"
+        );
+        assert!(kinds.contains(&("unused_route", None, "pay")), "{kinds:?}");
     }
 }
