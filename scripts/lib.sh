@@ -39,6 +39,7 @@ ensure_test_deps() {
   if ! compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null; then
     ensure_packages "for the shared-state tests" portcullis-needs-postgres-server:postgresql
   fi
+  ensure_packages "for the alert-rule tests (promtool)" promtool:prometheus
   # An independent OAuth client for the token service's cross-check (tests/token_service.rs).
   if ! python3 -c 'import authlib, requests, cryptography' 2>/dev/null; then
     echo "installing authlib, requests, cryptography (PyPI) for the OAuth cross-check test" >&2

@@ -10,6 +10,10 @@ use prometheus::{
 /// Every metric the gateway exports.
 pub struct Metrics {
     registry: Registry,
+    /// Every registered metric, so `/metrics` can list the families that have no sample yet
+    /// (a labelled metric nothing has touched): dashboards and alert rules can then be checked
+    /// against what the gateway exports, not against what happened to occur.
+    catalogue: Vec<Box<dyn prometheus::core::Collector>>,
     /// Requests by agent, route, decision (allow/deny/error) and status.
     pub requests: IntCounterVec,
     /// Refusals by machine code.
@@ -109,7 +113,10 @@ const LATENCY_BUCKETS: &[f64] = &[
 impl Metrics {
     /// Create and register everything.
     pub fn new() -> Metrics {
-        let registry = Registry::new();
+        let registry = Catalogued {
+            registry: Registry::new(),
+            all: std::cell::RefCell::new(Vec::new()),
+        };
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
             registry
@@ -397,7 +404,8 @@ impl Metrics {
             approval_time_to_decision,
             approval_notifications_sent,
             approval_notification_failures,
-            registry,
+            registry: registry.registry,
+            catalogue: registry.all.into_inner(),
             requests,
             denials,
             request_duration,
@@ -424,14 +432,52 @@ impl Metrics {
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buf)
             .expect("text encoding cannot fail");
-        String::from_utf8(buf).expect("prometheus text is UTF-8")
+        let mut text = String::from_utf8(buf).expect("prometheus text is UTF-8");
+        // Families without a sample: HELP and TYPE only (valid exposition format), so every
+        // metric the gateway can export is visible from the first scrape.
+        for c in &self.catalogue {
+            for mf in c.collect() {
+                if mf.get_metric().is_empty() {
+                    let kind = match mf.get_field_type() {
+                        prometheus::proto::MetricType::COUNTER => "counter",
+                        prometheus::proto::MetricType::GAUGE => "gauge",
+                        prometheus::proto::MetricType::HISTOGRAM => "histogram",
+                        prometheus::proto::MetricType::SUMMARY => "summary",
+                        _ => "untyped",
+                    };
+                    text.push_str(&format!(
+                        "# HELP {0} {1}\n# TYPE {0} {kind}\n",
+                        mf.name(),
+                        mf.help().replace('\\', "\\\\").replace('\n', "\\n")
+                    ));
+                }
+            }
+        }
+        text
+    }
+}
+
+/// A registry that also keeps every metric it registered (see `Metrics::catalogue`).
+struct Catalogued {
+    registry: Registry,
+    all: std::cell::RefCell<Vec<Box<dyn prometheus::core::Collector>>>,
+}
+
+impl Catalogued {
+    fn register<C: prometheus::core::Collector + Clone + 'static>(
+        &self,
+        c: Box<C>,
+    ) -> prometheus::Result<()> {
+        self.registry.register(Box::new((*c).clone()))?;
+        self.all.borrow_mut().push(c);
+        Ok(())
     }
 }
 
 /// Register a freshly built metric; both steps only fail on programming errors (bad names,
 /// duplicates), which the unit test below would catch.
 fn register<M: prometheus::core::Collector + Clone + 'static>(
-    registry: &Registry,
+    registry: &Catalogued,
     metric: prometheus::Result<M>,
 ) -> M {
     let m = metric.expect("valid metric");
