@@ -60,6 +60,20 @@ async fn traffic() -> (Gateway, Upstream) {
     (gw, up)
 }
 
+/// `portcullis policy replay --config CANDIDATE --log LOG EXTRA...`.
+fn replay_cli(dir: &Path, candidate: &Path, log: &Path, extra: &[&str]) -> (bool, String, String) {
+    let mut args = vec![
+        "policy",
+        "replay",
+        "--config",
+        candidate.to_str().unwrap(),
+        "--log",
+        log.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run(&args, dir)
+}
+
 /// The config file with its `routes:` section replaced by `routes_yaml`.
 fn with_routes(config: &str, routes_yaml: &str) -> String {
     let start = config.find("\nroutes:\n").expect("routes section") + 1;
@@ -142,17 +156,7 @@ async fn suggest_then_check_then_replay_then_enforce() {
         std::fs::read_to_string(&candidate).unwrap()
     );
     // ... under which every logged call is decided as it was.
-    let (ok, out, err) = run(
-        &[
-            "policy",
-            "replay",
-            "--config",
-            candidate.to_str().unwrap(),
-            "--log",
-            log.to_str().unwrap(),
-        ],
-        &dir,
-    );
+    let (ok, out, err) = replay_cli(&dir, &candidate, &log, &[]);
     assert!(ok, "{out}{err}");
     assert!(out.contains("0 changed"), "{out}");
 
@@ -186,18 +190,7 @@ async fn replay_of_a_candidate_without_a_scope_names_the_affected_calls() {
     assert_ne!(narrowed, original);
     let candidate = dir.join("narrowed.yaml");
     std::fs::write(&candidate, narrowed).unwrap();
-    let (ok, out, _) = run(
-        &[
-            "policy",
-            "replay",
-            "--config",
-            candidate.to_str().unwrap(),
-            "--log",
-            log.to_str().unwrap(),
-            "--json",
-        ],
-        &dir,
-    );
+    let (ok, out, _) = replay_cli(&dir, &candidate, &log, &["--json"]);
     assert!(!ok, "changes beyond --max-changes 0 fail the gate");
     let report: Value = serde_json::from_str(&out).unwrap();
     let changes = report["changes"].as_array().unwrap();
@@ -215,19 +208,7 @@ async fn replay_of_a_candidate_without_a_scope_names_the_affected_calls() {
         report["replayed"].as_u64().unwrap() - 2
     );
     // With a tolerance of two, the same change passes.
-    let (ok, _, _) = run(
-        &[
-            "policy",
-            "replay",
-            "--config",
-            candidate.to_str().unwrap(),
-            "--log",
-            log.to_str().unwrap(),
-            "--max-changes",
-            "2",
-        ],
-        &dir,
-    );
+    let (ok, _, _) = replay_cli(&dir, &candidate, &log, &["--max-changes", "2"]);
     assert!(ok);
 }
 

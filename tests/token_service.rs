@@ -365,7 +365,8 @@ fn person_token(scopes: &[&str], extra: Value) -> String {
     token_with(c)
 }
 
-async fn exchange(f: &Fixture, subject: &str, extra: &[(&str, &str)]) -> (u16, Value) {
+/// The form of a token exchange of `subject`, with `actor` as the actor_token if given.
+fn exchange_form<'a>(subject: &'a str, actor: Option<&'a str>) -> Vec<(&'a str, &'a str)> {
     let mut form = vec![
         (
             "grant_type",
@@ -377,6 +378,29 @@ async fn exchange(f: &Fixture, subject: &str, extra: &[(&str, &str)]) -> (u16, V
             "urn:ietf:params:oauth:token-type:access_token",
         ),
     ];
+    if let Some(a) = actor {
+        form.push(("actor_token", a));
+        form.push((
+            "actor_token_type",
+            "urn:ietf:params:oauth:token-type:access_token",
+        ));
+    }
+    form
+}
+
+/// A token exchange of `subject` by `client` (HTTP Basic) and/or `actor` (an actor_token).
+async fn exchange_as(
+    token_url: &str,
+    client: Option<(&str, &str)>,
+    subject: &str,
+    actor: Option<&str>,
+) -> (u16, Value) {
+    post_form(token_url, client, &exchange_form(subject, actor)).await
+}
+
+/// support-bot exchanges `subject`, with `extra` parameters.
+async fn exchange(f: &Fixture, subject: &str, extra: &[(&str, &str)]) -> (u16, Value) {
+    let mut form = exchange_form(subject, None);
     form.extend_from_slice(extra);
     post_form(&f.token_url, Some(("support-bot", SECRET)), &form).await
 }
@@ -453,47 +477,18 @@ async fn token_exchange_names_the_person_and_the_agent_and_never_widens() {
     );
     // An agent without a delegation rule may not act for anyone (its own token as actor) ...
     let ops = token("ops-bot", &["tickets:read"]);
-    let (s, b) = post_form(
-        &f.token_url,
-        None,
-        &[
-            (
-                "grant_type",
-                "urn:ietf:params:oauth:grant-type:token-exchange",
-            ),
-            ("subject_token", &person),
-            (
-                "subject_token_type",
-                "urn:ietf:params:oauth:token-type:access_token",
-            ),
-            ("actor_token", &ops),
-            (
-                "actor_token_type",
-                "urn:ietf:params:oauth:token-type:access_token",
-            ),
-        ],
-    )
-    .await;
+    let (s, b) = exchange_as(&f.token_url, None, &person, Some(&ops)).await;
     assert_eq!(
         (s, b["error"].as_str()),
         (400, Some("unauthorized_client")),
         "{b}"
     );
     // ... and one whose rule names other issuers may not act on this IdP's people.
-    let (s, b) = post_form(
+    let (s, b) = exchange_as(
         &f.token_url,
         Some(("reporting-bot", REPORTING_SECRET)),
-        &[
-            (
-                "grant_type",
-                "urn:ietf:params:oauth:grant-type:token-exchange",
-            ),
-            ("subject_token", &person),
-            (
-                "subject_token_type",
-                "urn:ietf:params:oauth:token-type:access_token",
-            ),
-        ],
+        &person,
+        None,
     )
     .await;
     assert_eq!(
@@ -581,27 +576,7 @@ async fn a_revoked_token_is_refused_on_the_next_call_and_introspects_inactive() 
     assert_eq!(b, json!({"active": false}));
     // A revoked token cannot be turned into a new one as the actor of an exchange.
     let person = person_token(&["tickets:read"], json!({}));
-    let (s, b) = post_form(
-        &f.token_url,
-        None,
-        &[
-            (
-                "grant_type",
-                "urn:ietf:params:oauth:grant-type:token-exchange",
-            ),
-            ("subject_token", &person),
-            (
-                "subject_token_type",
-                "urn:ietf:params:oauth:token-type:access_token",
-            ),
-            ("actor_token", &at),
-            (
-                "actor_token_type",
-                "urn:ietf:params:oauth:token-type:access_token",
-            ),
-        ],
-    )
-    .await;
+    let (s, b) = exchange_as(&f.token_url, None, &person, Some(&at)).await;
     assert_eq!(
         (s, b["error"].as_str()),
         (400, Some("invalid_grant")),
@@ -809,20 +784,11 @@ async fn an_agent_acting_for_an_agent_acting_for_a_person_carries_the_whole_chai
     let first = b["access_token"].as_str().unwrap().to_string();
     // reporting-bot may act on tokens from the gateway's own issuer: it takes over
     // support-bot's delegated token.
-    let (s, b) = post_form(
+    let (s, b) = exchange_as(
         &f.token_url,
         Some(("reporting-bot", REPORTING_SECRET)),
-        &[
-            (
-                "grant_type",
-                "urn:ietf:params:oauth:grant-type:token-exchange",
-            ),
-            ("subject_token", &first),
-            (
-                "subject_token_type",
-                "urn:ietf:params:oauth:token-type:access_token",
-            ),
-        ],
+        &first,
+        None,
     )
     .await;
     assert_eq!(s, 200, "{b}");
