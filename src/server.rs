@@ -58,7 +58,12 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
         AccessLogTarget::File(p) => Some(p.clone()),
     };
     let access_log = Arc::new(
-        AccessLog::start(log_path.as_deref(), metrics.clone()).map_err(StartError::AccessLog)?,
+        AccessLog::start_as(
+            log_path.as_deref(),
+            metrics.clone(),
+            settings.access_log_ecs,
+        )
+        .map_err(StartError::AccessLog)?,
     );
     access_log.set_max_field_bytes(settings.access_log_max_field_bytes);
     // Opened before serving: a pause recorded before a restart must hold from the first call.

@@ -132,9 +132,11 @@ async fn a_prompt_injected_agent_is_paused_and_a_normal_one_is_left_alone() {
             other => panic!("unexpected answer {other:?}: {}", a.body),
         }
     };
-    // Five refusals trip the detector; the pause lands within a few calls after it.
+    // Five refusals trip the detector; the pause lands within a few calls after it. The monitor
+    // runs off the request path, so on a loaded machine (the whole suite in parallel) its batch
+    // can land a call or two later than on a quiet one: ≤ 10, never before the fifth refusal.
     assert!(
-        (6..=8).contains(&paused_at),
+        (6..=10).contains(&paused_at),
         "paused after {paused_at} deletes"
     );
     let hits = up.hits();

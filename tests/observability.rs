@@ -136,3 +136,50 @@ async fn dashboard_and_rules_reference_only_metrics_the_gateway_exports() {
         "alert rules name metrics the gateway does not export: {unknown:?}"
     );
 }
+
+/// `access_log.schema: ecs`: a SIEM reads Elastic Common Schema fields; Portcullis's own fields
+/// are kept under `portcullis`; no line is lost or left native.
+#[tokio::test]
+async fn ecs_access_log_lines_carry_ecs_fields_and_the_native_ones() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start_edited(Setup::new(&up), |text| {
+        text.replace("access_log:\n", "access_log:\n  schema: ecs\n")
+    })
+    .await;
+    let bot = token("support-bot", &["tickets:read"]);
+    assert_eq!(get(&gw, "/api/tickets/1", Some(&bot)).await.status, 200);
+    assert_eq!(get(&gw, "/api/nothing-here", Some(&bot)).await.status, 403);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let lines: Vec<Value> = loop {
+        let text = std::fs::read_to_string(gw.layout.access_log_path()).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("every line is JSON"))
+            .collect();
+        if lines.len() >= 2 || std::time::Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for l in &lines {
+        assert!(l["@timestamp"].is_string(), "{l}");
+        assert_eq!(l["ecs"]["version"], "8.11.0");
+        assert_eq!(l["user"]["name"], "support-bot");
+        assert_eq!(
+            l["portcullis"]["agent"], "support-bot",
+            "native fields kept"
+        );
+        assert!(
+            l.get("decision").is_none(),
+            "no native field at the top: {l}"
+        );
+    }
+    assert_eq!(lines[0]["event"]["outcome"], "success");
+    assert_eq!(lines[0]["http"]["response"]["status_code"], 200);
+    assert_eq!(lines[0]["url"]["path"], "/api/tickets/1");
+    assert_eq!(lines[0]["rule"]["name"], "tickets-read");
+    assert_eq!(lines[1]["event"]["outcome"], "failure");
+    assert_eq!(lines[1]["event"]["reason"], "insufficient_scope");
+    assert_eq!(lines[1]["source"]["ip"], "127.0.0.1");
+}

@@ -526,6 +526,9 @@ pub struct RawAccessLog {
     /// Longest string field written whole, in bytes (default 1024); longer ones are cut with a
     /// marker.
     pub max_field_bytes: Option<usize>,
+    /// `portcullis` (default) or `ecs`: Elastic Common Schema lines, the native fields under
+    /// `portcullis`. Read at start.
+    pub schema: Option<String>,
 }
 
 /// An operator credential for the admin listener.

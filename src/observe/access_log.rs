@@ -199,8 +199,18 @@ thread_local! {
 }
 
 impl AccessLog {
-    /// Start a writer to stdout (`None`) or appending to `path`.
+    /// Start a writer to stdout (`None`) or appending to `path`, in the native format.
     pub fn start(path: Option<&Path>, metrics: Arc<Metrics>) -> std::io::Result<AccessLog> {
+        Self::start_as(path, metrics, false)
+    }
+
+    /// [`AccessLog::start`], writing Elastic Common Schema lines when `ecs` (see
+    /// [`super::ecs`]; converted on the writer thread).
+    pub fn start_as(
+        path: Option<&Path>,
+        metrics: Arc<Metrics>,
+        ecs: bool,
+    ) -> std::io::Result<AccessLog> {
         let out: Box<dyn Write + Send> = match path {
             None => Box::new(std::io::stdout()),
             Some(p) => {
@@ -215,11 +225,15 @@ impl AccessLog {
                 )
             }
         };
-        Self::start_with(out, metrics)
+        Self::start_with(out, metrics, ecs)
     }
 
     /// Start a writer to any output.
-    fn start_with(out: Box<dyn Write + Send>, metrics: Arc<Metrics>) -> std::io::Result<AccessLog> {
+    fn start_with(
+        out: Box<dyn Write + Send>,
+        metrics: Arc<Metrics>,
+        ecs: bool,
+    ) -> std::io::Result<AccessLog> {
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending {
                 bytes: Vec::with_capacity(64 * 1024),
@@ -230,7 +244,7 @@ impl AccessLog {
         let (s, m) = (shared.clone(), metrics.clone());
         let worker = std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_loop(&s, out, &m))?;
+            .spawn(move || write_loop(&s, out, &m, ecs))?;
         Ok(AccessLog {
             shared,
             worker: Mutex::new(Some(worker)),
@@ -374,8 +388,9 @@ impl serde_json::ser::Formatter for CappingFormatter {
     }
 }
 
-fn write_loop(shared: &Shared, mut out: Box<dyn Write + Send>, metrics: &Metrics) {
+fn write_loop(shared: &Shared, mut out: Box<dyn Write + Send>, metrics: &Metrics, ecs: bool) {
     let mut taken = Vec::with_capacity(64 * 1024);
+    let mut converted = Vec::new();
     loop {
         let closed = {
             let mut p = lock(&shared.pending);
@@ -392,7 +407,14 @@ fn write_loop(shared: &Shared, mut out: Box<dyn Write + Send>, metrics: &Metrics
         // Loggers waiting for room can go on.
         shared.changed.notify_all();
         if !taken.is_empty() {
-            if out.write_all(&taken).and_then(|()| out.flush()).is_err() {
+            let batch = if ecs {
+                converted.clear();
+                super::ecs::convert_batch(&taken, &mut converted);
+                &converted
+            } else {
+                &taken
+            };
+            if out.write_all(batch).and_then(|()| out.flush()).is_err() {
                 metrics.access_log_errors.inc();
             }
             taken.clear();
@@ -555,7 +577,8 @@ mod tests {
     fn a_stalled_output_makes_loggers_wait_and_loses_nothing() {
         let (mut reader, writer) = std::io::pipe().unwrap();
         let metrics = Arc::new(Metrics::new());
-        let log = Arc::new(AccessLog::start_with(Box::new(writer), metrics.clone()).unwrap());
+        let log =
+            Arc::new(AccessLog::start_with(Box::new(writer), metrics.clone(), false).unwrap());
         // Nobody reads the pipe yet: the writer blocks once the pipe is full, then the pending
         // buffer fills to its cap and the next logger has to wait.
         let pad: &'static str = Box::leak("p".repeat(1000).into_boxed_str());

@@ -4,6 +4,7 @@
 pub mod access_log;
 pub mod alert;
 pub mod anomaly;
+pub mod ecs;
 pub mod metrics;
 pub mod monitor;
 pub mod outcome;

@@ -364,6 +364,8 @@ pub struct Settings {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Longest string field of an access-log line written whole (`access_log.max_field_bytes`).
     pub access_log_max_field_bytes: usize,
+    /// `access_log.schema: ecs`: lines in Elastic Common Schema shape (read at start).
+    pub access_log_ecs: bool,
     /// The runtime agent state file (`state.store`); read at start only.
     pub state_store: PathBuf,
     /// `state.backend: shared`: where replicas keep what they share; read at start only.

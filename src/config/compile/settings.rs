@@ -58,6 +58,17 @@ impl Compiler<'_> {
             None | Some("stdout") | Some("-") => AccessLogTarget::Stdout,
             Some(p) => AccessLogTarget::File(self.file_path(p)),
         };
+        let access_log_ecs = match raw.access_log.schema.as_deref() {
+            None | Some("portcullis") => false,
+            Some("ecs") => true,
+            Some(other) => {
+                self.invalid(
+                    "access_log.schema",
+                    format!("`{other}` is not a log schema: `portcullis` or `ecs`"),
+                );
+                false
+            }
+        };
         let access_log_max_field_bytes = raw
             .access_log
             .max_field_bytes
@@ -107,6 +118,7 @@ impl Compiler<'_> {
                 })
                 .collect(),
             access_log_max_field_bytes,
+            access_log_ecs,
         }
     }
 
