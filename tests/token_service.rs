@@ -29,6 +29,15 @@ struct Fixture {
     client_key: String,
 }
 
+/// A port for a token listener, held bound until `release` (called in the config edit, after
+/// the gateway's own ports were chosen): two `free_port` calls can return the same port, and a
+/// held one cannot be handed out as the proxy or admin port.
+fn reserve_port() -> (std::net::TcpListener, u16) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    (l, port)
+}
+
 fn hash(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
@@ -42,7 +51,7 @@ async fn fixture_with(keyring: bool) -> Fixture {
 /// as support-bot's registered key.
 async fn fixture_on(keyring: bool, shared: String, client_key: String) -> Fixture {
     let up = Upstream::start().await;
-    let port = free_port();
+    let (held, port) = reserve_port();
     let base = format!("http://127.0.0.1:{port}");
     let jwk = portcullis::identity::signing_key_jwk(client_key.as_bytes(), "bot-key-1").unwrap();
     let mut setup = Setup::new(&up);
@@ -51,6 +60,7 @@ async fn fixture_on(keyring: bool, shared: String, client_key: String) -> Fixtur
     setup.admin = admin_section("") + &shared;
     setup.extra_routes = "  - name: for-a-person\n    methods: [GET]\n    path: /api/on-behalf/{id}\n    upstream: tickets-api\n    scopes: [tickets:read]\n    conditions:\n      - name: delegated\n        claim: {name: act.sub, present: true}\n  - name: minted\n    methods: [GET]\n    path: /minted/{id}\n    upstream: minted-api\n    scopes: [tickets:read]\n".into();
     let gw = Gateway::start_edited(setup, |text| {
+        drop(held);
         let dir = regex::Regex::new(r"signing_key_file: (.*)/signing-key.pem")
             .unwrap()
             .captures(&text)
@@ -833,7 +843,7 @@ async fn an_agent_acting_for_an_agent_acting_for_a_person_carries_the_whole_chai
 #[tokio::test]
 async fn an_upstream_credential_exchanged_at_another_token_service_is_cached() {
     let up = Upstream::start().await;
-    let (a_port, b_port) = (free_port(), free_port());
+    let ((a_held, a_port), (b_held, b_port)) = (reserve_port(), reserve_port());
     let b_token_url = format!("http://127.0.0.1:{b_port}/oauth2/token");
     let edge_secret = "pcs_secret_of_gateway_a_at_the_sts_0123456789abcdef";
     let mut setup = Setup::new(&up);
@@ -843,6 +853,7 @@ async fn an_upstream_credential_exchanged_at_another_token_service_is_cached() {
     );
     setup.extra_routes = "  - name: via-sts\n    methods: [GET]\n    path: /sts/{id}\n    upstream: sts-api\n    scopes: [tickets:read]\n".into();
     let a = Gateway::start_edited(setup, |text| {
+        drop(a_held);
         text.replace(
             "  threads: 1\n",
             &format!("  threads: 1\n  token: 127.0.0.1:{a_port}\n"),
@@ -854,6 +865,7 @@ async fn an_upstream_credential_exchanged_at_another_token_service_is_cached() {
     // registered as a client that may act on `edge` tokens.
     let sts_up = Upstream::start().await;
     let b = Gateway::start_edited(Setup::new(&sts_up), |text| {
+        drop(b_held);
         let text = text
             .replace(
                 "  threads: 1\n",
