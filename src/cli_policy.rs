@@ -261,7 +261,13 @@ pub fn run(
                     Err(e) => return fail("review", format!("cannot read {}: {e}", p.display())),
                 },
             };
-            let window = humantime::format_duration(since).to_string();
+            // `90d` reads as "90 days", not humantime's "2months 29days 2h 52m 48s".
+            let secs = since.as_secs();
+            let window = if secs >= 86_400 && secs % 86_400 == 0 {
+                format!("{} days", secs / 86_400)
+            } else {
+                humantime::format_duration(since).to_string()
+            };
             let r = review::review(&snap, &ev.calls, &window, &known);
             match format {
                 Format::Table => print!("{}", review::to_table(&r)),
