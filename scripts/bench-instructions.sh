@@ -10,6 +10,10 @@
 #
 # usage: scripts/bench-instructions.sh [N]     (default 3000 requests)
 # KEEP_PROFILES=DIR keeps the callgrind files (callgrind_annotate DIR/portcullis.cg.* shows where).
+# BENCH_TRACING=1 also measures the current build with `tracing:` on (exporting to
+# scripts/otlp-sink.py) at sample ratio 0 and 1, and prints the cost per call at 1%
+# (ratio 0's cost + 1% of the difference a sampled call makes), which sampling noise in a
+# run of a few thousand calls would otherwise drown.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -66,7 +70,8 @@ measure() { # NAME PORT CMD...
   sleep 1
   local total
   total=$(cat "$out".* 2>/dev/null | awk '/^summary:/ {s += $2} END {print s}')
-  printf '%-22s %10.0f instructions per request\n' "$name" "$(echo "$total / $n" | bc -l)"
+  last=$(echo "$total / $n" | bc -l)
+  printf '%-22s %10.0f instructions per request\n' "$name" "$last"
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
 }
@@ -76,6 +81,23 @@ bench_gateway_config 9080 9981 "$work/access.log" "${BENCH_MONITOR:+$BENCH_MONIT
 echo "callgrind, $n requests each, one worker:"
 measure "bare pingora" 9085 ./target/release/examples/pingora_floor 127.0.0.1:9085 127.0.0.1:9001
 measure portcullis 9080 ./target/release/portcullis run -c "$work/gateway.yaml"
+plain=$last
+if [ -n "${BENCH_TRACING:-}" ]; then
+  python3 scripts/otlp-sink.py 4399 &
+  pids+=("$!")
+  for ratio in 0 1; do
+    bench_gateway_config 9380 9984 "$work/access-traced.log" "${BENCH_MONITOR:+$BENCH_MONITOR_ROUTE_YAML}" "${BENCH_MONITOR:+$BENCH_MONITOR_YAML
+}tracing:
+  endpoint: http://127.0.0.1:4399
+  export_interval: 200ms
+  sample_ratio: $ratio" > "$work/traced.yaml"
+    measure "portcullis traced $ratio" 9380 ./target/release/portcullis run -c "$work/traced.yaml"
+    eval "traced_$ratio=\$last"
+  done
+  printf '%-22s %10.0f instructions per request (unsampled: %+.0f; a sampled call: %+.0f)\n' \
+    "  tracing at 1%" "$(echo "$traced_0 + 0.01 * ($traced_1 - $traced_0) - $plain" | bc -l)" \
+    "$(echo "$traced_0 - $plain" | bc -l)" "$(echo "$traced_1 - $plain" | bc -l)"
+fi
 if [ -n "${BASELINE_BIN:-}" ]; then
   bench_gateway_config 9180 9982 "$work/access-baseline.log" > "$work/baseline.yaml"
   measure "portcullis baseline" 9180 "$BASELINE_BIN" run -c "$work/baseline.yaml"

@@ -19,6 +19,10 @@
 # redis-server and PostgreSQL on loopback, started here) in the same rounds ("portcullis
 # shared"), with the rate limit of BENCH_POLICY on both gateways (it is set for you): every call
 # then takes its rate from Redis. Redis's own CPU for those calls is printed beside it.
+# BENCH_TRACING=1 also runs the current build with OpenTelemetry tracing on at 1% sampling
+# (`tracing.sample_ratio`, or BENCH_TRACING_RATIO), exporting over OTLP/HTTP to a local sink
+# (scripts/otlp-sink.py), in the same rounds ("portcullis traced"): its difference from
+# "portcullis" is the cost of tracing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -39,7 +43,7 @@ cargo build --release --example pingora_floor
 "$kit/peers.sh" start
 work=$(mktemp -d)
 cleanup() {
-  for p in ${gw:-} ${floor:-} ${base:-} ${shared:-} ${redis:-}; do kill "$p" 2>/dev/null || true; done
+  for p in ${gw:-} ${floor:-} ${base:-} ${shared:-} ${redis:-} ${traced:-} ${sink:-}; do kill "$p" 2>/dev/null || true; done
   [ -n "${pg:-}" ] && kill -INT "$pg" 2>/dev/null && wait "$pg" 2>/dev/null || true
   "$kit/peers.sh" stop; rm -rf "$work"
 }
@@ -93,6 +97,19 @@ if [ -n "${BENCH_STATE:-}" ]; then
   code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" http://127.0.0.1:9280/api/tickets)
   [ "$code" = 200 ] || { echo "shared gateway answered $code" >&2; cat "$work/shared.err" >&2; exit 1; }
 fi
+if [ -n "${BENCH_TRACING:-}" ]; then
+  python3 scripts/otlp-sink.py 4399 &
+  sink=$!
+  bench_gateway_config 9380 9984 "$work/access-traced.log" "$route_extra" "${BENCH_MONITOR:+$BENCH_MONITOR_YAML
+}tracing:
+  endpoint: http://127.0.0.1:4399
+  sample_ratio: ${BENCH_TRACING_RATIO:-0.01}" > "$work/traced.yaml"
+  ./target/release/portcullis run -c "$work/traced.yaml" 2>"$work/traced.err" &
+  traced=$!
+  for _ in $(seq 100); do curl -sf http://127.0.0.1:9984/readyz >/dev/null && break; sleep 0.1; done
+  code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" http://127.0.0.1:9380/api/tickets)
+  [ "$code" = 200 ] || { echo "traced gateway answered $code" >&2; cat "$work/traced.err" >&2; exit 1; }
+fi
 sleep 0.5
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
@@ -115,6 +132,9 @@ for r in $(seq "$rounds"); do
   if [ -n "${base:-}" ]; then
     cpu_per_request "portcullis baseline" "$base" http://127.0.0.1:9180/api/tickets
   fi
+  if [ -n "${traced:-}" ]; then
+    cpu_per_request "portcullis traced" "$traced" http://127.0.0.1:9380/api/tickets
+  fi
   if [ -n "${shared:-}" ]; then
     r0=$(ticks "$redis")
     cpu_per_request "portcullis shared" "$shared" http://127.0.0.1:9280/api/tickets
@@ -123,4 +143,7 @@ for r in $(seq "$rounds"); do
       "$(echo "($r1 - $r0) * 1000000 / $hz / $last_n" | bc -l)"
   fi
 done
+if [ -n "${traced:-}" ]; then
+  curl -s http://127.0.0.1:9984/metrics | grep '^portcullis_trace_spans_total' || true
+fi
 echo "gateway RSS after the run: $(ps -o rss= -p "$gw" | awk '{printf "%.1f MiB", $1/1024}')"

@@ -45,6 +45,9 @@ pub enum StartError {
     /// The shared stores (`state.backend: shared`) could not be opened.
     #[error("{0}")]
     Shared(String),
+    /// The OpenTelemetry exporter could not be built.
+    #[error("{0}")]
+    Tracing(#[from] crate::observe::trace::TracingError),
 }
 
 /// Run until SIGTERM/SIGINT. Returns after the access log is flushed.
@@ -53,16 +56,16 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
     let key_store = new_key_store(&metrics);
     let first = load_file(config_path, &LoadContext::new(key_store.clone(), 1))?;
     let settings = first.settings.clone();
-    let log_path = match &settings.access_log {
-        AccessLogTarget::Stdout => None,
-        AccessLogTarget::File(p) => Some(p.clone()),
-    };
+    let ecs = settings.access_log_ecs;
     let access_log = Arc::new(
-        AccessLog::start_as(
-            log_path.as_deref(),
-            metrics.clone(),
-            settings.access_log_ecs,
-        )
+        match &settings.access_log {
+            AccessLogTarget::Stdout => AccessLog::start_as(None, metrics.clone(), ecs),
+            AccessLogTarget::File(p) => AccessLog::start_as(Some(p), metrics.clone(), ecs),
+            AccessLogTarget::Syslog(t) => {
+                tracing::info!(address = %t.address, transport = t.transport.name(), "access log: sent to a syslog server");
+                AccessLog::start_syslog(t, metrics.clone(), ecs)
+            }
+        }
         .map_err(StartError::AccessLog)?,
     );
     access_log.set_max_field_bytes(settings.access_log_max_field_bytes);
@@ -90,6 +93,11 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
     );
     if let Some(shared) = shared {
         state = state.with_shared(shared, holder);
+    }
+    if let Some(t) = &settings.tracing {
+        let tracer = crate::observe::trace::CallTracer::start(t, &state.metrics)?;
+        tracing::info!(endpoint = %redact_url(&t.endpoint), protocol = ?t.protocol, sample_ratio = t.sample_ratio, "tracing: exporting sampled calls over OTLP");
+        state = state.with_tracer(tracer);
     }
     let state = Arc::new(state);
 
@@ -181,6 +189,10 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
     }
     // Every runtime has stopped: what the detectors learnt is saved for the next start.
     state.monitor.persist(&*state.agent_state);
+    // Every runtime has stopped, so every request has ended its spans.
+    if let Some(t) = &state.tracer {
+        t.shutdown();
+    }
     // Every runtime has stopped, so every request has handed its line to the log.
     access_log.close();
     tracing::info!("portcullis stopped");
@@ -278,7 +290,7 @@ fn spawn_sighup_reloader(state: Arc<GatewayState>) {
         .name("sighup-reload".into())
         .spawn(move || {
             for _ in signals.forever() {
-                let _ = state.reload("sighup");
+                crate::admin::reload_and_audit(&state, "sighup");
             }
         })
         .expect("spawn reload thread");
@@ -321,7 +333,7 @@ fn watch_config_file(
                 // Debounce: a save is often several events (truncate, write, rename).
                 std::thread::sleep(Duration::from_millis(200));
                 while rx.try_recv().is_ok() {}
-                let _ = state.reload("file-change");
+                crate::admin::reload_and_audit(&state, "file-change");
             }
         })
         .ok()?;

@@ -63,6 +63,8 @@ pub struct GatewayState {
     /// This process among the replicas (a random id per start): held approvals are recorded
     /// as its, so another replica can settle them if it dies.
     pub holder: String,
+    /// `tracing:` the OpenTelemetry tracer (`None`: tracing off).
+    pub tracer: Option<Arc<crate::observe::trace::CallTracer>>,
     next_version: AtomicU64,
     reload_lock: Mutex<()>,
     last_reload_error: Mutex<Option<String>>,
@@ -132,6 +134,7 @@ impl GatewayState {
             agent_state,
             shared: None,
             holder: uuid::Uuid::new_v4().to_string(),
+            tracer: None,
             monitor,
             next_version: AtomicU64::new(next),
             reload_lock: Mutex::new(()),
@@ -145,6 +148,12 @@ impl GatewayState {
         self.limits = shared.limits.clone();
         self.shared = Some(shared);
         self.holder = holder;
+        self
+    }
+
+    /// Trace sampled calls with `tracer`.
+    pub fn with_tracer(mut self, tracer: crate::observe::trace::CallTracer) -> Self {
+        self.tracer = Some(Arc::new(tracer));
         self
     }
 
@@ -177,9 +186,10 @@ impl GatewayState {
                     || new.settings.work_stealing != old.settings.work_stealing
                     || new.settings.access_log != old.settings.access_log
                     || new.settings.state_store != old.settings.state_store
+                    || new.settings.tracing != old.settings.tracing
                 {
                     tracing::warn!(
-                        "listeners, threads, work_stealing, access_log and state.store changed in the file; they take effect at the next restart"
+                        "listeners, threads, work_stealing, access_log, state.store and tracing changed in the file; they take effect at the next restart"
                     );
                 }
                 if let Err(e) = self.ensure_approvals(&new) {

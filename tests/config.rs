@@ -46,7 +46,7 @@ fn bad_file_reports_every_error_with_path_and_line() {
         "line 43: routes[2].path_regex: invalid regex: regex parse error:\n    ^(?:/api/([)$\n              ^\nerror: unclosed character class",
         "line 46: routes[3]: a route must require at least one scope (`scopes` or `any_of`): deny by default",
         "line 53: routes[4].timeout: unknown field `timeout`, expected one of `name`, `methods`, `path`, `path_regex`, `host`, `upstream`, `scopes`, `any_of`, `approval`, `websocket`, `mode`, `shadow`, `limits`, `conditions`, `tags`, `kind`, `mcp`, `store_unavailable`",
-        "line 54: metrics: unknown section `metrics`, expected one of: listen, server, identity, issuers, token_service, agents, upstreams, routes, access_log, approvals, admin, enforcement, limits, tiers, state, monitoring",
+        "line 54: metrics: unknown section `metrics`, expected one of: listen, server, identity, issuers, token_service, agents, upstreams, routes, access_log, approvals, admin, enforcement, limits, tiers, state, monitoring, tracing",
     ];
     for (i, (g, e)) in got.iter().zip(expected.iter()).enumerate() {
         assert_eq!(g, e, "issue #{i} differs");
@@ -705,5 +705,215 @@ fn fail_open_is_only_for_low_risk_reads() {
     assert_eq!(
         issues,
         ["line 28: routes[0].store_unavailable: `maybe` is not `fail_closed` or `fail_open`"]
+    );
+}
+
+#[test]
+fn tracing_is_off_by_default_and_compiles_with_defaults_and_secret_headers() {
+    assert!(compile_with("").unwrap().settings.tracing.is_none());
+    std::env::set_var("PORTCULLIS_TEST_OTLP_KEY", "otlp-s3cret");
+    let snap = compile_with(
+        "tracing:
+  endpoint: http://otel-collector:4318/
+  headers:
+    x-api-key: \"${env:PORTCULLIS_TEST_OTLP_KEY}\"
+",
+    )
+    .expect("valid");
+    let t = snap.settings.tracing.as_ref().expect("on");
+    // A base URL gets the signal path, as OTEL_EXPORTER_OTLP_ENDPOINT does.
+    assert_eq!(t.endpoint, "http://otel-collector:4318/v1/traces");
+    assert_eq!(
+        t.protocol,
+        portcullis::observe::trace::OtlpProtocol::HttpProtobuf
+    );
+    assert_eq!(t.sample_ratio, 0.01);
+    assert!(!t.respect_parent_sampling);
+    assert_eq!((t.queue_size, t.batch_size), (2048, 512));
+    assert_eq!(t.export_interval, std::time::Duration::from_secs(5));
+    assert_eq!(t.headers, vec![("x-api-key".into(), "otlp-s3cret".into())]);
+    let debug = format!("{:?}", snap.settings);
+    assert!(!debug.contains("otlp-s3cret"), "{debug}");
+    // gRPC endpoints are used as given.
+    let snap = compile_with("tracing: {endpoint: \"https://collector:4317\", protocol: grpc}\n")
+        .expect("valid");
+    assert_eq!(
+        snap.settings.tracing.unwrap().endpoint,
+        "https://collector:4317"
+    );
+}
+
+#[test]
+fn tracing_mistakes_are_all_reported() {
+    let got = compile_with(
+        "tracing:
+  endpoint: collector:4318
+  protocol: thrift
+  sample_ratio: 2
+  queue_size: 10
+  batch_size: 20
+  export_interval: soon
+",
+    )
+    .unwrap_err();
+    let want = [
+        "line 36: tracing.endpoint: `collector:4318` is not an http:// or https:// URL of an OTLP collector (e.g. `http://otel-collector:4318`)",
+        "line 37: tracing.protocol: `thrift` is not an OTLP protocol: `http/protobuf` or `grpc`",
+        "line 38: tracing.sample_ratio: 2 is not between 0 and 1 (0.01 traces one call in a hundred)",
+        "line 40: tracing.batch_size: must be between 1 and queue_size (10)",
+        "line 41: tracing.export_interval: `soon` is not a duration (expected number at 0); write e.g. `30s`, `5m`, `1h`",
+    ];
+    assert_eq!(got, want);
+}
+
+/// A CA certificate (PEM) made for the test, in a file of `dir`.
+fn ca_pem_file(dir: &Path) -> std::path::PathBuf {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).unwrap();
+    let path = dir.join("siem-ca.pem");
+    std::fs::write(&path, cert.pem()).unwrap();
+    path
+}
+
+#[test]
+fn access_log_syslog_compiles_with_its_defaults() {
+    use portcullis::observe::syslog::SyslogTransport;
+    use portcullis::policy::AccessLogTarget;
+    let target = |extra: &str| match compile_with(extra).expect("valid").settings.access_log {
+        AccessLogTarget::Syslog(t) => t,
+        other => panic!("not syslog: {other:?}"),
+    };
+    let t = target("access_log:\n  syslog:\n    address: siem.example.com:514\n");
+    assert_eq!((t.host.as_str(), t.port), ("siem.example.com", 514));
+    assert_eq!(t.transport, SyslogTransport::Tcp);
+    assert_eq!(t.facility, 16, "local0");
+    assert_eq!(t.app_name, "portcullis");
+    assert_eq!(t.hostname, None, "the machine's, at start");
+    assert!(t.ca_certs.is_empty() && t.server_name.is_none());
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca_pem_file(dir.path());
+    let t = target(&format!(
+        "access_log:\n  schema: ecs\n  syslog:\n    address: \"[2001:db8::5]:6514\"\n    transport: tls\n    facility: audit\n    app_name: gw\n    hostname: gw-1.example\n    ca_file: {}\n    server_name: siem.example.com\n",
+        ca.display()
+    ));
+    assert_eq!((t.host.as_str(), t.port), ("2001:db8::5", 6514));
+    assert_eq!(t.transport, SyslogTransport::Tls);
+    assert_eq!(t.facility, 13);
+    assert_eq!(t.app_name, "gw");
+    assert_eq!(t.hostname.as_deref(), Some("gw-1.example"));
+    assert_eq!(t.ca_certs.len(), 1);
+    assert_eq!(t.server_name.as_deref(), Some("siem.example.com"));
+    let t = target("access_log:\n  syslog: {address: 10.0.0.5:514, transport: udp}\n");
+    assert_eq!(t.transport, SyslogTransport::Udp);
+    // `path: stdout` is not a destination besides syslog, only the default written out.
+    assert!(compile_with("access_log:\n  path: stdout\n").is_ok());
+}
+
+#[test]
+fn access_log_syslog_mistakes_are_all_reported() {
+    let got = compile_with(
+        "access_log:
+  path: /var/log/portcullis.log
+  syslog:
+    address: siem
+    transport: quic
+    facility: local9
+    app_name: port cullis
+    server_name: siem.example.com
+",
+    )
+    .unwrap_err();
+    let want = [
+        "line 37: access_log.syslog: `access_log.path` and `access_log.syslog` are both set: the log goes to one of them; remove one",
+        "line 38: access_log.syslog.address: `siem` is not a `host:port` address (e.g. `siem.example.com:6514`, `10.0.0.5:514`, `[2001:db8::5]:514`)",
+        "line 39: access_log.syslog.transport: `quic` is not a syslog transport: udp, tcp, tls",
+        "line 40: access_log.syslog.facility: `local9` is not a syslog facility: kern, user, mail, daemon, auth, syslog, lpr, news, uucp, cron, authpriv, ftp, ntp, audit, alert, clock, local0, local1, local2, local3, local4, local5, local6, local7",
+        "line 41: access_log.syslog.app_name: `port cullis` must be 1 to 48 printable ASCII characters without spaces (RFC 5424 APP-NAME)",
+        "line 42: access_log.syslog.server_name: only used with `transport: tls` (the transport is `tcp`)",
+    ];
+    assert_eq!(got, want, "{got:#?}");
+
+    // TLS settings on another transport; a CA file that is missing or holds no certificate.
+    let got = compile_with(
+        "access_log:
+  syslog:
+    address: 10.0.0.5:514
+    transport: udp
+    ca_file: /nonexistent/ca.pem
+",
+    )
+    .unwrap_err();
+    assert_eq!(
+        got,
+        ["line 39: access_log.syslog.ca_file: only used with `transport: tls` (the transport is `udp`)"]
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    let got = compile_with(&format!(
+        "access_log:
+  syslog:
+    address: siem.example.com:6514
+    transport: tls
+    ca_file: {}
+    hostname: \"\"
+",
+        empty.display()
+    ))
+    .unwrap_err();
+    assert_eq!(
+        got,
+        [
+            format!("line 39: access_log.syslog.ca_file: `{}` contains no PEM certificate", empty.display()),
+            "line 40: access_log.syslog.hostname: `` must be 1 to 255 printable ASCII characters without spaces (RFC 5424 HOSTNAME)".to_string(),
+        ]
+    );
+    let got = compile_with(
+        "access_log:
+  syslog:
+    address: siem.example.com:6514
+    transport: tls
+    ca_file: missing-ca.pem
+",
+    )
+    .unwrap_err();
+    assert_eq!(
+        got,
+        ["line 39: access_log.syslog.ca_file: cannot read `missing-ca.pem`: No such file or directory (os error 2)"]
+    );
+    // A name no certificate can carry.
+    let got = compile_with(
+        "access_log:
+  syslog: {address: \"bad_name!:6514\", transport: tls}
+",
+    )
+    .unwrap_err();
+    assert_eq!(
+        got,
+        ["line 36: access_log.syslog.address: `bad_name!` is not a DNS name or IP address a certificate can be checked against; set `server_name`"]
+    );
+    // Unknown fields name the known ones.
+    let got = compile_with(
+        "access_log:
+  syslog:
+    address: siem.example.com:514
+    port: 514
+",
+    )
+    .unwrap_err();
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert!(
+        got[0].contains("unknown field `port`, expected one of `address`, `transport`, `facility`, `app_name`, `hostname`, `ca_file`, `server_name`"),
+        "{got:#?}"
+    );
+    let got = compile_with("access_log:\n  sislog: {}\n").unwrap_err();
+    assert!(
+        got[0].contains(
+            "unknown field `sislog`, expected one of `path`, `max_field_bytes`, `schema`, `syslog`"
+        ),
+        "{got:#?}"
     );
 }

@@ -2,6 +2,7 @@
 //! file never replaces the configuration in force.
 
 mod support;
+use serde_json::json;
 
 use serde_json::Value;
 use support::*;
@@ -69,6 +70,24 @@ async fn a_changed_file_is_reloaded_without_restart() {
     assert_eq!(readyz_version(&gw).await, 2);
     assert!(gw.is_running());
     assert_eq!(gw.pid(), pid);
+    // The SIEM sees it: an audit line names the file watcher as the trigger.
+    let (audit, _) = gw
+        .wait_log_line("the reload's audit line", |l| l["event"] == "config_reload")
+        .await;
+    assert_eq!(
+        (
+            &audit["outcome"],
+            &audit["by"],
+            &audit["credential"],
+            &audit["config_version"]
+        ),
+        (
+            &json!("reloaded"),
+            &json!("file_watch"),
+            &json!("file_watch"),
+            &json!(2)
+        )
+    );
 
     // A broken edit is refused: the last good configuration keeps serving. (Written in place
     // this time, as some editors do, rather than replaced by a rename.)

@@ -99,20 +99,45 @@ async fn metrics(State(s): State<Arc<GatewayState>>, headers: HeaderMap) -> Resp
         .into_response()
 }
 
-/// The audit line of a reload through the admin API (`event: config_reload`).
+/// The audit line of a reload (`event: config_reload`), whatever asked for it.
 #[derive(Serialize)]
 struct ReloadEvent<'a> {
     time: LogTime,
     event: &'static str,
     /// `reloaded` or `refused`.
     outcome: &'static str,
-    /// Name of the operator or approver.
+    /// Name of the operator or approver; `SIGHUP` or `file_watch` for the process's own
+    /// triggers.
     by: &'a str,
-    /// `admin` or `approver`.
+    /// `admin` or `approver` (a token on the admin API), `signal` or `file_watch`.
     credential: &'static str,
     client: Option<String>,
     /// The version serving after the attempt.
     config_version: u64,
+}
+
+/// Reload on a trigger of the process itself (`sighup`, `file-change`) and write its audit
+/// line: a reload changes what every agent may do, so the SIEM sees each one, not only those
+/// asked for on the admin API.
+pub fn reload_and_audit(s: &GatewayState, trigger: &'static str) {
+    let started = SystemTime::now();
+    let outcome = match s.reload(trigger) {
+        Ok(_) => "reloaded",
+        Err(_) => "refused",
+    };
+    let (by, credential) = match trigger {
+        "sighup" => ("SIGHUP", "signal"),
+        _ => ("file_watch", "file_watch"),
+    };
+    s.access_log.log(&ReloadEvent {
+        time: LogTime(started),
+        event: "config_reload",
+        outcome,
+        by,
+        credential,
+        client: None,
+        config_version: s.snapshot.load().version,
+    });
 }
 
 async fn reload(State(s): State<Arc<GatewayState>>, who: Operator) -> Response {

@@ -26,6 +26,7 @@ const SECTIONS: &[&str] = &[
     "tiers",
     "state",
     "monitoring",
+    "tracing",
 ];
 
 /// Parse `text`; `Err` holds every problem found (syntax errors stop at the first, shape
@@ -99,6 +100,11 @@ pub fn parse(text: &str, index: &LineIndex) -> (RawConfig, Vec<Issue>) {
                 let mut m = None;
                 ctx.one(&key, v, &mut m);
                 raw.monitoring = m;
+            }
+            "tracing" => {
+                let mut t = None;
+                ctx.one(&key, v, &mut t);
+                raw.tracing = t;
             }
             "issuers" => raw.issuers = ctx.list(&key, v),
             "agents" => raw.agents = ctx.list(&key, v),

@@ -529,6 +529,29 @@ pub struct RawAccessLog {
     /// `portcullis` (default) or `ecs`: Elastic Common Schema lines, the native fields under
     /// `portcullis`. Read at start.
     pub schema: Option<String>,
+    /// Send each line to a syslog server instead (RFC 5424); excludes `path`. Read at start.
+    pub syslog: Option<RawSyslog>,
+}
+
+/// `access_log.syslog:` each line as an RFC 5424 message to a syslog server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSyslog {
+    /// `host:port` of the server (`[v6]:port`); a name is resolved at each connect.
+    pub address: String,
+    /// `udp`, `tcp` (default) or `tls`.
+    pub transport: Option<String>,
+    /// RFC 5424 facility name (default `local0`).
+    pub facility: Option<String>,
+    /// APP-NAME of every message (default `portcullis`).
+    pub app_name: Option<String>,
+    /// HOSTNAME of every message (default: the machine's host name).
+    pub hostname: Option<String>,
+    /// `tls` only: PEM certificates trusted besides the Mozilla roots.
+    pub ca_file: Option<String>,
+    /// `tls` only: the name the server's certificate must carry (default: the host of
+    /// `address`).
+    pub server_name: Option<String>,
 }
 
 /// An operator credential for the admin listener.
@@ -594,6 +617,38 @@ pub struct RawConfig {
     pub state: RawState,
     /// `monitoring:` anomaly detectors, playbooks and alerts.
     pub monitoring: Option<super::raw_monitoring::RawMonitoring>,
+    /// `tracing:` OpenTelemetry traces (off when absent).
+    pub tracing: Option<RawTracing>,
+}
+
+/// `tracing:` section: a span per call, exported over OTLP.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawTracing {
+    /// The OTLP collector: `http://host:4318` for `http/protobuf` (`/v1/traces` is appended
+    /// unless the path names it), `http://host:4317` for `grpc`; `https://` for TLS.
+    pub endpoint: String,
+    /// `http/protobuf` (default) or `grpc`, as `OTEL_EXPORTER_OTLP_PROTOCOL` names them.
+    pub protocol: Option<String>,
+    /// Headers sent with every export (a SaaS collector's API key); values may be
+    /// `${env:NAME}`/`${file:PATH}`.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Share of calls traced, 0 to 1 (default 0.01).
+    pub sample_ratio: Option<f64>,
+    /// Trace every call whose incoming `traceparent` says sampled (default false: an agent
+    /// cannot make the gateway trace its calls by setting a flag).
+    pub respect_parent_sampling: Option<bool>,
+    /// `service.name` of the gateway's spans (default `portcullis`).
+    pub service_name: Option<String>,
+    /// Finished spans waiting for export; past this, spans are dropped and counted (default 2048).
+    pub queue_size: Option<usize>,
+    /// Spans per export request (default 512).
+    pub batch_size: Option<usize>,
+    /// Longest wait before a partial batch is sent (default 5s).
+    pub export_interval: Option<String>,
+    /// Longest time one export may take (default 10s).
+    pub export_timeout: Option<String>,
 }
 
 /// `state:` section.

@@ -100,32 +100,46 @@ impl Verifier {
 
     /// Verify a bearer token (without the `Bearer ` prefix).
     pub async fn verify(&self, token: &str) -> Result<Arc<VerifiedToken>, TokenError> {
+        match self.verify_cached(token) {
+            Some(answer) => answer,
+            None => self.verify_uncached(token).await,
+        }
+    }
+
+    /// The answer that needs no signature check: an empty or oversized token, or one found in
+    /// the cache. `None`: [`Verifier::verify_uncached`] must decide (the caller can time it).
+    pub fn verify_cached(&self, token: &str) -> Option<Result<Arc<VerifiedToken>, TokenError>> {
         if token.is_empty() {
-            return Err(TokenError::MissingToken);
+            return Some(Err(TokenError::MissingToken));
         }
         // Before any parsing: decoding work per request stays bounded.
         if token.len() > self.settings.max_token_bytes {
-            return Err(TokenError::TooLarge {
+            return Some(Err(TokenError::TooLarge {
                 size: token.len(),
                 max: self.settings.max_token_bytes,
-            });
+            }));
         }
+        let hash = TokenCache::hash(token);
+        let hit = self.cache.get(&hash)?;
+        let exp = hit.token.exp;
+        if exp.saturating_add(self.settings.clock_skew.as_secs()) < (self.clock)() {
+            self.cache.remove(&hash);
+            return Some(Err(TokenError::Expired { exp }));
+        }
+        if self.key_still_current(hit.origin) {
+            return Some(Ok(hit.token));
+        }
+        // The key set that verified it has lost or changed a key since (rotation after a
+        // compromise): verify it again as if it were new, and forget it if that fails.
+        self.cache.remove(&hash);
+        None
+    }
+
+    /// Full verification (parse, signature, claims) of a token [`Verifier::verify_cached`]
+    /// had no answer for; a valid one is cached.
+    pub async fn verify_uncached(&self, token: &str) -> Result<Arc<VerifiedToken>, TokenError> {
         let now = (self.clock)();
         let hash = TokenCache::hash(token);
-        if let Some(hit) = self.cache.get(&hash) {
-            let exp = hit.token.exp;
-            if exp.saturating_add(self.settings.clock_skew.as_secs()) < now {
-                self.cache.remove(&hash);
-                return Err(TokenError::Expired { exp });
-            }
-            if self.key_still_current(hit.origin) {
-                return Ok(hit.token);
-            }
-            // The key set that verified it has lost or changed a key since (rotation after a
-            // compromise): verify it again as if it were new, and forget it if that fails.
-            self.cache.remove(&hash);
-        }
-
         let raw = token::parse(token)?;
         let issuer = self.issuer_of(&raw)?;
         if !issuer.algorithms.contains(&raw.alg) {

@@ -7,6 +7,10 @@
 //! [`AccessLog::close`] stops new lines and waits until everything pending is on disk: no line
 //! is lost on SIGTERM.
 //!
+//! The writer hands each batch to a [`LogSink`]: a file or stdout, or a syslog server
+//! ([`super::syslog`]), which may keep the writer waiting while the server is away; the pending
+//! buffer then fills and loggers wait, as they do for a stalled disk.
+//!
 //! Every string in a line is capped at `access_log.max_field_bytes` ([`CappingFormatter`]):
 //! paths, queries and methods are the caller's to choose, before any authentication, and a
 //! 60 KB query string must not become a 60 KB log line.
@@ -17,7 +21,7 @@ use serde::{Serialize, Serializer};
 use std::cell::RefCell;
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -92,6 +96,9 @@ pub struct AccessRecord<'a> {
     /// arguments (never the arguments) and the rule that applied.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mcp: Option<McpFields<'a>>,
+    /// On a traced call (`tracing:`, sampled): its OpenTelemetry trace id, to find its spans.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// The `mcp` object of an access-log line.
@@ -176,6 +183,34 @@ struct Shared {
     /// Signalled when the writer has taken the pending bytes (wakes loggers waiting for room)
     /// and when the log closes (wakes the writer).
     changed: Condvar,
+    /// Set by [`AccessLog::close`] before it wakes the writer: read by a sink that is waiting
+    /// for its destination (syslog), which stops waiting for ever once the log closes.
+    closing: AtomicBool,
+}
+
+/// Where the writer thread puts the lines it drained.
+pub trait LogSink: Send {
+    /// Write `batch`: whole lines, each ending in `\n`. An error is counted in
+    /// `portcullis_access_log_write_errors_total`. A sink that can wait for its destination
+    /// returns once the batch is delivered, or, after `closing` is set, handled in a bounded
+    /// time.
+    fn write_batch(&mut self, batch: &[u8], closing: &AtomicBool) -> std::io::Result<()>;
+
+    /// A drain found nothing to write (every 20 ms while idle).
+    fn idle(&mut self) {}
+
+    /// The log is closed and every line has gone through [`LogSink::write_batch`].
+    fn finish(&mut self, _closing: &AtomicBool) {}
+}
+
+/// A file or stdout: one `write_all` and a flush per batch.
+struct WriteSink(Box<dyn Write + Send>);
+
+impl LogSink for WriteSink {
+    fn write_batch(&mut self, batch: &[u8], _closing: &AtomicBool) -> std::io::Result<()> {
+        self.0.write_all(batch)?;
+        self.0.flush()
+    }
 }
 
 struct Pending {
@@ -228,9 +263,28 @@ impl AccessLog {
         Self::start_with(out, metrics, ecs)
     }
 
+    /// [`AccessLog::start_as`] to a syslog server (`access_log.syslog`).
+    pub fn start_syslog(
+        target: &super::syslog::SyslogTarget,
+        metrics: Arc<Metrics>,
+        ecs: bool,
+    ) -> std::io::Result<AccessLog> {
+        let sink = super::syslog::SyslogSink::new(target, metrics.clone(), ecs)?;
+        Self::start_sink(Box::new(sink), metrics, ecs)
+    }
+
     /// Start a writer to any output.
     fn start_with(
         out: Box<dyn Write + Send>,
+        metrics: Arc<Metrics>,
+        ecs: bool,
+    ) -> std::io::Result<AccessLog> {
+        Self::start_sink(Box::new(WriteSink(out)), metrics, ecs)
+    }
+
+    /// Start a writer to any sink.
+    fn start_sink(
+        out: Box<dyn LogSink>,
         metrics: Arc<Metrics>,
         ecs: bool,
     ) -> std::io::Result<AccessLog> {
@@ -240,6 +294,7 @@ impl AccessLog {
                 closed: false,
             }),
             changed: Condvar::new(),
+            closing: AtomicBool::new(false),
         });
         let (s, m) = (shared.clone(), metrics.clone());
         let worker = std::thread::Builder::new()
@@ -298,6 +353,7 @@ impl AccessLog {
 
     /// Stop accepting lines and wait until every pending line is written and flushed.
     pub fn close(&self) {
+        self.shared.closing.store(true, Ordering::Relaxed);
         lock(&self.shared.pending).closed = true;
         self.shared.changed.notify_all();
         if let Some(w) = lock(&self.worker).take() {
@@ -388,7 +444,7 @@ impl serde_json::ser::Formatter for CappingFormatter {
     }
 }
 
-fn write_loop(shared: &Shared, mut out: Box<dyn Write + Send>, metrics: &Metrics, ecs: bool) {
+fn write_loop(shared: &Shared, mut out: Box<dyn LogSink>, metrics: &Metrics, ecs: bool) {
     let mut taken = Vec::with_capacity(64 * 1024);
     let mut converted = Vec::new();
     loop {
@@ -414,14 +470,17 @@ fn write_loop(shared: &Shared, mut out: Box<dyn Write + Send>, metrics: &Metrics
             } else {
                 &taken
             };
-            if out.write_all(batch).and_then(|()| out.flush()).is_err() {
+            if out.write_batch(batch, &shared.closing).is_err() {
                 metrics.access_log_errors.inc();
             }
             taken.clear();
             taken.shrink_to(KEEP_CAPACITY);
+        } else if !closed {
+            out.idle();
         }
         // `closed` was read under the lock that loggers append under, so nothing can follow.
         if closed {
+            out.finish(&shared.closing);
             return;
         }
     }

@@ -104,6 +104,9 @@ pub fn convert(line: &[u8]) -> Vec<u8> {
             if let Some(u) = s("upstream") {
                 ecs.insert("service".into(), json!({"target": {"name": u}}));
             }
+            if let Some(t) = s("trace_id") {
+                ecs.insert("trace".into(), json!({"id": t}));
+            }
         }
         // An audit event: approvals, kill switch, token service, reloads, MCP pins.
         Some(action) => {

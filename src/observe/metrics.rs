@@ -46,6 +46,13 @@ pub struct Metrics {
     pub access_log_backpressure: IntCounter,
     /// Access-log lines that could not be written.
     pub access_log_errors: IntCounter,
+    /// 1 while the syslog access-log output has a connection (UDP: a socket), 0 while it has
+    /// none, by transport; no sample unless `access_log.syslog` is set.
+    pub access_log_syslog_connected: IntGaugeVec,
+    /// Syslog connections made again after one failed or was closed.
+    pub access_log_syslog_reconnects: IntCounter,
+    /// UDP syslog messages cut to fit in one datagram.
+    pub access_log_syslog_truncated: IntCounter,
     /// Time spent verifying tokens that missed the cache.
     pub token_verify_duration: Histogram,
     /// Approvals waiting for a decision.
@@ -103,6 +110,9 @@ pub struct Metrics {
     /// Call events the monitor could not take (its queue was full): detection is best effort
     /// under overload, never a brake on traffic.
     pub monitor_events_dropped: IntCounter,
+    /// Finished trace spans, by outcome: `exported`, `dropped_queue_full` (the export queue was
+    /// full: the collector is slow or down) or `dropped_export_failed`.
+    pub trace_spans: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -227,6 +237,30 @@ impl Metrics {
                 "Access-log write failures.",
             ),
         );
+        let access_log_syslog_connected = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "portcullis_access_log_syslog_connected",
+                    "1 while the syslog access-log output is connected to its server, 0 while it is not, by transport.",
+                ),
+                &["transport"],
+            ),
+        );
+        let access_log_syslog_reconnects = register(
+            &registry,
+            IntCounter::new(
+                "portcullis_access_log_syslog_reconnects_total",
+                "Syslog access-log connections made again after one failed or was closed.",
+            ),
+        );
+        let access_log_syslog_truncated = register(
+            &registry,
+            IntCounter::new(
+                "portcullis_access_log_syslog_truncated_total",
+                "Access-log lines cut to fit in one UDP syslog datagram.",
+            ),
+        );
         let token_verify_duration = register(
             &registry,
             Histogram::with_opts(
@@ -311,6 +345,11 @@ impl Metrics {
             "MCP (JSON-RPC) messages, by route, method (known methods; else other) and decision (allow, deny, held, error).",
             &["route", "method", "decision"],
         );
+        let trace_spans = counter(
+            "portcullis_trace_spans_total",
+            "Finished trace spans, by outcome (exported, dropped_queue_full, dropped_export_failed).",
+            &["outcome"],
+        );
         let mcp_hidden = counter(
             "portcullis_mcp_list_items_hidden_total",
             "Items removed from MCP list answers because the caller may not use them, by list (tools, prompts, resources, resource_templates).",
@@ -380,6 +419,7 @@ impl Metrics {
             .expect("unique metric");
         config_last_reload_ok.set(1);
         Metrics {
+            trace_spans,
             agent_state_changes,
             mcp_requests,
             mcp_hidden,
@@ -422,6 +462,9 @@ impl Metrics {
             in_flight,
             access_log_backpressure,
             access_log_errors,
+            access_log_syslog_connected,
+            access_log_syslog_reconnects,
+            access_log_syslog_truncated,
             token_verify_duration,
         }
     }

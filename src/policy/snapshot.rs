@@ -333,6 +333,8 @@ pub enum AccessLogTarget {
     Stdout,
     /// Appended to this file.
     File(PathBuf),
+    /// Sent to a syslog server (`access_log.syslog`).
+    Syslog(crate::observe::syslog::SyslogTarget),
 }
 
 /// Settings that are read at start-up only (listeners, threads) or by several parts.
@@ -370,6 +372,8 @@ pub struct Settings {
     pub state_store: PathBuf,
     /// `state.backend: shared`: where replicas keep what they share; read at start only.
     pub shared_state: Option<SharedStateSettings>,
+    /// `tracing:` OpenTelemetry export and sampling (`None`: off); read at start only.
+    pub tracing: Option<crate::observe::trace::TracingSettings>,
 }
 
 /// `state.backend: shared`: PostgreSQL for approvals and the durable record of agent state,

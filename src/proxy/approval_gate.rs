@@ -211,6 +211,9 @@ impl Gateway {
                 };
                 ctx.approval_id = Some(a.id.clone());
                 tracing::info!(request_id = %ctx.request_id, approval_id = %a.id, agent = %agent.id, route = %route, "call held for approval");
+                if let Some(t) = ctx.trace.as_mut() {
+                    t.approval_wait_started(&a.id);
+                }
                 let outcome = tokio::select! {
                     o = svc.wait(&a.id, rx, policy.timeout) => o,
                     // Completes only if the agent closes the connection while we wait.
@@ -223,6 +226,13 @@ impl Gateway {
                         return Err(Error::explain(ErrorType::ConnectionClosed, "agent disconnected while its call was held for approval").into_down());
                     }
                 };
+                if let Some(t) = ctx.trace.as_mut() {
+                    t.approval_wait_ended(match &outcome {
+                        Err(_) => "store_error",
+                        Ok(HoldOutcome::TimedOut(_)) => "timed_out",
+                        Ok(HoldOutcome::Decided(a)) => a.status.as_str(),
+                    });
+                }
                 match outcome {
                     Err(e) => {
                         return self.store_down(session, ctx, e).await;
@@ -398,6 +408,9 @@ impl Gateway {
                     svc.unwatch(&fresh.id);
                     Some(fresh)
                 } else {
+                    if let Some(t) = ctx.trace.as_mut() {
+                        t.approval_wait_started(&approval.id);
+                    }
                     tokio::select! {
                         r = tokio::time::timeout(wait, rx) => match r {
                             Ok(Ok(a)) => Some(a),
@@ -410,6 +423,11 @@ impl Gateway {
                         }
                     }
                 };
+                if let Some(t) = ctx.trace.as_mut() {
+                    t.approval_wait_ended(
+                        decided.as_ref().map_or("timed_out", |a| a.status.as_str()),
+                    );
+                }
                 match decided {
                     None => {
                         svc.unwatch(&approval.id);
@@ -637,6 +655,9 @@ impl Gateway {
                     .await
             }
         };
+        if let Some(t) = ctx.trace.as_mut() {
+            t.upstream_started(&up.name, &up.authority);
+        }
         super::prepare_upstream(session, ctx, &mut req, credential.as_ref())?;
         let target = req
             .uri

@@ -110,6 +110,10 @@ pub fn requested_upgrade(req: &RequestHeader) -> Option<&str> {
     }
     connection_upgrade.then_some("")
 }
+/// W3C trace context: the upstream's parent span (set by the gateway on a traced call).
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// W3C trace context: vendor state, passed on with `traceparent`.
+pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// Client addresses, appended to by each proxy.
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 

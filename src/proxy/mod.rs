@@ -97,6 +97,8 @@ pub struct RequestCtx {
     method: Option<http::Method>,
     /// On an MCP route: the JSON-RPC message and what its answer needs.
     mcp: Option<Box<mcp::McpCall>>,
+    /// A sampled call's spans (`tracing:`); `None` for every other call.
+    trace: Option<Box<crate::observe::trace::CallTrace>>,
     logged: bool,
     _in_flight: Option<InFlight>,
 }
@@ -241,7 +243,32 @@ impl RequestCtx {
                     arguments: c.arguments.as_ref(),
                 }
             }),
+            trace_id: self.trace.as_ref().map(|t| t.trace_id()),
         });
+        if let Some(trace) = self.trace.take() {
+            let client = seen.client.as_deref();
+            trace.finish(&crate::observe::trace::CallSummary {
+                request_id: &self.request_id,
+                path: self.path.as_ref().map_or(seen.raw_path, |p| p.as_str()),
+                agent: self.agent.as_ref().map(|a| &*a.id),
+                owner: self.agent.as_ref().map(|a| &*a.owner),
+                on_behalf_of: token.and_then(|t| t.on_behalf_of.as_deref()),
+                route: self.route.map(|_| route.as_str()),
+                decision,
+                reason,
+                would_deny: self.outcome.would_deny(),
+                approval_id: self.approval_id.as_deref(),
+                upstream: if self.outcome.reached_upstream() {
+                    self.upstream().map(|u| &*u.name)
+                } else {
+                    None
+                },
+                upstream_time,
+                status: seen.status,
+                client,
+                config_version: snap.version,
+            });
+        }
         if let Some(c) = &self.mcp {
             let method = c.msg.as_ref().map_or(seen.method, |m| m.method_label());
             m.mcp_requests
@@ -379,6 +406,7 @@ impl ProxyHttp for Gateway {
             approval_id: None,
             method: None,
             mcp: None,
+            trace: None,
             logged: false,
             _in_flight: None,
         }
@@ -392,6 +420,10 @@ impl ProxyHttp for Gateway {
         ctx.started_wall = SystemTime::now();
         ctx.request_id = uuid::Uuid::now_v7().simple().to_string();
         ctx.method = Some(session.req_header().method.clone());
+        if let Some(tracer) = &self.state.tracer {
+            let req = session.req_header();
+            ctx.trace = tracer.start_call(&req.headers, &req.method, ctx.started_wall);
+        }
         if self.state.draining.load(Ordering::Relaxed) {
             // Finish this request but tell the client to reconnect (elsewhere).
             session.set_keepalive(None);
@@ -413,7 +445,19 @@ impl ProxyHttp for Gateway {
             Ok(t) => t,
             Err(p) => return self.refuse(session, ctx, Refusal::NoToken(p)).await,
         };
-        let verified = match snap.verifier.verify(token).await {
+        let verified = match snap.verifier.verify_cached(token) {
+            Some(answer) => answer,
+            None => {
+                let began = SystemTime::now();
+                let answer = snap.verifier.verify_uncached(token).await;
+                if let Some(t) = &ctx.trace {
+                    let error = answer.as_ref().err().map(|e| e.code());
+                    t.token_verified(began, SystemTime::now(), error);
+                }
+                answer
+            }
+        };
+        let verified = match verified {
             Ok(v) => v,
             Err(e) => return self.refuse(session, ctx, Refusal::Token(e)).await,
         };
@@ -637,6 +681,13 @@ impl ProxyHttp for Gateway {
             );
         };
         let peer = upstream::peer(up);
+        if ctx.trace.is_some() {
+            // Traced calls only: `up` borrows the context the span is kept in.
+            let (name, authority) = (up.name.clone(), up.authority.clone());
+            if let Some(t) = ctx.trace.as_mut() {
+                t.upstream_started(&name, &authority);
+            }
+        }
         ctx.upstream_started = Some(Instant::now());
         Ok(Box::new(peer))
     }
@@ -882,7 +933,19 @@ fn prepare_upstream(
         query: session.req_header().uri.query(),
         credential,
     };
-    prepare_upstream_request(req, &forwarding)
+    prepare_upstream_request(req, &forwarding)?;
+    if let Some(t) = &ctx.trace {
+        // The upstream's spans become children of the gateway's upstream span.
+        let (traceparent, tracestate) = t.traceparent();
+        req.insert_header(headers::TRACEPARENT.clone(), traceparent)?;
+        match tracestate {
+            Some(ts) => req.insert_header(headers::TRACESTATE.clone(), ts)?,
+            None => {
+                req.remove_header(&headers::TRACESTATE);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The upstream credential's value for an allowed call: the static secret at once; a minted

@@ -14,7 +14,9 @@ mod mcp;
 mod monitoring;
 mod routes;
 mod settings;
+mod syslog;
 mod token_service;
+mod tracing;
 mod upstreams;
 
 use super::compile_conditions::compile_conditions;

@@ -54,9 +54,21 @@ impl Compiler<'_> {
         if max_path_length < 16 {
             self.invalid("server.max_path_length", "must be at least 16");
         }
-        let access_log = match raw.access_log.path.as_deref() {
-            None | Some("stdout") | Some("-") => AccessLogTarget::Stdout,
-            Some(p) => AccessLogTarget::File(self.file_path(p)),
+        let access_log = match (&raw.access_log.syslog, raw.access_log.path.as_deref()) {
+            (Some(s), Some(_)) => {
+                self.invalid(
+                    "access_log.syslog",
+                    "`access_log.path` and `access_log.syslog` are both set: the log goes to one of them; remove one",
+                );
+                // Checked anyway, so that every issue is reported at once.
+                self.syslog_target(s);
+                AccessLogTarget::Stdout
+            }
+            (Some(s), None) => self
+                .syslog_target(s)
+                .map_or(AccessLogTarget::Stdout, AccessLogTarget::Syslog),
+            (None, None | Some("stdout") | Some("-")) => AccessLogTarget::Stdout,
+            (None, Some(p)) => AccessLogTarget::File(self.file_path(p)),
         };
         let access_log_ecs = match raw.access_log.schema.as_deref() {
             None | Some("portcullis") => false,
@@ -101,6 +113,7 @@ impl Compiler<'_> {
             state_store: self
                 .file_path(raw.state.store.as_deref().unwrap_or(".portcullis/state.db")),
             shared_state: self.shared_state(raw),
+            tracing: self.tracing(raw),
             connections: self.connection_limits(s),
             trusted_proxies: s
                 .trusted_proxies
