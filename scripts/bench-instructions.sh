@@ -9,6 +9,8 @@
 # (every thread: workers, access-log writer, admin) is divided by N.
 #
 # usage: scripts/bench-instructions.sh [N]     (default 3000 requests)
+# Each line also gives heap allocations per request (scripts/callgrind-allocs.py: calls into
+# the allocator's entry points, from the same callgrind run).
 # KEEP_PROFILES=DIR keeps the callgrind files (callgrind_annotate DIR/portcullis.cg.* shows where).
 # BENCH_TRACING=1 also measures the current build with `tracing:` on (exporting to
 # scripts/otlp-sink.py) at sample ratio 0 and 1, and prints the cost per call at 1%
@@ -71,13 +73,20 @@ measure() { # NAME PORT CMD...
   local total
   total=$(cat "$out".* 2>/dev/null | awk '/^summary:/ {s += $2} END {print s}')
   last=$(echo "$total / $n" | bc -l)
-  printf '%-22s %10.0f instructions per request\n' "$name" "$last"
+  printf '%-22s %10.0f instructions per request, %s heap allocations\n' "$name" "$last" \
+    "$(python3 scripts/callgrind-allocs.py "$n" "$out".*)"
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
 }
 
-# BENCH_MONITOR=1: every anomaly detector on for the current build (see scripts/lib.sh).
-bench_gateway_config 9080 9981 "$work/access.log" "${BENCH_MONITOR:+$BENCH_MONITOR_ROUTE_YAML}" "${BENCH_MONITOR:+$BENCH_MONITOR_YAML}" > "$work/gateway.yaml"
+# BENCH_MONITOR=1: every anomaly detector on for the current build (see scripts/lib.sh);
+# BENCH_POLICY=1: one condition and one rate limit on the benchmarked route.
+route_extra="${BENCH_POLICY:+$BENCH_POLICY_YAML}"
+if [ -n "${BENCH_MONITOR:-}" ]; then
+  route_extra="${route_extra:+$route_extra
+}$BENCH_MONITOR_ROUTE_YAML"
+fi
+bench_gateway_config 9080 9981 "$work/access.log" "$route_extra" "${BENCH_MONITOR:+$BENCH_MONITOR_YAML}" > "$work/gateway.yaml"
 echo "callgrind, $n requests each, one worker:"
 measure "bare pingora" 9085 ./target/release/examples/pingora_floor 127.0.0.1:9085 127.0.0.1:9001
 measure portcullis 9080 ./target/release/portcullis run -c "$work/gateway.yaml"
@@ -86,7 +95,7 @@ if [ -n "${BENCH_TRACING:-}" ]; then
   python3 scripts/otlp-sink.py 4399 &
   pids+=("$!")
   for ratio in 0 1; do
-    bench_gateway_config 9380 9984 "$work/access-traced.log" "${BENCH_MONITOR:+$BENCH_MONITOR_ROUTE_YAML}" "${BENCH_MONITOR:+$BENCH_MONITOR_YAML
+    bench_gateway_config 9380 9984 "$work/access-traced.log" "$route_extra" "${BENCH_MONITOR:+$BENCH_MONITOR_YAML
 }tracing:
   endpoint: http://127.0.0.1:4399
   export_interval: 200ms
@@ -99,6 +108,8 @@ if [ -n "${BENCH_TRACING:-}" ]; then
     "$(echo "$traced_0 - $plain" | bc -l)" "$(echo "$traced_1 - $plain" | bc -l)"
 fi
 if [ -n "${BASELINE_BIN:-}" ]; then
-  bench_gateway_config 9180 9982 "$work/access-baseline.log" > "$work/baseline.yaml"
+  # The same configuration as the current build (so BENCH_POLICY/BENCH_MONITOR need a
+  # baseline that knows them).
+  bench_gateway_config 9180 9982 "$work/access-baseline.log" "$route_extra" "${BENCH_MONITOR:+$BENCH_MONITOR_YAML}" > "$work/baseline.yaml"
   measure "portcullis baseline" 9180 "$BASELINE_BIN" run -c "$work/baseline.yaml"
 fi

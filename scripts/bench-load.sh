@@ -14,7 +14,10 @@
 # BENCH_MONITOR=1 turns every anomaly detector on (BASELINE_BIN=the same binary then measures
 # the cost of monitoring alone: the baseline run uses the config without it).
 # BASELINE_BIN=/path/to/an/older/portcullis also runs that build, with the same config, in the
-# same CPU-per-request rounds ("portcullis baseline"), for before/after figures of a change.
+# same CPU-per-request rounds ("portcullis baseline"), for before/after figures of a change
+# (BASELINE_PLAIN=1: the baseline gets the plain route, for builds older than BENCH_POLICY's
+# and BENCH_MONITOR's features).
+# Every line gives the ratio to the same round's bare pingora; medians close the run.
 # BENCH_STATE=shared also runs the current build with `state.backend: shared` (a private
 # redis-server and PostgreSQL on loopback, started here) in the same rounds ("portcullis
 # shared"), with the rate limit of BENCH_POLICY on both gateways (it is set for you): every call
@@ -72,7 +75,13 @@ echo "access-log lines written: $(wc -l < "$work/access.log")"
 ./target/release/examples/pingora_floor 127.0.0.1:9085 127.0.0.1:9001 2>"$work/floor.err" &
 floor=$!
 if [ -n "${BASELINE_BIN:-}" ]; then
-  bench_gateway_config 9180 9982 "$work/access-baseline.log" > "$work/baseline.yaml"
+  # The current build's configuration, unless BASELINE_PLAIN=1 (a build from before the policy
+  # or monitoring features then gets the plain route).
+  if [ -n "${BASELINE_PLAIN:-}" ]; then
+    bench_gateway_config 9180 9982 "$work/access-baseline.log" > "$work/baseline.yaml"
+  else
+    bench_gateway_config 9180 9982 "$work/access-baseline.log" "$route_extra" "${BENCH_MONITOR:+$BENCH_MONITOR_YAML}" > "$work/baseline.yaml"
+  fi
   "$BASELINE_BIN" run -c "$work/baseline.yaml" 2>"$work/baseline.err" &
   base=$!
   for _ in $(seq 100); do curl -sf http://127.0.0.1:9982/readyz >/dev/null && break; sleep 0.1; done
@@ -113,15 +122,35 @@ fi
 sleep 0.5
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
+declare -A results=()
+floor_now=""
 cpu_per_request() { # NAME PID URL
-  local t0 t1 out n
+  local t0 t1 out n us ratio=""
   t0=$(ticks "$2")
   out=$(wrk -t1 -c32 -d"${secs}s" -H "Authorization: Bearer $token" "$3")
   t1=$(ticks "$2")
   n=$(awk '/requests in/ {print $1}' <<<"$out")
   last_n=$n
-  printf '%-22s %8.0f req/s  %6.1f CPU µs per request\n' "$1" \
-    "$(awk '/Requests\/sec/ {print $2}' <<<"$out")" "$(echo "($t1 - $t0) * 1000000 / $hz / $n" | bc -l)"
+  us=$(echo "($t1 - $t0) * 1000000 / $hz / $n" | bc -l)
+  # This round's bare pingora is the floor the gateways are compared with.
+  if [ "$1" = "bare pingora" ]; then floor_now=$us; fi
+  if [ -n "$floor_now" ]; then
+    ratio=$(echo "$us / $floor_now" | bc -l)
+    results["$1"]+="$us:$ratio "
+    ratio=$(printf '  %.2f× floor' "$ratio")
+  fi
+  printf '%-22s %8.0f req/s  %6.1f CPU µs per request%s\n' "$1" \
+    "$(awk '/Requests\/sec/ {print $2}' <<<"$out")" "$us" "$ratio"
+}
+# Medians over the rounds: CPU µs per request and the ratio to the same round's floor.
+summary() {
+  echo "medians of $rounds rounds (CPU µs per request, ratio to the floor of the same round):"
+  for name in "bare pingora" "portcullis" "portcullis baseline" "portcullis traced" "portcullis shared"; do
+    [ -n "${results[$name]:-}" ] || continue
+    printf '%-22s %6.1f µs  %.2f×\n' "$name" \
+      "$(tr ' ' '\n' <<<"${results[$name]}" | grep . | cut -d: -f1 | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}')" \
+      "$(tr ' ' '\n' <<<"${results[$name]}" | grep . | cut -d: -f2 | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}')"
+  done
 }
 echo "CPU per request (one worker each):"
 for r in $(seq "$rounds"); do
@@ -143,6 +172,7 @@ for r in $(seq "$rounds"); do
       "$(echo "($r1 - $r0) * 1000000 / $hz / $last_n" | bc -l)"
   fi
 done
+summary
 if [ -n "${traced:-}" ]; then
   curl -s http://127.0.0.1:9984/metrics | grep '^portcullis_trace_spans_total' || true
 fi

@@ -56,3 +56,84 @@ pub fn scrub(text: &str, secrets: &[String]) -> String {
         .iter()
         .fold(text.to_owned(), |t, s| t.replace(s.as_str(), "***"))
 }
+
+/// Append `ip` in its usual text form. IPv4, the common case on the proxy path (the client's
+/// address goes into `X-Forwarded-For` and the access log on every call), is written by hand:
+/// std's `Display` formats into a stack buffer and then through `Formatter`'s padding logic,
+/// about ten times the work. IPv6 goes through `Display`.
+pub fn push_ip(out: &mut String, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => push_ipv4(out, v4),
+        std::net::IpAddr::V6(v6) => {
+            use std::fmt::Write;
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// Append `addr` as `Display` writes it (`1.2.3.4:80`, `[::1]:80`), IPv4 by hand (see [`push_ip`]).
+pub fn push_socket_addr(out: &mut String, addr: &std::net::SocketAddr) {
+    match addr {
+        std::net::SocketAddr::V4(a) => {
+            push_ipv4(out, *a.ip());
+            out.push(':');
+            push_decimal(out, u32::from(a.port()));
+        }
+        std::net::SocketAddr::V6(a) => {
+            use std::fmt::Write;
+            let _ = write!(out, "{a}");
+        }
+    }
+}
+
+fn push_ipv4(out: &mut String, ip: std::net::Ipv4Addr) {
+    let [a, b, c, d] = ip.octets();
+    push_decimal(out, u32::from(a));
+    out.push('.');
+    push_decimal(out, u32::from(b));
+    out.push('.');
+    push_decimal(out, u32::from(c));
+    out.push('.');
+    push_decimal(out, u32::from(d));
+}
+
+fn push_decimal(out: &mut String, n: u32) {
+    let mut digits = [0u8; 10];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or_default());
+}
+
+#[cfg(test)]
+mod address_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn addresses_are_written_exactly_as_display_writes_them(
+            v4 in any::<[u8; 4]>(), v6 in any::<[u16; 8]>(), port in any::<u16>()
+        ) {
+            let ip4 = std::net::IpAddr::from(v4);
+            let ip6 = std::net::IpAddr::from(v6);
+            for ip in [ip4, ip6] {
+                let mut s = String::from("x");
+                push_ip(&mut s, ip);
+                prop_assert_eq!(s, format!("x{ip}"));
+                let sa = std::net::SocketAddr::new(ip, port);
+                let mut s = String::new();
+                push_socket_addr(&mut s, &sa);
+                prop_assert_eq!(s, sa.to_string());
+            }
+        }
+    }
+}

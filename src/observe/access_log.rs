@@ -134,14 +134,15 @@ pub struct McpFields<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct LogTime(pub SystemTime);
 
-impl Serialize for LogTime {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+impl LogTime {
+    /// Call `f` with the RFC 3339 text of this time (formatted without allocating).
+    pub(super) fn with_text<R>(&self, f: impl FnOnce(&str) -> R) -> R {
         thread_local! {
             static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
         }
         let Ok(since_epoch) = self.0.duration_since(UNIX_EPOCH) else {
             let t = chrono::DateTime::<chrono::Utc>::from(self.0);
-            return s.serialize_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+            return f(&t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
         };
         let secs = since_epoch.as_secs();
         let mut text = [0u8; 48];
@@ -161,7 +162,13 @@ impl Serialize for LogTime {
             let _ = write!(cursor, "{}.{:03}Z", second.1, since_epoch.subsec_millis());
             room - cursor.len()
         });
-        s.serialize_str(std::str::from_utf8(&text[..len]).unwrap_or_default())
+        f(std::str::from_utf8(&text[..len]).unwrap_or_default())
+    }
+}
+
+impl Serialize for LogTime {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.with_text(|t| s.serialize_str(t))
     }
 }
 
@@ -324,6 +331,24 @@ impl AccessLog {
         });
     }
 
+    /// Queue a call's line: [`AccessLog::log`] for an [`AccessRecord`], written by its own
+    /// encoder (see [`super::access_line`]), which is what every call pays for.
+    pub fn log_access(&self, rec: &AccessRecord<'_>) {
+        let max = self.max_field_bytes.load(Ordering::Relaxed);
+        LINE.with(|cell| {
+            let mut fresh = Vec::new();
+            let mut borrowed = cell.try_borrow_mut();
+            let line = match borrowed.as_deref_mut() {
+                Ok(line) => line,
+                Err(_) => &mut fresh,
+            };
+            line.clear();
+            rec.encode_into(line, max);
+            line.push(b'\n');
+            self.queue(line);
+        });
+    }
+
     fn encode_and_queue<T: Serialize>(&self, line: &mut Vec<u8>, rec: &T) {
         line.clear();
         let max = self.max_field_bytes.load(Ordering::Relaxed);
@@ -333,6 +358,11 @@ impl AccessLog {
             return;
         }
         line.push(b'\n');
+        self.queue(line);
+    }
+
+    /// Append one encoded line to the pending bytes, waiting while the writer is behind.
+    fn queue(&self, line: &[u8]) {
         let mut p = lock(&self.shared.pending);
         if !p.closed && !p.bytes.is_empty() && p.bytes.len() + line.len() > PENDING_CAP {
             self.metrics.access_log_backpressure.inc();
@@ -362,13 +392,20 @@ impl AccessLog {
     }
 }
 
+/// Append `rec` as compact JSON through serde with every string capped at `max` bytes: how
+/// audit events are written (and what [`AccessRecord::encode_into`] must match).
+pub fn encode_serde<T: Serialize + ?Sized>(rec: &T, max: usize, out: &mut Vec<u8>) {
+    let mut json = serde_json::Serializer::with_formatter(&mut *out, CappingFormatter::new(max));
+    let _ = rec.serialize(&mut json);
+}
+
 /// Compact JSON in which no string is longer than `max` bytes of its original text: the rest is
 /// replaced by `…[cut N bytes]`, so a reader sees that, and how much, was left out.
 ///
 /// Applied to every string of every line (access and audit alike) rather than to chosen fields,
 /// so that a field added later cannot forget it. It works on the fragments serde_json hands
 /// over while escaping, so it allocates nothing and costs a few comparisons per string.
-struct CappingFormatter {
+pub(super) struct CappingFormatter {
     max: usize,
     /// Bytes of the current string seen so far (an escaped character counts as its one byte).
     seen: usize,
@@ -377,7 +414,7 @@ struct CappingFormatter {
 }
 
 impl CappingFormatter {
-    fn new(max: usize) -> Self {
+    pub(super) fn new(max: usize) -> Self {
         CappingFormatter {
             max,
             seen: 0,

@@ -2,6 +2,7 @@
 //! that both are made from, monitoring (anomaly detectors, playbooks, alerts) and OpenTelemetry
 //! traces.
 
+pub mod access_line;
 pub mod access_log;
 pub mod alert;
 pub mod anomaly;

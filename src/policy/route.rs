@@ -260,6 +260,8 @@ impl HostPattern {
 pub struct Route {
     /// Name from the config.
     pub name: Arc<str>,
+    /// `name` as a header value (`x-portcullis-route`), made once per load.
+    pub name_header: Option<http::HeaderValue>,
     /// Position in the file (tie-breaker).
     pub file_index: usize,
     /// Allowed methods; empty = any.
@@ -509,6 +511,7 @@ mod tests {
         };
         Route {
             name: name.into(),
+            name_header: None,
             file_index: 0,
             methods: methods.iter().map(|m| m.parse().unwrap()).collect(),
             host: HostPattern::parse(host).unwrap(),

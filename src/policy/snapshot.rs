@@ -18,6 +18,12 @@ pub struct Agent {
     pub id: Arc<str>,
     /// The accountable human.
     pub owner: Arc<str>,
+    /// `id` and `owner` as header values for the upstream, made once per load (a clone per
+    /// call is a reference count; `None` when not valid in a header, then the value is built,
+    /// and refused, per call as before).
+    pub id_header: Option<http::HeaderValue>,
+    /// See `id_header`.
+    pub owner_header: Option<http::HeaderValue>,
     /// What it is for.
     pub description: String,
     /// Every scope it may ever hold; tokens are cut down to these.
@@ -239,8 +245,23 @@ impl fmt::Debug for Secret {
 pub struct Credential {
     /// Header name (lowercase).
     pub header: HeaderName,
+    /// The same name as the bytes pingora keeps for the header's case on the wire: inserting it
+    /// clones these (a reference count) instead of copying the name into a new buffer per call.
+    pub header_case: bytes::Bytes,
     /// Where its value comes from.
     pub source: CredentialSource,
+}
+
+impl Credential {
+    /// Inject `header` with the value `source` gives.
+    pub fn new(header: HeaderName, source: CredentialSource) -> Credential {
+        let header_case = bytes::Bytes::copy_from_slice(header.as_str().as_bytes());
+        Credential {
+            header,
+            header_case,
+            source,
+        }
+    }
 }
 
 /// Where an upstream credential's value comes from.
@@ -273,6 +294,8 @@ pub struct Upstream {
     pub sni: String,
     /// Value of the Host header sent upstream (`host[:port]` from the URL).
     pub authority: String,
+    /// `authority` as a header value, made once per load.
+    pub authority_header: Option<http::HeaderValue>,
     /// Path prefix from the URL (no trailing slash; empty for none).
     pub base_path: String,
     /// Connect timeout.

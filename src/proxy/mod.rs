@@ -156,7 +156,11 @@ impl RequestCtx {
         };
         let total = self.started.elapsed();
         let upstream_time = self.upstream_started.map(|t| t.elapsed());
-        let route = self.route_name().to_string();
+        // Borrowed from this call's snapshot (not from `self`, which is updated below).
+        let route: &str = match self.route {
+            Some(r) => &snap.routes.routes[r].name,
+            None => "none",
+        };
         // Only configured agent ids become label values.
         let agent_label = self.agent.as_ref().map(|a| &*a.id).unwrap_or("unknown");
         let m = &state.metrics;
@@ -164,17 +168,17 @@ impl RequestCtx {
         let reason = self.outcome.reason();
         if let Some(kind) = reason.and_then(limit_kind) {
             m.limited
-                .with_label_values(&[agent_label, &route, kind])
+                .with_label_values(&[agent_label, route, kind])
                 .inc();
         }
         m.requests
-            .with_label_values(&[agent_label, &route, decision, status_label(seen.status)])
+            .with_label_values(&[agent_label, route, decision, status_label(seen.status)])
             .inc();
         match self.outcome {
             Outcome::Denied { code } => m.denials.with_label_values(&[code]).inc(),
             Outcome::ShadowDenied { would_deny } => m
                 .shadow_denials
-                .with_label_values(&[&route, would_deny])
+                .with_label_values(&[route, would_deny])
                 .inc(),
             Outcome::Undecided
             | Outcome::Allowed
@@ -183,11 +187,11 @@ impl RequestCtx {
             | Outcome::Error { .. } => {}
         }
         m.request_duration
-            .with_label_values(&[&route])
+            .with_label_values(&[route])
             .observe(total.as_secs_f64());
         let gateway_only = total.saturating_sub(upstream_time.unwrap_or_default());
         m.gateway_duration
-            .with_label_values(&[&route])
+            .with_label_values(&[route])
             .observe(gateway_only.as_secs_f64());
         if let (Some(u), Some(t)) = (self.upstream(), upstream_time) {
             m.upstream_duration
@@ -195,7 +199,7 @@ impl RequestCtx {
                 .observe(t.as_secs_f64());
         }
         let token = self.token.as_deref();
-        state.access_log.log(&AccessRecord {
+        state.access_log.log_access(&AccessRecord {
             time: LogTime(self.started_wall),
             request_id: &self.request_id,
             agent: self
@@ -208,7 +212,7 @@ impl RequestCtx {
             prior_actors: token.map_or(&[], |t| t.prior_actors.as_slice()),
             jti: token.and_then(|t| t.jti.as_deref()),
             issuer: token.map(|t| &*t.issuer),
-            route: self.route.map(|_| route.as_str()),
+            route: self.route.map(|_| route),
             method: seen.method,
             host: seen.host,
             token_scopes: token.map_or(&[], |t| t.scopes.as_slice()),
@@ -253,7 +257,7 @@ impl RequestCtx {
                 agent: self.agent.as_ref().map(|a| &*a.id),
                 owner: self.agent.as_ref().map(|a| &*a.owner),
                 on_behalf_of: token.and_then(|t| t.on_behalf_of.as_deref()),
-                route: self.route.map(|_| route.as_str()),
+                route: self.route.map(|_| route),
                 decision,
                 reason,
                 would_deny: self.outcome.would_deny(),
@@ -272,7 +276,7 @@ impl RequestCtx {
         if let Some(c) = &self.mcp {
             let method = c.msg.as_ref().map_or(seen.method, |m| m.method_label());
             m.mcp_requests
-                .with_label_values(&[&route, method, decision])
+                .with_label_values(&[route, method, decision])
                 .inc();
         }
         // Anomaly detection, off the request path: one bounded-queue send per call.
@@ -899,7 +903,14 @@ impl ProxyHttp for Gateway {
                 .and_then(|h| h.to_str().ok()),
             raw_path: req.uri.path(),
             query: req.uri.query(),
-            client: session.client_addr().map(|a| a.to_string()),
+            client: session.client_addr().map(|a| match a.as_inet() {
+                Some(inet) => {
+                    let mut s = String::with_capacity(21);
+                    crate::util::push_socket_addr(&mut s, inet);
+                    s
+                }
+                None => a.to_string(),
+            }),
             status,
             bytes_in: session.body_bytes_read(),
             bytes_out: session.body_bytes_sent(),
@@ -926,6 +937,10 @@ fn prepare_upstream(
         upstream: up,
         agent,
         route: ctx.route_name(),
+        route_header: match (&ctx.snap, ctx.route) {
+            (Some(s), Some(r)) => s.routes.routes[r].name_header.as_ref(),
+            _ => None,
+        },
         scopes: &scopes,
         request_id: &ctx.request_id,
         client_ip: client_ip(session),

@@ -113,6 +113,8 @@ impl Compiler<'_> {
                 Arc::new(Agent {
                     id: r.id.as_str().into(),
                     owner: r.owner.as_str().into(),
+                    id_header: http::HeaderValue::from_str(&r.id).ok(),
+                    owner_header: http::HeaderValue::from_str(&r.owner).ok(),
                     description: r.description.clone().unwrap_or_default(),
                     scopes: r.scopes.iter().cloned().collect(),
                     enabled: r.enabled.unwrap_or(true),

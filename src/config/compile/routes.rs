@@ -139,6 +139,7 @@ impl Compiler<'_> {
             if let (true, Some(path), Some(host), Some(upstream)) = (ok, path, host, upstream) {
                 out.push(Route {
                     name: r.name.as_str().into(),
+                    name_header: HeaderValue::from_str(&r.name).ok(),
                     file_index: *i,
                     methods,
                     host,

@@ -141,6 +141,7 @@ impl Compiler<'_> {
             tls,
             sni,
             authority: auth.as_str().to_string(),
+            authority_header: HeaderValue::from_str(auth.as_str()).ok(),
             base_path,
             connect_timeout,
             read_timeout,
@@ -330,12 +331,10 @@ impl Compiler<'_> {
         } else {
             let value = c.value.as_deref().unwrap_or_default();
             if !self.resolve_secrets {
-                return Some(Credential {
+                return Some(Credential::new(
                     header,
-                    source: CredentialSource::Static(Secret(HeaderValue::from_static(
-                        "<not resolved>",
-                    ))),
-                });
+                    CredentialSource::Static(Secret(HeaderValue::from_static("<not resolved>"))),
+                ));
             }
             let value = match secret::resolve(value, &self.base) {
                 Ok(v) => v,
@@ -356,7 +355,7 @@ impl Compiler<'_> {
                 }
             }
         };
-        Some(Credential { header, source })
+        Some(Credential::new(header, source))
     }
 }
 
