@@ -12,14 +12,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use serde_json::Value;
+use support::tls::pki;
 use support::*;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpSocket, UdpSocket};
 use tokio::task::{JoinHandle, JoinSet};
-use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio_rustls::rustls::{self, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
 const READ: &[&str] = &["tickets:read"];
@@ -291,34 +289,6 @@ async fn wait_metric_at_least(gw: &Gateway, name: &str, labels: &[(&str, &str)],
     }
 }
 
-/// A fresh CA called `ca_name` (PEM) and a TLS acceptor whose certificate it issued for
-/// `names`.
-fn pki(ca_name: &str, names: &[&str]) -> (String, TlsAcceptor) {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::default();
-    ca.distinguished_name.push(DnType::CommonName, ca_name);
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let leaf =
-        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-    let cert = leaf.signed_by(&key, &issuer).unwrap();
-    // An explicit provider: the test build links both ring and aws-lc-rs.
-    let config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![cert.der().clone()],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-            )
-            .unwrap();
-    (ca_cert.pem(), TlsAcceptor::from(Arc::new(config)))
-}
-
 /// An allowed and a refused call; their request ids.
 async fn allowed_and_denied(gw: &Gateway) -> (String, String) {
     let bot = token("support-bot", READ);
@@ -363,6 +333,24 @@ fn assert_header(m: &Message, gw: &Gateway, hostname: &str, app_name: &str) {
 
 /// TCP: one octet-counted frame per line; PRI from the facility and severity (6 for an allowed
 /// call, 4 for a refusal), MSGID `call` or the audit event, MSG the JSON access line.
+/// The syslog output is connected over `transport` and has counted no write error.
+fn assert_connected_without_errors(metrics: &str, transport: &str) {
+    assert_eq!(
+        metric(
+            metrics,
+            "portcullis_access_log_syslog_connected",
+            &[("transport", transport)]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(metrics, "portcullis_access_log_write_errors_total", &[]),
+        Some(0.0),
+        "{metrics}"
+    );
+}
+
 #[tokio::test]
 async fn tcp_frames_carry_rfc5424_headers_and_the_json_lines() {
     let receiver = Receiver::start(None).await;
@@ -418,18 +406,7 @@ async fn tcp_frames_carry_rfc5424_headers_and_the_json_lines() {
         "one connection carries everything"
     );
     let text = gw.metrics().await;
-    assert_eq!(
-        metric(
-            &text,
-            "portcullis_access_log_syslog_connected",
-            &[("transport", "tcp")]
-        ),
-        Some(1.0)
-    );
-    assert_eq!(
-        metric(&text, "portcullis_access_log_write_errors_total", &[]),
-        Some(0.0)
-    );
+    assert_connected_without_errors(&text, "tcp");
     // Nothing went to stdout or a file instead.
     assert!(!gw.stdout().contains(&allowed));
     assert!(!gw.layout.access_log_path().exists());
@@ -673,16 +650,5 @@ async fn udp_sends_one_datagram_per_line() {
     assert_eq!(denied.pri, 8 + 4, "user.warning");
     assert_eq!(denied.json["reason"], "insufficient_scope");
     let text = gw.metrics().await;
-    assert_eq!(
-        metric(
-            &text,
-            "portcullis_access_log_syslog_connected",
-            &[("transport", "udp")]
-        ),
-        Some(1.0)
-    );
-    assert_eq!(
-        metric(&text, "portcullis_access_log_write_errors_total", &[]),
-        Some(0.0)
-    );
+    assert_connected_without_errors(&text, "udp");
 }

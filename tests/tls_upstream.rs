@@ -12,13 +12,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use support::*;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio_rustls::rustls::{self, ServerConfig};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -42,33 +39,10 @@ fn localhost_ip() -> IpAddr {
 /// A fresh CA (PEM) and a TLS acceptor whose certificate it issued for `localhost` and
 /// [`localhost_ip`].
 fn pki() -> (String, TlsAcceptor) {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::default();
-    ca.distinguished_name
-        .push(DnType::CommonName, "Portcullis test CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-
-    let key = KeyPair::generate().unwrap();
-    let leaf =
-        CertificateParams::new(vec!["localhost".to_string(), localhost_ip().to_string()]).unwrap();
-    let cert = leaf.signed_by(&key, &issuer).unwrap();
-
-    // An explicit provider: the test build links both ring and aws-lc-rs, so rustls has no
-    // process default to pick.
-    let config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![cert.der().clone()],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-            )
-            .unwrap();
-    (ca_cert.pem(), TlsAcceptor::from(Arc::new(config)))
+    support::tls::pki(
+        "Portcullis test CA",
+        &["localhost", &localhost_ip().to_string()],
+    )
 }
 
 /// What the TLS layer of the upstream saw.

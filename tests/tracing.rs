@@ -222,6 +222,16 @@ fn tracing_section(endpoint: &str, extra: &str) -> String {
     format!("tracing:\n  endpoint: {endpoint}\n  export_interval: 100ms\n{extra}")
 }
 
+/// A gateway in front of `up` exporting to the collector at `collector`, with `extra` lines
+/// in its `tracing:` section.
+async fn start_traced(up: &Upstream, collector: SocketAddr, extra: &str) -> Gateway {
+    Gateway::start(setup(
+        up,
+        &tracing_section(&format!("http://{collector}"), extra),
+    ))
+    .await
+}
+
 /// A W3C `traceparent` an agent might send: its own trace and span.
 const AGENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const AGENT_SPAN: &str = "00f067aa0ba902b7";
@@ -238,13 +248,11 @@ async fn get_with(gw: &Gateway, path: &str, token: &str, headers: &[(&str, &str)
 async fn allowed_denied_and_approved_held_calls_are_spans_with_their_children() {
     let (collector, got) = http_receiver().await;
     let up = Upstream::start().await;
-    let gw = Gateway::start(setup(
+    let gw = start_traced(
         &up,
-        &tracing_section(
-            &format!("http://{collector}"),
-            "  sample_ratio: 1.0\n  service_name: gw-under-test\n",
-        ),
-    ))
+        collector,
+        "  sample_ratio: 1.0\n  service_name: gw-under-test\n",
+    )
     .await;
     let writer = token("support-bot", &["tickets:read", "tickets:write"]);
 
@@ -397,15 +405,7 @@ async fn allowed_denied_and_approved_held_calls_are_spans_with_their_children() 
     );
 
     let m = gw.metrics().await;
-    assert!(
-        metric(
-            &m,
-            "portcullis_trace_spans_total",
-            &[("outcome", "exported")]
-        )
-        .unwrap()
-            >= 8.0
-    );
+    assert!(spans(&m, "exported") >= 8.0);
     assert_eq!(
         metric(
             &m,
@@ -414,6 +414,11 @@ async fn allowed_denied_and_approved_held_calls_are_spans_with_their_children() 
         ),
         Some(0.0)
     );
+}
+
+/// `portcullis_trace_spans_total{outcome}` in the metrics text `m` (0 when absent).
+fn spans(m: &str, outcome: &str) -> f64 {
+    metric(m, "portcullis_trace_spans_total", &[("outcome", outcome)]).unwrap_or(0.0)
 }
 
 /// The id of the one pending approval, once it is there.
@@ -443,11 +448,7 @@ async fn pending_approval(gw: &Gateway) -> String {
 async fn an_agent_cannot_force_tracing_and_unsampled_calls_pass_its_trace_on() {
     let (collector, got) = http_receiver().await;
     let up = Upstream::start().await;
-    let gw = Gateway::start(setup(
-        &up,
-        &tracing_section(&format!("http://{collector}"), "  sample_ratio: 0\n"),
-    ))
-    .await;
+    let gw = start_traced(&up, collector, "  sample_ratio: 0\n").await;
     let writer = token("support-bot", &["tickets:read"]);
     let traceparent = format!("00-{AGENT_TRACE}-{AGENT_SPAN}-01");
     for i in 0..20 {
@@ -468,15 +469,7 @@ async fn an_agent_cannot_force_tracing_and_unsampled_calls_pass_its_trace_on() {
     let lines = gw.wait_access_log(20).await;
     assert!(lines.iter().all(|l| l.get("trace_id").is_none()));
     let m = gw.metrics().await;
-    assert_eq!(
-        metric(
-            &m,
-            "portcullis_trace_spans_total",
-            &[("outcome", "exported")]
-        )
-        .unwrap_or(0.0),
-        0.0
-    );
+    assert_eq!(spans(&m, "exported"), 0.0);
 }
 
 /// With `respect_parent_sampling: true` (agents whose traces the operator trusts), a sampled
@@ -485,13 +478,11 @@ async fn an_agent_cannot_force_tracing_and_unsampled_calls_pass_its_trace_on() {
 async fn respecting_parent_sampling_traces_exactly_the_sampled_incoming_calls() {
     let (collector, got) = http_receiver().await;
     let up = Upstream::start().await;
-    let gw = Gateway::start(setup(
+    let gw = start_traced(
         &up,
-        &tracing_section(
-            &format!("http://{collector}"),
-            "  sample_ratio: 0\n  respect_parent_sampling: true\n",
-        ),
-    ))
+        collector,
+        "  sample_ratio: 0\n  respect_parent_sampling: true\n",
+    )
     .await;
     let writer = token("support-bot", &["tickets:read"]);
     let sampled = format!("00-{AGENT_TRACE}-{AGENT_SPAN}-01");
@@ -531,13 +522,11 @@ async fn a_stuck_collector_never_fails_calls_and_its_drops_are_counted() {
         }
     });
     let up = Upstream::start().await;
-    let gw = Gateway::start(setup(
+    let gw = start_traced(
         &up,
-        &tracing_section(
-            &format!("http://{addr}"),
-            "  sample_ratio: 1\n  queue_size: 4\n  batch_size: 2\n  export_timeout: 30s\n",
-        ),
-    ))
+        addr,
+        "  sample_ratio: 1\n  queue_size: 4\n  batch_size: 2\n  export_timeout: 30s\n",
+    )
     .await;
     let writer = token("support-bot", &["tickets:read"]);
     for i in 0..30 {
@@ -549,27 +538,14 @@ async fn a_stuck_collector_never_fails_calls_and_its_drops_are_counted() {
     let deadline = Instant::now() + POLL_TIMEOUT;
     let (m, dropped) = loop {
         let m = gw.metrics().await;
-        let dropped = metric(
-            &m,
-            "portcullis_trace_spans_total",
-            &[("outcome", "dropped_queue_full")],
-        )
-        .unwrap_or(0.0);
+        let dropped = spans(&m, "dropped_queue_full");
         if dropped >= 55.0 || Instant::now() > deadline {
             break (m, dropped);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!((55.0..=56.0).contains(&dropped), "{dropped}");
-    assert_eq!(
-        metric(
-            &m,
-            "portcullis_trace_spans_total",
-            &[("outcome", "exported")]
-        )
-        .unwrap_or(0.0),
-        0.0
-    );
+    assert_eq!(spans(&m, "exported"), 0.0);
 }
 
 /// OTLP over gRPC reaches a tonic collector with the same spans.
@@ -577,13 +553,11 @@ async fn a_stuck_collector_never_fails_calls_and_its_drops_are_counted() {
 async fn spans_reach_a_grpc_collector() {
     let (collector, got) = grpc_receiver().await;
     let up = Upstream::start().await;
-    let gw = Gateway::start(setup(
+    let gw = start_traced(
         &up,
-        &tracing_section(
-            &format!("http://{collector}"),
-            "  protocol: grpc\n  sample_ratio: 1\n  headers:\n    x-collector-key: k1\n",
-        ),
-    ))
+        collector,
+        "  protocol: grpc\n  sample_ratio: 1\n  headers:\n    x-collector-key: k1\n",
+    )
     .await;
     let writer = token("support-bot", &["tickets:read"]);
     let a = get_with(&gw, "/api/tickets/3", &writer, &[]).await;

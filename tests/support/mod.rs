@@ -8,6 +8,7 @@
 /// The headless Chromium of the console tests.
 pub mod browser;
 pub mod stores;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};

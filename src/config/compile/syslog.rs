@@ -1,7 +1,6 @@
 //! Compiling `access_log.syslog:`. Everything that can be checked without the server is checked
 //! here, so that a typo is a refused config rather than a log that silently goes nowhere.
 
-use super::upstreams::pem_certificates;
 use super::*;
 use crate::observe::syslog::{
     facility_code, is_header_field, split_host_port, SyslogTarget, SyslogTransport, FACILITIES,
@@ -106,36 +105,6 @@ impl Compiler<'_> {
 
     /// `ca_file`: readable PEM with at least one certificate rustls accepts as a trust root.
     fn syslog_ca_file(&mut self, f: &str) -> Option<Vec<Vec<u8>>> {
-        let p = format!("{P}.ca_file");
-        // Bytes, not a string: a DER or binary file gets "no PEM certificate", not a UTF-8 error.
-        let text = match std::fs::read(self.file_path(f)) {
-            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-            Err(e) => {
-                self.invalid(p, format!("cannot read `{f}`: {e}"));
-                return None;
-            }
-        };
-        let ders = match pem_certificates(&text) {
-            Ok(d) if d.is_empty() => {
-                self.invalid(p, format!("`{f}` contains no PEM certificate"));
-                return None;
-            }
-            Ok(d) => d,
-            Err(e) => {
-                self.invalid(p, format!("`{f}`: {e}"));
-                return None;
-            }
-        };
-        let mut roots = RootCertStore::empty();
-        for (n, der) in ders.iter().enumerate() {
-            if let Err(e) = roots.add(CertificateDer::from(der.as_slice())) {
-                self.invalid(
-                    p,
-                    format!("certificate {} in `{f}` is not usable: {e}", n + 1),
-                );
-                return None;
-            }
-        }
-        Some(ders)
+        self.ca_certificates(&format!("{P}.ca_file"), f)
     }
 }

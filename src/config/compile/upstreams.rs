@@ -196,38 +196,7 @@ impl Compiler<'_> {
 
     /// Read, check and convert the certificates of a `tls_ca_file` (`p` is its field path).
     pub(super) fn ca_file(&mut self, p: &str, f: &str) -> Option<UpstreamCa> {
-        // Bytes, not a string: a DER or binary file gets "no PEM certificate", not a UTF-8 error.
-        let text = match std::fs::read(self.file_path(f)) {
-            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-            Err(e) => {
-                self.invalid(p, format!("cannot read `{f}`: {e}"));
-                return None;
-            }
-        };
-        let ders = match pem_certificates(&text) {
-            Ok(d) if d.is_empty() => {
-                self.invalid(p, format!("`{f}` contains no PEM certificate"));
-                return None;
-            }
-            Ok(d) => d,
-            Err(e) => {
-                self.invalid(p, format!("`{f}`: {e}"));
-                return None;
-            }
-        };
-        // Parse each one now as rustls will at connect time, so that a bad certificate is a
-        // config error rather than a failed call (and pingora's own parser, which panics on
-        // bad DER, only ever sees certificates that parse).
-        let mut roots = RootCertStore::empty();
-        for (n, der) in ders.iter().enumerate() {
-            if let Err(e) = roots.add(CertificateDer::from(der.as_slice())) {
-                self.invalid(
-                    p,
-                    format!("certificate {} in `{f}` is not usable: {e}", n + 1),
-                );
-                return None;
-            }
-        }
+        let ders = self.ca_certificates(p, f)?;
         let mut digest = Sha256::new();
         for der in &ders {
             digest.update(der);
@@ -252,6 +221,43 @@ impl Compiler<'_> {
             reqwest,
             id: u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")),
         })
+    }
+
+    /// The DER certificates of the PEM file `f` (a CA bundle; `p` is its field path), each
+    /// checked as rustls will check it at connect time, so that a bad certificate is a config
+    /// error rather than a failed connection (and pingora's own parser, which panics on bad
+    /// DER, only ever sees certificates that parse).
+    pub(super) fn ca_certificates(&mut self, p: &str, f: &str) -> Option<Vec<Vec<u8>>> {
+        // Bytes, not a string: a DER or binary file gets "no PEM certificate", not a UTF-8 error.
+        let text = match std::fs::read(self.file_path(f)) {
+            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+            Err(e) => {
+                self.invalid(p, format!("cannot read `{f}`: {e}"));
+                return None;
+            }
+        };
+        let ders = match pem_certificates(&text) {
+            Ok(d) if d.is_empty() => {
+                self.invalid(p, format!("`{f}` contains no PEM certificate"));
+                return None;
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.invalid(p, format!("`{f}`: {e}"));
+                return None;
+            }
+        };
+        let mut roots = RootCertStore::empty();
+        for (n, der) in ders.iter().enumerate() {
+            if let Err(e) = roots.add(CertificateDer::from(der.as_slice())) {
+                self.invalid(
+                    p,
+                    format!("certificate {} in `{f}` is not usable: {e}", n + 1),
+                );
+                return None;
+            }
+        }
+        Some(ders)
     }
 
     pub(super) fn credential(
