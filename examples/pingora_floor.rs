@@ -37,13 +37,15 @@ impl ProxyHttp for Forward {
 fn main() {
     let mut args = std::env::args().skip(1);
     let (Some(listen), Some(upstream)) = (args.next(), args.next()) else {
-        eprintln!("usage: pingora_floor LISTEN UPSTREAM");
+        eprintln!("usage: pingora_floor LISTEN UPSTREAM [THREADS]");
         std::process::exit(2);
     };
-    // One worker on a current-thread runtime: Portcullis's default for `threads: 1`.
+    let threads: usize = args.next().and_then(|t| t.parse().ok()).unwrap_or(1);
+    // Portcullis's defaults for `listen.threads`: one worker on a current-thread runtime, or
+    // several with work stealing.
     let conf = ServerConf {
-        threads: 1,
-        work_stealing: false,
+        threads,
+        work_stealing: threads > 1,
         upstream_keepalive_pool_size: 128,
         // Exit promptly on SIGTERM (pingora's default waits minutes) so the bench can rerun.
         grace_period_seconds: Some(0),

@@ -18,6 +18,9 @@
 # (BASELINE_PLAIN=1: the baseline gets the plain route, for builds older than BENCH_POLICY's
 # and BENCH_MONITOR's features).
 # Every line gives the ratio to the same round's bare pingora; medians close the run.
+# BENCH_THREADS=N runs every pingora-based proxy (the floor and the gateways) with N workers
+# (work stealing, as `listen.threads` > 1 does); the run ends with the gateway's error and
+# warning lines about pooled upstream connections, if any.
 # BENCH_STATE=shared also runs the current build with `state.backend: shared` (a private
 # redis-server and PostgreSQL on loopback, started here) in the same rounds ("portcullis
 # shared"), with the rate limit of BENCH_POLICY on both gateways (it is set for you): every call
@@ -72,7 +75,7 @@ echo "access-log lines written: $(wc -l < "$work/access.log")"
 
 # CPU per request: process CPU (utime+stime of every thread, from /proc) over one wrk run,
 # divided by the requests wrk completed. Same load as above: 1 wrk thread, 32 connections.
-./target/release/examples/pingora_floor 127.0.0.1:9085 127.0.0.1:9001 2>"$work/floor.err" &
+./target/release/examples/pingora_floor 127.0.0.1:9085 127.0.0.1:9001 "${BENCH_THREADS:-1}" 2>"$work/floor.err" &
 floor=$!
 if [ -n "${BASELINE_BIN:-}" ]; then
   # The current build's configuration, unless BASELINE_PLAIN=1 (a build from before the policy
@@ -176,4 +179,6 @@ summary
 if [ -n "${traced:-}" ]; then
   curl -s http://127.0.0.1:9984/metrics | grep '^portcullis_trace_spans_total' || true
 fi
+echo "gateway log lines about upstream connections (errors/warnings): $(grep -ciE '(error|warn).*(upstream|pool|connection)' "$work/gateway.err" || true)"
+grep -iE '(error|warn).*(upstream|pool|connection)' "$work/gateway.err" | cut -c1-300 | sort | uniq -c | sort -rn | head -5 || true
 echo "gateway RSS after the run: $(ps -o rss= -p "$gw" | awk '{printf "%.1f MiB", $1/1024}')"

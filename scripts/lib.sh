@@ -56,7 +56,7 @@ bench_gateway_config() {
 listen:
   proxy: ["127.0.0.1:$1"]
   admin: 127.0.0.1:$2
-  threads: 1                 # one worker, like each peer
+  threads: ${BENCH_THREADS:-1}                 # one worker, like each peer (BENCH_THREADS)
 server:
   watch_config: false
 issuers:
