@@ -113,11 +113,20 @@ async fn a_prompt_injected_agent_is_paused_and_a_normal_one_is_left_alone() {
         first["text"].as_str().unwrap().contains("support-bot"),
         "{first}"
     );
-    // ...then tries to delete tickets it has no scope for, in a burst.
+    // ...then tries to delete tickets it has no scope for, in a burst. Five refusals trip the
+    // detector; the monitor runs off the request path (a batch every millisecond), so how many
+    // more refused calls slip in before the pause lands depends on how loaded the machine is,
+    // not on the gateway: the bound is time (5 s after the fifth refusal), the floor exact.
     let mut sent = 0;
+    let mut fifth = None;
     let paused_at = loop {
         sent += 1;
-        assert!(sent <= 12, "not paused after {sent} deletes");
+        if let Some(t) = fifth {
+            assert!(
+                Instant::now().duration_since(t) < Duration::from_secs(5),
+                "not paused 5 s after the fifth refusal ({sent} deletes)"
+            );
+        }
         let a = send(
             &gw,
             reqwest::Method::DELETE,
@@ -131,14 +140,11 @@ async fn a_prompt_injected_agent_is_paused_and_a_normal_one_is_left_alone() {
             Some("agent_paused") => break sent,
             other => panic!("unexpected answer {other:?}: {}", a.body),
         }
+        if sent == 5 {
+            fifth = Some(Instant::now());
+        }
     };
-    // Five refusals trip the detector; the pause lands within a few calls after it. The monitor
-    // runs off the request path, so on a loaded machine (the whole suite in parallel) its batch
-    // can land a call or two later than on a quiet one: ≤ 10, never before the fifth refusal.
-    assert!(
-        (6..=10).contains(&paused_at),
-        "paused after {paused_at} deletes"
-    );
+    assert!(paused_at >= 6, "paused after only {paused_at} deletes");
     let hits = up.hits();
     // Nothing after the pause reaches the tool: not the egress call with the data...
     let big = "x".repeat(200_000);
