@@ -18,7 +18,7 @@
 //! SRE needs the count as a metric while the collector is down. A span that finds the queue
 //! full is dropped and counted; a call never waits for the collector.
 
-use crate::observe::Metrics;
+use crate::observe::{AccessRecord, Metrics};
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{
     Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
@@ -239,41 +239,6 @@ impl fmt::Debug for CallTrace {
     }
 }
 
-/// What a call's server span says when it ends.
-#[derive(Debug)]
-pub struct CallSummary<'a> {
-    /// The request id (also in the access log and the `x-request-id` header).
-    pub request_id: &'a str,
-    /// Normalized path.
-    pub path: &'a str,
-    /// Agent id.
-    pub agent: Option<&'a str>,
-    /// The agent's owner.
-    pub owner: Option<&'a str>,
-    /// The person a delegated token acts for.
-    pub on_behalf_of: Option<&'a str>,
-    /// Route name.
-    pub route: Option<&'a str>,
-    /// `allow`, `deny`, `held` or `error`, as in the access log.
-    pub decision: &'a str,
-    /// Machine code of a refusal or failure.
-    pub reason: Option<&'a str>,
-    /// Shadow mode: the refusal a shadowed policy would have made.
-    pub would_deny: Option<&'a str>,
-    /// Approval the call waited for or used.
-    pub approval_id: Option<&'a str>,
-    /// Upstream name, when the call reached it.
-    pub upstream: Option<&'a str>,
-    /// Time spent waiting for the upstream.
-    pub upstream_time: Option<Duration>,
-    /// Status sent to the agent (0: none).
-    pub status: u16,
-    /// The agent's address.
-    pub client: Option<&'a str>,
-    /// Config version that decided.
-    pub config_version: u64,
-}
-
 impl CallTrace {
     /// The trace id, 32 hex digits (for the access-log line).
     pub fn trace_id(&self) -> String {
@@ -358,8 +323,9 @@ impl CallTrace {
         (tp, (!ts.is_empty()).then_some(ts))
     }
 
-    /// End every span with what the call came to.
-    pub fn finish(mut self, c: &CallSummary<'_>) {
+    /// End every span with what the call came to: its access-log line, and `agent` only when
+    /// the caller is a configured agent (the line names an unknown token subject there too).
+    pub fn finish(mut self, c: &AccessRecord<'_>, agent: Option<&str>) {
         self.approval_wait_ended("abandoned");
         if let Some(mut up) = self.upstream.take() {
             if c.status > 0 {
@@ -394,7 +360,7 @@ impl CallTrace {
                 attrs.push(KeyValue::new(k, v.to_string()));
             }
         };
-        opt("portcullis.agent", c.agent);
+        opt("portcullis.agent", agent);
         opt("portcullis.owner", c.owner);
         opt("portcullis.on_behalf_of", c.on_behalf_of);
         opt("portcullis.route", c.route);
@@ -403,12 +369,9 @@ impl CallTrace {
         opt("portcullis.would_deny", c.would_deny);
         opt("portcullis.approval_id", c.approval_id);
         opt("portcullis.upstream", c.upstream);
-        opt("client.address", c.client);
-        if let Some(t) = c.upstream_time {
-            attrs.push(KeyValue::new(
-                "portcullis.upstream.duration_ms",
-                t.as_secs_f64() * 1e3,
-            ));
+        opt("client.address", c.client.as_deref());
+        if let Some(ms) = c.upstream_ms {
+            attrs.push(KeyValue::new("portcullis.upstream.duration_ms", ms));
         }
         if c.status > 0 {
             attrs.push(KeyValue::new(

@@ -229,6 +229,20 @@ pub struct Forwarding<'a> {
     pub credential: Option<&'a http::HeaderValue>,
 }
 
+/// Set `name` to the value made at load (`prepared`), or, when `text` was not a valid header
+/// value then, to `text` itself (refused here as it would have been).
+fn insert_prepared(
+    req: &mut RequestHeader,
+    name: impl pingora::http::IntoCaseHeaderName,
+    prepared: Option<&http::HeaderValue>,
+    text: &str,
+) -> pingora::Result<()> {
+    match prepared {
+        Some(v) => req.insert_header(name, v.clone()),
+        None => req.insert_header(name, text),
+    }
+}
+
 /// Turn the agent's request header into the upstream's: strip what the agent may not assert,
 /// set exactly the path the route matched, add identity headers and the upstream credential.
 /// Both the streaming proxy path and the approval executor use this, so they cannot drift.
@@ -257,24 +271,17 @@ pub fn prepare_upstream_request(
         .map_err(|e| Error::because(ErrorType::InternalError, "building upstream URI", e))?;
     req.set_uri(uri);
     // Values made at load are cloned (a reference count), not validated and copied per call.
-    match &up.authority_header {
-        Some(v) => req.insert_header(HOST, v.clone())?,
-        None => req.insert_header(HOST, up.authority.as_str())?,
-    }
+    insert_prepared(req, HOST, up.authority_header.as_ref(), &up.authority)?;
 
     // Static names: this runs on every forwarded call.
-    match &f.agent.id_header {
-        Some(v) => req.insert_header(AGENT_NAME, v.clone())?,
-        None => req.insert_header(AGENT_NAME, &*f.agent.id)?,
-    }
-    match &f.agent.owner_header {
-        Some(v) => req.insert_header(OWNER_NAME, v.clone())?,
-        None => req.insert_header(OWNER_NAME, &*f.agent.owner)?,
-    }
-    match f.route_header {
-        Some(v) => req.insert_header(ROUTE_NAME, v.clone())?,
-        None => req.insert_header(ROUTE_NAME, f.route)?,
-    }
+    insert_prepared(req, AGENT_NAME, f.agent.id_header.as_ref(), &f.agent.id)?;
+    insert_prepared(
+        req,
+        OWNER_NAME,
+        f.agent.owner_header.as_ref(),
+        &f.agent.owner,
+    )?;
+    insert_prepared(req, ROUTE_NAME, f.route_header, f.route)?;
     req.insert_header(SCOPES_NAME, f.scopes)?;
     req.insert_header(REQUEST_ID, f.request_id)?;
 

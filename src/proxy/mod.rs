@@ -199,7 +199,8 @@ impl RequestCtx {
                 .observe(t.as_secs_f64());
         }
         let token = self.token.as_deref();
-        state.access_log.log_access(&AccessRecord {
+        let trace = self.trace.take();
+        let line = AccessRecord {
             time: LogTime(self.started_wall),
             request_id: &self.request_id,
             agent: self
@@ -247,31 +248,11 @@ impl RequestCtx {
                     arguments: c.arguments.as_ref(),
                 }
             }),
-            trace_id: self.trace.as_ref().map(|t| t.trace_id()),
-        });
-        if let Some(trace) = self.trace.take() {
-            let client = seen.client.as_deref();
-            trace.finish(&crate::observe::trace::CallSummary {
-                request_id: &self.request_id,
-                path: self.path.as_ref().map_or(seen.raw_path, |p| p.as_str()),
-                agent: self.agent.as_ref().map(|a| &*a.id),
-                owner: self.agent.as_ref().map(|a| &*a.owner),
-                on_behalf_of: token.and_then(|t| t.on_behalf_of.as_deref()),
-                route: self.route.map(|_| route),
-                decision,
-                reason,
-                would_deny: self.outcome.would_deny(),
-                approval_id: self.approval_id.as_deref(),
-                upstream: if self.outcome.reached_upstream() {
-                    self.upstream().map(|u| &*u.name)
-                } else {
-                    None
-                },
-                upstream_time,
-                status: seen.status,
-                client,
-                config_version: snap.version,
-            });
+            trace_id: trace.as_ref().map(|t| t.trace_id()),
+        };
+        state.access_log.log_access(&line);
+        if let Some(trace) = trace {
+            trace.finish(&line, self.agent.as_ref().map(|a| &*a.id));
         }
         if let Some(c) = &self.mcp {
             let method = c.msg.as_ref().map_or(seen.method, |m| m.method_label());
